@@ -1,0 +1,280 @@
+"""The ``clusterkit`` command: a thin layer over the library.
+
+It parses arguments, draws progress and tables, and maps errors to exit codes: an expected
+failure (``ClusterkitError``) is one red line and exit 1; anything else is a bug, written with
+its traceback to a file under ``$CLUSTERKIT_HOME/logs`` and reported in one line, exit 70.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from clusterkit import __version__
+from clusterkit import cluster as lib
+from clusterkit.errors import ClusterkitError, SpecError
+from clusterkit.plan import plan_nodes
+from clusterkit.spec import ClusterSpec, example_spec_text, load_spec, parse_spec_text
+from clusterkit.state import home
+
+EXIT_INTERNAL = 70
+DEFAULT_SPEC = "cluster.yaml"
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class RichProgress:
+    """Draws each library step as a spinner, then a tick (or cross) with its duration."""
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        start = time.monotonic()
+        label = STEP_LABELS.get(title, title)
+        try:
+            with err.status(f"{label} ...", spinner="dots"):
+                yield
+        except BaseException:
+            err.print(f"[red]✗[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
+            raise
+        err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
+
+
+STEP_LABELS = {
+    "network": "Network (bridge and subnet)",
+    "keys": "Keys and known_hosts",
+    "nodes": "Nodes (namespaces and sshd)",
+    "ssh": "SSH reachable on every node",
+}
+
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json prints machine-readable output for scripts.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="clusterkit")
+def cli() -> None:
+    """Ephemeral Slurm clusters on demand.
+
+    \b
+    A cluster is a head node plus compute nodes, described by a YAML spec:
+      clusterkit init cluster.yaml        write an annotated example spec
+      clusterkit up -f cluster.yaml       build it (run again to reconcile)
+      clusterkit ssh NAME                 a shell on the head node
+      clusterkit ssh NAME NODE -- CMD     run CMD on one node
+      clusterkit down NAME                destroy it, leaving nothing behind
+
+    State lives in ~/.clusterkit (or $CLUSTERKIT_HOME).
+    """
+
+
+@cli.command()
+@click.option(
+    "-f", "--file", "path", type=click.Path(path_type=Path), default=None,
+    help=f"The cluster spec (default: ./{DEFAULT_SPEC}).",
+)  # fmt: skip
+def up(path: Path | None) -> None:
+    """Build the cluster a spec describes, or reconcile a live one towards it.
+
+    Running `up` again on a live cluster keeps healthy nodes and replaces missing or broken
+    ones; it never duplicates anything.
+    """
+    spec = _load(path)
+    static = [n for n in plan_nodes(spec) if n.static]
+    err.print(
+        f"Cluster [bold]{spec.name}[/] on {spec.provider}: head + {len(static) - 1} "
+        f"static compute node(s)"
+    )
+    start = time.monotonic()
+    lib.up(spec, RichProgress())
+    err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
+    _print_status(lib.status(spec.name))
+    out.print(
+        f"\nNext: [bold]clusterkit ssh {spec.name}[/]   ·   [bold]clusterkit down {spec.name}[/]"
+    )
+
+
+def _load(path: Path | None) -> ClusterSpec:
+    if path is None:
+        path = Path(DEFAULT_SPEC)
+        if not path.exists():
+            raise SpecError(
+                str(path), ["no spec here: pass -f FILE or write one with `clusterkit init`"]
+            )
+    return load_spec(path)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "everything", is_flag=True, help="Destroy every cluster on this machine.")
+def down(name: str | None, everything: bool) -> None:
+    """Destroy cluster NAME and everything it owns (works after a crashed `up` too)."""
+    if bool(name) == everything:
+        raise click.UsageError("give a cluster NAME or --all (not both)")
+    results = (
+        lib.down_all(RichProgress()) if everything else {name: lib.down(name or "", RichProgress())}
+    )
+    for cluster_name, removed in results.items():
+        err.print(f"[green]✓[/] {cluster_name}: removed {len(removed)} resource(s)")
+    if everything and not results:
+        err.print("no clusters")
+
+
+@cli.command("list")
+@output_option
+def list_(output: str) -> None:
+    """List clusters with their provider, status and nodes."""
+    clusters = lib.list_clusters()
+    if output == "json":
+        out.print_json(json.dumps([dataclasses.asdict(c) for c in clusters]))
+        return
+    table = Table("NAME", "PROVIDER", "STATUS", "NODES", "SUBNET", "CREATED", box=None)
+    for c in clusters:
+        running = sum(n.state == "running" for n in c.nodes)
+        table.add_row(
+            c.name, c.provider, c.status, f"{running}/{len(c.nodes)}", c.subnet or "-",
+            c.created_at,
+        )  # fmt: skip
+    out.print(table if clusters else "no clusters")
+
+
+@cli.command()
+@click.argument("name")
+@output_option
+def status(name: str, output: str) -> None:
+    """Show a cluster's nodes: role, group, address, instance and state."""
+    st = lib.status(name)
+    if output == "json":
+        out.print_json(json.dumps(dataclasses.asdict(st)))
+        return
+    _print_status(st)
+
+
+def _print_status(st: lib.ClusterStatus) -> None:
+    out.print(f"[bold]{st.name}[/]  provider={st.provider}  status={st.status}  subnet={st.subnet}")
+    table = Table("NODE", "ROLE", "GROUP", "KIND", "ADDRESS", "INSTANCE", "STATE", box=None)
+    for n in st.nodes:
+        colour = "green" if n.state == "running" else "red"
+        table.add_row(
+            n.name, n.role, n.group or "-", n.kind, n.address or "-", n.instance_id or "-",
+            f"[{colour}]{n.state}[/]",
+        )  # fmt: skip
+    out.print(table)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("node", required=False)
+@click.pass_context
+def ssh(ctx: click.Context, name: str, node: str | None) -> None:
+    """Open a shell on NODE (default: the head) of cluster NAME, or run `-- CMD` there.
+
+    \b
+    Host keys are checked against the cluster's own known_hosts:
+      clusterkit ssh demo                     shell on demo-head
+      clusterkit ssh demo compute-st-1 -- hostname
+    """
+    command = (ctx.obj or {}).get("remote")
+    argv = lib.ssh_argv(name, node, command)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - ssh replaces this process, as a shell would
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def validate(path: Path) -> None:
+    """Check a cluster spec and report every problem with its path."""
+    spec = load_spec(path)
+    nodes = plan_nodes(spec)
+    static = sum(n.static for n in nodes) - 1
+    out.print(
+        f"{path}: valid: cluster [bold]{spec.name}[/] on {spec.provider}, head + {static} "
+        f"static + {len(nodes) - 1 - static} dynamic compute node(s) "
+        f"in {len(spec.groups)} group(s)"
+    )
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path), default=DEFAULT_SPEC)
+@click.option("--name", default="demo", show_default=True, help="Name of the cluster.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, name: str, force: bool) -> None:
+    """Write an annotated example spec to PATH (default: ./cluster.yaml)."""
+    if path.exists() and not force:
+        raise SpecError(str(path), ["exists already; pass --force to overwrite it"])
+    text = example_spec_text(name)
+    parse_spec_text(text, source=f"--name {name}")  # a bad --name fails here, before writing
+    path.write_text(text, encoding="utf-8")
+    out.print(f"wrote {path}; next: clusterkit validate {path} && clusterkit up -f {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_remote(args: list[str]) -> tuple[list[str], list[str] | None]:
+    """``ssh NAME [NODE] -- CMD``: the words after ``--`` are the remote command, verbatim."""
+    if "--" in args and "ssh" in args[: args.index("--")]:
+        cut = args.index("--")
+        return args[:cut], args[cut + 1 :]
+    return args, None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    sys.exit(code)
+
+
+def _report_bug(exc: BaseException) -> NoReturn:
+    logs = home() / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path: Any = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        path = "(could not be written)"
+    _fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", EXIT_INTERNAL)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args, remote = _split_remote(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cli.main(args=args, prog_name="clusterkit", obj={"remote": remote}, standalone_mode=False)
+    except SpecError as exc:
+        if len(exc.problems) > 1:
+            detail = "".join(f"\n  {exc.source}: {p}" for p in exc.problems)
+            _fail(f"{exc.source}: {len(exc.problems)} problems:{detail}", exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    except ClusterkitError as exc:
+        _fail(str(exc), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; `clusterkit down NAME` cleans up whatever was made", 130)
+    except Exception as exc:  # noqa: BLE001 - the one place bugs are caught
+        _report_bug(exc)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

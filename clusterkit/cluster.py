@@ -1,0 +1,325 @@
+"""The library's front door: ``up``, ``down``, ``status`` and ``list_clusters``.
+
+Nothing here prints. Long operations report through a ``Progress`` the caller passes in
+(the CLI draws it; tests pass nothing). State is saved after every step, so ``down`` always
+knows what ``up`` made, and ``down`` also finds resources by name where state is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from clusterkit import proc
+from clusterkit.errors import ClusterkitError, CommandError, SSHError, StateError
+from clusterkit.plan import NodePlan, plan_nodes, static_nodes
+from clusterkit.providers import provider_class
+from clusterkit.providers.base import NodeBoot, Provider
+from clusterkit.providers.local.provider import LocalProvider
+from clusterkit.render import render
+from clusterkit.spec import NAME_PATTERN, ClusterSpec, parse_spec
+from clusterkit.state import (
+    ClusterState,
+    NodeState,
+    cluster_dir,
+    cluster_lock,
+    clusters_dir,
+    list_states,
+    load_state,
+    now,
+    remove_cluster_dir,
+    try_load_state,
+)
+from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
+
+SSH_WAIT_SECONDS = 20.0
+
+
+class Progress(Protocol):
+    """How the library reports long work; ``step`` wraps one named step."""
+
+    def step(self, title: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class NoProgress:
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def _logged_step(state: ClusterState, progress: Progress, title: str) -> Iterator[None]:
+    """Run one step under ``progress`` and append its outcome and duration to the log."""
+    start = time.monotonic()
+    try:
+        with progress.step(title):
+            yield
+    except BaseException as exc:
+        log(state.dir, f"{title}: failed after {time.monotonic() - start:.2f}s: {exc}")
+        raise
+    log(state.dir, f"{title}: done in {time.monotonic() - start:.2f}s")
+
+
+def log(root: Path, line: str) -> None:
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    with open(root / "logs" / "clusterkit.log", "a", encoding="utf-8") as fh:
+        fh.write(f"{now()} {line}\n")
+
+
+def check_name(name: str) -> None:
+    if not re.match(NAME_PATTERN, name) or len(name) > 24:
+        raise StateError(f"{name!r} is not a cluster name (see `clusterkit list`)")
+
+
+# ---------------------------------------------------------------------------------------------
+# up
+
+
+def up(spec: ClusterSpec, progress: Progress | None = None) -> ClusterState:
+    """Create the cluster ``spec`` describes, or reconcile a live one towards it."""
+    progress = progress or NoProgress()
+    cls = provider_class(spec.provider)
+    cls.check_prerequisites()
+    with cluster_lock(spec.name):
+        state = _begin(spec)
+        provider = cls(state, spec)
+        trust = ClusterTrust(spec.name, state.dir)
+        try:
+            with _logged_step(state, progress, "network"):
+                provider.prepare()
+                state.mark("network")
+            with _logged_step(state, progress, "keys"):
+                trusted = _make_keys(spec, provider, trust)
+                state.mark("keys")
+            with _logged_step(state, progress, "nodes"):
+                _converge_nodes(spec, state, provider, trust, trusted)
+                state.mark("nodes")
+            with _logged_step(state, progress, "ssh"):
+                wait_for_ssh(trust, [n.name for n in static_nodes(spec)])
+            state.status = "ready"
+            state.mark("ready")
+        except BaseException:
+            state.status = "failed"
+            state.save()
+            raise
+    return state
+
+
+def _begin(spec: ClusterSpec) -> ClusterState:
+    state = try_load_state(spec.name)
+    if state is None:
+        if (cluster_dir(spec.name) / "state.json").exists():
+            raise StateError(
+                f"cluster {spec.name!r} has unreadable state; run `clusterkit down {spec.name}`"
+            )
+        state = ClusterState(name=spec.name, provider=spec.provider)
+    elif state.provider != spec.provider:
+        raise StateError(
+            f"cluster {spec.name!r} exists on provider {state.provider!r}, not {spec.provider!r}"
+        )
+    state.status = "creating"
+    state.spec = spec.model_dump(mode="json")
+    state.save()
+    return state
+
+
+def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> list[TrustedNode]:
+    """The user key and a host key per planned node; then known_hosts and ssh_config.
+
+    Keys are made for every node the cluster may ever have, so known_hosts never changes
+    while the cluster lives and a node powered up later is trusted from its first boot.
+    """
+    trust.ensure_user_key()
+    nodes = plan_nodes(spec)
+    keys = [host_key_path(trust, n.name) for n in nodes]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda kn: keygen(kn[0], kn[1].name), zip(keys, nodes, strict=True)))
+    trusted = [
+        TrustedNode(n.name, provider.address(n), public_key(k))
+        for n, k in zip(nodes, keys, strict=True)
+    ]
+    trust.write(trusted)
+    return trusted
+
+
+def host_key_path(trust: ClusterTrust, node: str) -> Path:
+    return trust.root / "keys" / "hosts" / node
+
+
+def _converge_nodes(
+    spec: ClusterSpec,
+    state: ClusterState,
+    provider: Provider,
+    trust: ClusterTrust,
+    trusted: list[TrustedNode],
+) -> None:
+    """Make the running nodes exactly the planned static ones; keep healthy ones as they are."""
+    wanted = {n.name: n for n in static_nodes(spec)}
+    for name in [n for n in state.nodes if n not in wanted]:
+        provider.terminate(state.nodes[name])
+        del state.nodes[name]
+        state.save()
+    boot_common = {
+        "authorized_keys": public_key(trust.user_key) + "\n",
+        "known_hosts": trust.known_hosts.read_text(encoding="utf-8"),
+        "hosts": render("hosts.j2", cluster=spec.name, nodes=trusted),
+    }
+    for node in wanted.values():
+        current = state.nodes.get(node.name)
+        if current and current.address == provider.address(node) and provider.running(current):
+            continue
+        _replace_node(state, provider, node, current, NodeBoot(
+            host_key=host_key_path(trust, node.name), **boot_common
+        ))  # fmt: skip
+
+
+def _replace_node(
+    state: ClusterState,
+    provider: Provider,
+    node: NodePlan,
+    current: NodeState | None,
+    boot: NodeBoot,
+) -> None:
+    # Record the node before launching, so a crash mid-launch leaves a trace for `down`.
+    stale = current or NodeState(name=node.name, role=node.role, index=node.index)
+    provider.terminate(stale)
+    state.nodes[node.name] = stale.model_copy(update={"status": "launching", "index": node.index})
+    state.save()
+    state.nodes[node.name] = provider.launch(node, boot)
+    state.save()
+
+
+def wait_for_ssh(trust: ClusterTrust, nodes: list[str], timeout: float = SSH_WAIT_SECONDS) -> None:
+    """Return once every node answers a real SSH login with strict host key checking."""
+
+    def reach(node: str) -> str | None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                proc.run(trust.ssh_argv(node, ["true"]), timeout=10)
+                return None
+            except CommandError as exc:
+                last = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
+                time.sleep(0.1)
+        return f"{node}: {last or 'no answer'}"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        failures = [f for f in pool.map(reach, nodes) if f]
+    if failures:
+        raise SSHError(f"SSH did not come up within {timeout:.0f}s: " + "; ".join(failures))
+
+
+# ---------------------------------------------------------------------------------------------
+# down
+
+
+def down(name: str, progress: Progress | None = None) -> list[str]:
+    """Destroy everything cluster ``name`` owns; works from any partial state. Returns what
+    was removed. Raises ``StateError`` when nothing of that name exists."""
+    check_name(name)
+    progress = progress or NoProgress()
+    with cluster_lock(name):
+        state = try_load_state(name)
+        kind = state.provider if state else "local"
+        cls = provider_class(kind)
+        has_dir = cluster_dir(name).exists()
+        if state is None and not has_dir and name not in _discover(cls):
+            raise StateError(f"no cluster named {name!r} (see `clusterkit list`)")
+        cls.check_prerequisites()
+        if state is not None:
+            state.status = "deleting"
+            state.save()
+        with progress.step(f"destroy {name}"):
+            removed = cls.destroy(name, state)
+            remove_cluster_dir(name)
+        (clusters_dir() / f".{name}.lock").unlink(missing_ok=True)
+    return removed + ([f"dir {cluster_dir(name)}"] if has_dir else [])
+
+
+def down_all(progress: Progress | None = None) -> dict[str, list[str]]:
+    """``down`` every cluster that has state or resources on this machine."""
+    names = {s.name for s in list_states()}
+    if clusters_dir().is_dir():
+        names |= {p.name for p in clusters_dir().iterdir() if p.is_dir()}
+    names |= set(_discover(LocalProvider))
+    return {name: down(name, progress) for name in sorted(names)}
+
+
+def _discover(cls: type[Provider]) -> list[str]:
+    try:
+        return cls.discover()
+    except ClusterkitError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# status, list, ssh
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    role: str
+    group: str | None
+    kind: str
+    address: str | None
+    instance_id: str | None
+    state: str  # running | stopped | launching
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    name: str
+    provider: str
+    status: str
+    created_at: str
+    subnet: str | None
+    nodes: list[NodeStatus]
+
+
+def status(name: str) -> ClusterStatus:
+    check_name(name)
+    state = load_state(name)
+    provider = provider_class(state.provider)(state, spec_of(state))
+    nodes = [
+        NodeStatus(
+            n.name, n.role, n.group, n.kind, n.address, n.instance_id, _live_state(provider, n)
+        )
+        for n in sorted(state.nodes.values(), key=lambda n: n.index)
+    ]
+    return ClusterStatus(
+        state.name, state.provider, state.status, state.created_at,
+        state.network.get("subnet"), nodes,
+    )  # fmt: skip
+
+
+def _live_state(provider: Provider, node: NodeState) -> str:
+    if node.status == "launching":
+        return "launching"
+    return "running" if provider.running(node) else "stopped"
+
+
+def list_clusters() -> list[ClusterStatus]:
+    return [status(s.name) for s in list_states()]
+
+
+def spec_of(state: ClusterState) -> ClusterSpec:
+    return parse_spec(state.spec, source=str(state.dir / "state.json"))
+
+
+def ssh_argv(name: str, node: str | None = None, command: list[str] | None = None) -> list[str]:
+    """The ssh command line reaching ``node`` (default: the head) of cluster ``name``."""
+    check_name(name)
+    state = load_state(name)
+    target = node or next((n.name for n in state.nodes.values() if n.role == "head"), None)
+    if target is None or target not in state.nodes:
+        known = ", ".join(sorted(state.nodes)) or "none yet"
+        raise StateError(f"cluster {name!r} has no node {node!r}; its nodes: {known}")
+    return ClusterTrust(name, state.dir).ssh_argv(target, command, batch=False)

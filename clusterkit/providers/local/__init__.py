@@ -1,0 +1,1 @@
+"""The local provider: nodes are Linux namespaces on this machine."""

@@ -1,0 +1,29 @@
+"""All template rendering: Jinja2 with StrictUndefined, values computed by the caller.
+
+Templates live in the package (``clusterkit/templates/``) so an installed clusterkit finds
+them. A template only places values; any decision is made in Python before rendering.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import jinja2
+
+
+@cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("clusterkit", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - config files, not HTML
+    )
+
+
+def render(template: str, **values: Any) -> str:
+    """Render ``templates/<template>``; a missing value raises instead of rendering empty."""
+    return environment().get_template(template).render(**values)

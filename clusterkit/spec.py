@@ -1,0 +1,358 @@
+"""The cluster spec: a YAML document becomes a frozen, typed ``ClusterSpec``.
+
+Every default lives in these models. ``load_spec``/``parse_spec`` report *all* problems of a
+document at once, each with its path (``groups[1].max: must be >= min (3)``), and an unknown
+key lists the valid ones. Nothing but ``SpecError`` escapes them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from clusterkit.errors import SpecError
+
+# DNS-label-like names: they become host names (NAME-head, GROUP-st-N) and file names.
+NAME_PATTERN = r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=24)]
+GroupName = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=16)]
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+Capacity = Literal["spot", "on-demand", "spot-then-on-demand"]
+
+# The most nodes one local cluster may have: its /24 holds the gateway, the head and these.
+MAX_LOCAL_NODES = 250
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HeadSpec(_Model):
+    """The head node: slurmctld, shared storage, the cluster's entry point."""
+
+    instance_type: str = Field("m7i.large", description="AWS instance type of the head")
+    capacity: Literal["on-demand", "spot"] = Field(
+        "on-demand", description="the head is on-demand by default: losing it loses the cluster"
+    )
+    cpus: PosInt = Field(2, description="CPUs Slurm sees on the head (local provider)")
+    memory_mb: PosInt = Field(2048, description="memory of the head in MiB")
+
+
+class GroupSpec(_Model):
+    """One group of compute nodes; it becomes a Slurm partition of its own name."""
+
+    name: GroupName
+    instance_types: tuple[str, ...] = Field(
+        ("c7i.2xlarge",), min_length=1, description="tried in order on capacity errors"
+    )
+    capacity: Capacity = Field("spot", description="spot | on-demand | spot-then-on-demand")
+    min: NonNegInt = Field(0, description="static nodes, always on (GROUP-st-N)")
+    max: PosInt = Field(4, description="all nodes; max - min are dynamic (GROUP-dy-N)")
+    cpus: PosInt = Field(2, description="CPUs per node as Slurm sees them")
+    memory_mb: PosInt = Field(2048, description="memory per node in MiB")
+    gpus: NonNegInt = Field(0, description="GPUs per node (gres gpu)")
+    features: tuple[str, ...] = Field((), description="Slurm node features")
+    weight: PosInt = Field(1, description="Slurm node weight: lower is scheduled first")
+
+    @field_validator("instance_types")
+    @classmethod
+    def _nonblank_types(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not t.strip() for t in v):
+            raise ValueError("instance types must not be blank")
+        if len(set(v)) != len(v):
+            raise ValueError("instance types must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> GroupSpec:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class SharedStorageSpec(_Model):
+    """Storage the head exports to every compute node (homes, checkpoints, manifests)."""
+
+    mount_point: str = Field("/shared", description="absolute path on every node")
+    type: Literal["auto", "sshfs", "nfs"] = Field(
+        "auto", description="auto: sshfs on the local provider, nfs on aws"
+    )
+
+    @field_validator("mount_point")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or v == "/" or ".." in v.split("/"):
+            raise ValueError("must be an absolute path below / (for example /shared)")
+        return v.rstrip("/")
+
+
+class SlurmSpec(_Model):
+    """Slurm settings that clusterkit renders into slurm.conf."""
+
+    cluster_name: str | None = Field(None, description="defaults to the cluster's name")
+    suspend_time: PosInt = Field(300, description="seconds idle before a dynamic node is released")
+    resume_timeout: PosInt = Field(300, description="seconds a node may take to power up")
+    suspend_timeout: PosInt = Field(120, description="seconds a node may take to power down")
+    resume_rate: NonNegInt = Field(0, description="nodes powered up per minute (0: no limit)")
+    suspend_rate: NonNegInt = Field(0, description="nodes powered down per minute (0: no limit)")
+    max_array_size: PosInt = Field(100001, description="MaxArraySize")
+    max_job_count: PosInt = Field(200000, description="MaxJobCount")
+    max_restarts: NonNegInt = Field(3, description="requeues before a job fails for good")
+    extra: tuple[str, ...] = Field((), description="raw lines appended to slurm.conf")
+
+
+class UserSpec(_Model):
+    """A cluster user: same uid/gid on every node, home on shared storage."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,30}$")]
+    uid: Annotated[int, Field(strict=True, ge=1000, le=60000)]
+    gid: Annotated[int, Field(strict=True, ge=1000, le=60000)] | None = Field(
+        None, description="defaults to the uid"
+    )
+    ssh_public_keys: tuple[str, ...] = Field((), description="keys allowed to log in")
+
+
+class LocalSpec(_Model):
+    """Settings of the local provider (nodes are Linux namespaces on this machine)."""
+
+    subnet: str = Field("auto", description="a private /24 for the cluster bridge, or auto")
+    spot_notice_seconds: PosInt = Field(10, description="lead time of a simulated interruption")
+    boot_delay_seconds: NonNegInt = Field(0, description="simulated boot time of a node")
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"must be 'auto' or a network such as 10.250.7.0/24 ({exc})") from None
+        if not isinstance(net, ipaddress.IPv4Network) or net.prefixlen != 24 or not net.is_private:
+            raise ValueError("must be a private IPv4 /24 such as 10.250.7.0/24")
+        return str(net)
+
+
+class AwsSpec(_Model):
+    """Settings of the aws provider; credentials come from the standard boto3 chain."""
+
+    region: str | None = Field(None, description="defaults to the boto3 chain's region")
+    admin_cidr: str | None = Field(None, description="who may SSH to the head (required on aws)")
+    vpc_id: str | None = Field(None, description="use this VPC instead of creating one")
+    subnet_ids: tuple[str, ...] = Field((), description="use these subnets (one per AZ)")
+    image_id: str | None = Field(None, description="node image (from `clusterkit image build`)")
+    checkpoint_bucket: str | None = Field(None, description="defaults to a bucket per cluster")
+
+    @field_validator("admin_cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_network(v, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"must be a CIDR such as 203.0.113.0/24 ({exc})") from None
+
+
+def _default_groups() -> tuple[GroupSpec, ...]:
+    return (GroupSpec(name="compute", min=2, max=4),)
+
+
+def _default_users() -> tuple[UserSpec, ...]:
+    return (UserSpec(name="ckuser", uid=2001),)
+
+
+class ClusterSpec(_Model):
+    """A whole cluster: what ``clusterkit up`` builds."""
+
+    name: Name
+    provider: Literal["local", "aws"] = "local"
+    head: HeadSpec = Field(default_factory=HeadSpec)
+    groups: tuple[GroupSpec, ...] = Field(default_factory=_default_groups, min_length=1)
+    shared_storage: SharedStorageSpec = Field(default_factory=SharedStorageSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    users: tuple[UserSpec, ...] = Field(default_factory=_default_users)
+    local: LocalSpec = Field(default_factory=LocalSpec)
+    aws: AwsSpec = Field(default_factory=AwsSpec)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ClusterSpec:
+        problems = _cross_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def slurm_cluster_name(self) -> str:
+        return self.slurm.cluster_name or self.name
+
+
+def _duplicates(values: list[Any]) -> list[Any]:
+    return sorted({v for v in values if values.count(v) > 1}, key=str)
+
+
+def _cross_problems(spec: ClusterSpec) -> list[str]:
+    """Checks spanning several fields; each problem names its own path."""
+    problems = [
+        f"groups: group name {n!r} is used more than once"
+        for n in _duplicates([g.name for g in spec.groups])
+    ]
+    problems += [
+        f"users: user name {n!r} is used more than once"
+        for n in _duplicates([u.name for u in spec.users])
+    ]
+    problems += [
+        f"users: uid {u} is used more than once" for u in _duplicates([u.uid for u in spec.users])
+    ]
+    if spec.provider == "local":
+        total = sum(g.max for g in spec.groups)
+        if total > MAX_LOCAL_NODES:
+            problems.append(
+                f"groups: {total} compute nodes in all (sum of max); "
+                f"the local provider holds at most {MAX_LOCAL_NODES}"
+            )
+    if spec.provider == "aws" and spec.aws.admin_cidr is None:
+        problems.append("aws.admin_cidr: required when provider is aws (who may SSH to the head)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+def load_spec(path: str | Path) -> ClusterSpec:
+    """Read and validate a spec file; raise ``SpecError`` naming the file on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(p), ["file not found (create one with `clusterkit init`)"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(str(p), [f"cannot read: {exc}"]) from None
+    return parse_spec_text(text, source=str(p))
+
+
+def parse_spec_text(text: str, source: str = "<spec>") -> ClusterSpec:
+    """Parse YAML text into a ``ClusterSpec``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(source, [f"not valid YAML: {_yaml_reason(exc)}"]) from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        raise SpecError(source, [f"not valid YAML: {exc}"]) from None
+    return parse_spec(data, source=source)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ClusterSpec:
+    """Validate already-parsed data (a mapping) into a ``ClusterSpec``."""
+    if data is None:
+        raise SpecError(source, ["empty document: a spec needs at least `name:`"])
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"expected a mapping at the top level, got {_kind(data)}"])
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, _problems(exc)) from None
+    except RecursionError:
+        raise SpecError(
+            source, ["the document refers to itself (a recursive YAML alias)"]
+        ) from None
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return str(problem)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def format_path(loc: tuple[int | str, ...]) -> str:
+    """``('groups', 1, 'max')`` -> ``groups[1].max``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class whose fields live at ``loc`` (used to list valid keys)."""
+    model: type[BaseModel] = ClusterSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = _inner_model(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = ", ".join(parent.model_fields) if parent else "see `clusterkit init`"
+            problems.append(f"{format_path(loc)}: unknown key; valid keys: {valid}")
+            continue
+        msg = _message(err)
+        if not loc and err["type"] == "value_error":
+            # Cross-field checks already name their paths, several per message.
+            problems.extend(p for p in msg.split("; ") if p)
+            continue
+        problems.append(f"{format_path(loc)}: {msg}")
+    return problems
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "string_pattern_mismatch":
+        msg = "must be lowercase letters, digits and '-', starting with a letter"
+    elif err["type"] == "missing":
+        msg = "required"
+    return msg
+
+
+def example_spec_text(name: str = "demo") -> str:
+    """The annotated example written by ``clusterkit init``."""
+    text = (files("clusterkit") / "templates" / "cluster.example.yaml").read_text(encoding="utf-8")
+    return text.replace("name: demo", f"name: {name}", 1)

@@ -1,0 +1,92 @@
+"""SSH trust of a cluster: its keys, its known_hosts and its ssh_config.
+
+clusterkit makes, per cluster, one user key pair (the admin's way in) and one host key per
+node, so every host key is known before a node first boots: ``known_hosts`` is written from
+them and SSH always runs with ``StrictHostKeyChecking yes``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clusterkit import proc
+from clusterkit.render import render
+from clusterkit.state import atomic_write
+
+
+@dataclass(frozen=True)
+class TrustedNode:
+    name: str
+    address: str
+    host_key: str  # public key line: "ssh-ed25519 AAAA..."
+
+
+def keygen(path: Path, comment: str) -> None:
+    """Create an ed25519 key pair at ``path`` (private key 0600) unless one is there."""
+    if path.exists() and path.with_suffix(".pub").exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_suffix(".pub")):
+        stale.unlink(missing_ok=True)
+    proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    os.chmod(path, 0o600)
+
+
+def public_key(path: Path) -> str:
+    """``ssh-ed25519 AAAA...`` of the key pair at ``path`` (comment dropped)."""
+    algo, blob = path.with_suffix(".pub").read_text(encoding="utf-8").split()[:2]
+    return f"{algo} {blob}"
+
+
+@dataclass(frozen=True)
+class ClusterTrust:
+    """Where a cluster keeps its SSH material (all under its state dir)."""
+
+    cluster: str
+    root: Path
+
+    @property
+    def user_key(self) -> Path:
+        return self.root / "keys" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "ssh" / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.root / "ssh" / "ssh_config"
+
+    def ensure_user_key(self) -> None:
+        keygen(self.user_key, f"clusterkit-{self.cluster}")
+        os.chmod(self.user_key.parent, 0o700)
+
+    def write(self, nodes: list[TrustedNode], user: str = "root") -> None:
+        """(Re)write known_hosts and ssh_config for exactly ``nodes``."""
+        atomic_write(self.known_hosts, render("ssh/known_hosts.j2", nodes=nodes))
+        atomic_write(
+            self.ssh_config,
+            render(
+                "ssh/ssh_config.j2",
+                cluster=self.cluster,
+                config_path=self.ssh_config,
+                nodes=nodes,
+                user=user,
+                identity_file=self.user_key,
+                known_hosts=self.known_hosts,
+            ),
+        )
+
+    def ssh_argv(
+        self, node: str, command: list[str] | None = None, batch: bool = True
+    ) -> list[str]:
+        """The OpenSSH command line that reaches ``node`` with this cluster's trust."""
+        argv = ["ssh", "-F", str(self.ssh_config)]
+        if batch:
+            argv += ["-o", "BatchMode=yes"]
+        argv.append(node)
+        if command:
+            argv += ["--", *command]
+        return argv
