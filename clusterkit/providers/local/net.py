@@ -31,6 +31,16 @@ def veth_name(cluster: str, index: int) -> str:
     return f"ck{cluster_id(cluster)}n{index}"
 
 
+def mac_address(cluster: str, index: int) -> str:
+    """A node's eth0 MAC: fixed by cluster and plan index, locally administered (02:...).
+
+    A replaced node keeps its address *and* its MAC, so no neighbour cache on the host or
+    on other nodes points at a vanished interface (which would stall traffic for seconds).
+    """
+    octets = [0x02, *bytes.fromhex(cluster_id(cluster)), index >> 8 & 0xFF, index & 0xFF]
+    return ":".join(f"{o:02x}" for o in octets)
+
+
 def netns_name(cluster: str, node: str) -> str:
     return f"ck.{cluster}.{node}"
 
@@ -110,7 +120,24 @@ def create_node_net(cluster: str, node: str, index: int, address: str) -> None:
     delete_node_net(cluster, node, index)  # a half-made node from a killed run starts over
     proc.run(["ip", "netns", "add", ns])
     # The peer is created inside the namespace in the same call: no window where it is loose.
-    proc.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    mac = mac_address(cluster, index)
+    proc.run(
+        [
+            "ip",
+            "link",
+            "add",
+            veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            mac,
+            "netns",
+            ns,
+        ]
+    )
     proc.run(["ip", "link", "set", veth, "master", bridge_name(cluster), "up"])
     proc.run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
     proc.run(["ip", "-n", ns, "link", "set", "eth0", "up"])
