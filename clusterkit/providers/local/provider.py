@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 from clusterkit.errors import PrerequisiteError, ProviderError
 from clusterkit.plan import NodePlan, gateway_address, node_address, overlaps, pick_subnet
@@ -12,7 +13,9 @@ from clusterkit.providers.base import NodeBoot, Provider
 from clusterkit.providers.local import net
 from clusterkit.providers.local.node import LocalNode, alive, kill_pids, pids_in_netns
 from clusterkit.render import render
-from clusterkit.state import ClusterState, NodeState, atomic_write, global_lock, list_states
+from clusterkit.state import ClusterState, NodeState, atomic_write, list_states, locked
+
+MACHINE_LOCK = Path("/run/lock/clusterkit-local.lock")
 
 # Executable -> Debian package that provides it.
 REQUIRED_PROGRAMS = {
@@ -52,13 +55,15 @@ class LocalProvider(Provider):
 
     def prepare(self) -> None:
         network = self.state.network
-        if "subnet" not in network:
-            with global_lock():
+        # Subnets are a machine-wide resource (clusters of every CLUSTERKIT_HOME share the
+        # routing table), so the choice and the bridge that claims it happen under one lock.
+        with locked(MACHINE_LOCK, "subnet allocation"):
+            if "subnet" not in network:
                 network["subnet"] = self._choose_subnet()
                 network["gateway"] = gateway_address(network["subnet"])
                 network["bridge"] = net.bridge_name(self.state.name)
-                self.state.save()  # the subnet is ours once recorded, before any link exists
-        net.create_bridge(self.state.name, network["gateway"])
+                self.state.save()  # recorded before any link exists, so `down` knows it
+            net.create_bridge(self.state.name, network["gateway"])
 
     def _choose_subnet(self) -> str:
         others = [s.network["subnet"] for s in list_states() if "subnet" in s.network]
