@@ -144,7 +144,7 @@ def list_(output: str) -> None:
     """List clusters with their provider, status and nodes."""
     clusters = lib.list_clusters()
     if output == "json":
-        out.print_json(json.dumps([dataclasses.asdict(c) for c in clusters]))
+        click.echo(json.dumps([dataclasses.asdict(c) for c in clusters], indent=2))
         return
     table = Table("NAME", "PROVIDER", "STATUS", "NODES", "SUBNET", "CREATED", box=None)
     for c in clusters:
@@ -154,6 +154,11 @@ def list_(output: str) -> None:
             c.created_at,
         )  # fmt: skip
     out.print(table if clusters else "no clusters")
+    for name in lib.orphans():
+        out.print(
+            f"[yellow]also on this machine:[/] {name} (no state in this CLUSTERKIT_HOME: "
+            f"another home's cluster, or lost state; `clusterkit down {name}` removes it)"
+        )
 
 
 @cli.command()
@@ -163,7 +168,7 @@ def status(name: str, output: str) -> None:
     """Show a cluster's nodes: role, group, address, instance and state."""
     st = lib.status(name)
     if output == "json":
-        out.print_json(json.dumps(dataclasses.asdict(st)))
+        click.echo(json.dumps(dataclasses.asdict(st), indent=2))
         return
     _print_status(st)
 

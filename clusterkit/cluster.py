@@ -244,12 +244,23 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
 
 
 def down_all(progress: Progress | None = None) -> dict[str, list[str]]:
-    """``down`` every cluster that has state or resources on this machine."""
+    """``down`` every cluster of this ``CLUSTERKIT_HOME``, readable state or not.
+
+    Clusters of other homes on the same machine are left alone; resources whose state is
+    gone altogether are listed by ``orphans()`` and removed with ``down NAME``.
+    """
     names = {s.name for s in list_states()}
     if clusters_dir().is_dir():
         names |= {p.name for p in clusters_dir().iterdir() if p.is_dir()}
-    names |= set(_discover(LocalProvider))
     return {name: down(name, progress) for name in sorted(names)}
+
+
+def orphans() -> list[str]:
+    """Names of clusters with resources on this machine but no state in this home."""
+    known = set()
+    if clusters_dir().is_dir():
+        known = {p.name for p in clusters_dir().iterdir() if p.is_dir()}
+    return [n for n in _discover(LocalProvider) if n not in known]
 
 
 def _discover(cls: type[Provider]) -> list[str]:
