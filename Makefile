@@ -1,0 +1,54 @@
+# clusterkit: `make up` builds the default local cluster and uses it; `make test` runs every
+# check CI runs. Both install what they need (Debian packages, a venv) on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+CK := $(VENV)/bin/clusterkit
+SPEC ?= examples/local.yaml
+NAME ?= ck
+
+.PHONY: up down test setup host venv lint typecheck unit integration bench golden clean
+
+up: setup
+	$(CK) up -f $(SPEC)
+	scripts/first-job.sh $(CK) $(NAME)
+
+down: venv
+	$(CK) down $(NAME)
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest tests/unit tests/integration
+
+setup: host venv
+
+host:
+	scripts/setup-host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest tests/integration
+
+bench: setup
+	$(VENV)/bin/python bench/updown.py
+
+golden: venv
+	CK_UPDATE_GOLDEN=1 $(VENV)/bin/pytest -q tests/unit/test_golden.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
