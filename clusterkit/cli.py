@@ -98,6 +98,7 @@ def up(path: Path | None) -> None:
     ones; it never duplicates anything.
     """
     spec = _load(path)
+    lib.check_prerequisites(spec)
     static = [n for n in plan_nodes(spec) if n.static]
     err.print(
         f"Cluster [bold]{spec.name}[/] on {spec.provider}: head + {len(static) - 1} "

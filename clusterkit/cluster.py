@@ -81,6 +81,11 @@ def check_name(name: str) -> None:
 # up
 
 
+def check_prerequisites(spec: ClusterSpec) -> None:
+    """Raise ``PrerequisiteError`` if this machine cannot run ``spec``'s provider."""
+    provider_class(spec.provider).check_prerequisites()
+
+
 def up(spec: ClusterSpec, progress: Progress | None = None) -> ClusterState:
     """Create the cluster ``spec`` describes, or reconcile a live one towards it."""
     progress = progress or NoProgress()
