@@ -8,6 +8,7 @@ key lists the valid ones. Nothing but ``SpecError`` escapes them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +35,9 @@ Capacity = Literal["spot", "on-demand", "spot-then-on-demand"]
 
 # The most nodes one local cluster may have: its /24 holds the gateway, the head and these.
 MAX_LOCAL_NODES = 250
+
+# Separates the problems of the cross-field checks inside their one ValueError.
+CROSS_SEPARATOR = "\n"
 
 
 class _Model(BaseModel):
@@ -94,9 +98,10 @@ class SharedStorageSpec(_Model):
     @field_validator("mount_point")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not v.startswith("/") or v == "/" or ".." in v.split("/"):
+        path = v.rstrip("/")
+        if not v.startswith("/") or not path or ".." in v.split("/"):
             raise ValueError("must be an absolute path below / (for example /shared)")
-        return v.rstrip("/")
+        return path
 
 
 class SlurmSpec(_Model):
@@ -192,7 +197,8 @@ class ClusterSpec(_Model):
     def _cross_checks(self) -> ClusterSpec:
         problems = _cross_problems(self)
         if problems:
-            raise ValueError("; ".join(problems))
+            # One problem per line: a problem's own text may contain "; ".
+            raise ValueError(CROSS_SEPARATOR.join(problems))
         return self
 
     @property
@@ -245,10 +251,35 @@ def load_spec(path: str | Path) -> ClusterSpec:
     return parse_spec_text(text, source=str(p))
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (YAML itself keeps
+    the last one silently, so a second ``groups:`` would drop the first without a word)."""
+
+
+def _mapping_without_duplicates(loader: _SpecLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # merge keys (<<) may be overridden on purpose; complex keys are rare
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_yaml_map(node)
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:map", _mapping_without_duplicates)
+
+
 def parse_spec_text(text: str, source: str = "<spec>") -> ClusterSpec:
     """Parse YAML text into a ``ClusterSpec``."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise SpecError(source, [f"not valid YAML: {_yaml_reason(exc)}"]) from None
     except (RecursionError, ValueError, TypeError, OverflowError) as exc:
@@ -286,18 +317,23 @@ def _kind(value: Any) -> str:
     )
 
 
-def format_path(loc: tuple[int | str, ...]) -> str:
-    """``('groups', 1, 'max')`` -> ``groups[1].max``."""
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def format_path(loc: tuple[Any, ...]) -> str:
+    """``('groups', 1, 'max')`` -> ``groups[1].max``; an odd key is quoted: ``head['a b']``."""
     out = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
         else:
-            out += f".{part}" if out else str(part)
+            out += f"[{part!r}]"
     return out or "(top level)"
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class whose fields live at ``loc`` (used to list valid keys)."""
     model: type[BaseModel] = ClusterSpec
     for part in loc:
@@ -324,21 +360,34 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _problems(exc: ValidationError) -> list[str]:
+    errors = exc.errors(include_url=False)
+    locs = [tuple(e["loc"]) for e in errors]
     problems: list[str] = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
-            valid = ", ".join(parent.model_fields) if parent else "see `clusterkit init`"
-            problems.append(f"{format_path(loc)}: unknown key; valid keys: {valid}")
+    for err, loc in zip(errors, locs, strict=True):
+        if err["type"] == "too_short" and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for other in locs
+        ):
+            # "should have at least 1 item after validation, not 0": only a consequence of
+            # the problems of its items, which are reported with their own paths.
+            continue
+        if err["type"] in ("extra_forbidden", "invalid_key"):
+            problems.append(_unknown_key(err["type"], loc))
             continue
         msg = _message(err)
         if not loc and err["type"] == "value_error":
             # Cross-field checks already name their paths, several per message.
-            problems.extend(p for p in msg.split("; ") if p)
+            problems.extend(p for p in msg.split(CROSS_SEPARATOR) if p)
             continue
         problems.append(f"{format_path(loc)}: {msg}")
     return problems
+
+
+def _unknown_key(kind: str, loc: tuple[Any, ...]) -> str:
+    parent = _model_at(loc[:-1])
+    valid = ", ".join(parent.model_fields) if parent else "see `clusterkit init`"
+    if kind == "invalid_key":  # a key that is not a string at all (YAML `1: x`)
+        return f"{format_path(loc[:-1])}: unknown key {loc[-1]!r}; valid keys: {valid}"
+    return f"{format_path(loc)}: unknown key; valid keys: {valid}"
 
 
 def _message(err: Any) -> str:
@@ -346,9 +395,14 @@ def _message(err: Any) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if err["type"] == "string_pattern_mismatch":
-        msg = "must be lowercase letters, digits and '-', starting with a letter"
+        if err.get("ctx", {}).get("pattern") == NAME_PATTERN:
+            msg = "must be lowercase letters, digits and '-', starting with a letter"
+        else:
+            msg = "must be lowercase letters, digits, '_' and '-', starting with a letter or '_'"
     elif err["type"] == "missing":
         msg = "required"
+    elif err["type"] == "too_short":
+        msg = f"needs at least {err.get('ctx', {}).get('min_length', 1)} item(s)"
     return msg
 
 
