@@ -1,0 +1,351 @@
+"""The ``clusterkit`` command, run in-process through ``clusterkit.cli.main``.
+
+Nothing here builds or destroys a cluster: every command runs against an empty
+``$CLUSTERKIT_HOME`` in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from rich.errors import MarkupError
+
+from clusterkit import cli
+from clusterkit import cluster as lib
+from clusterkit.errors import PrerequisiteError, StateError
+from clusterkit.providers import provider_class
+from clusterkit.spec import ClusterSpec, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "local.yaml"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(autouse=True)
+def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consoles as the CLI makes them, but wide enough that no long tmp path wraps."""
+    monkeypatch.setattr(cli, "out", Console(highlight=False, width=1000))
+    monkeypatch.setattr(cli, "err", Console(stderr=True, highlight=False, width=1000))
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``clusterkit ARGV`` in-process: (exit code, stdout, stderr), colours removed."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    captured = capsys.readouterr()
+    code = info.value.code
+    assert isinstance(code, int), f"exit code {code!r}"
+    return code, ANSI.sub("", captured.out), ANSI.sub("", captured.err)
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+
+
+def test_validate_a_good_file(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["validate", str(EXAMPLE)], capsys)
+    assert code == 0, err
+    assert out == (
+        f"{EXAMPLE}: valid: cluster ck on local, head + 3 static + 0 dynamic compute node(s) "
+        "in 1 group(s)\n"
+    )
+    assert err == ""
+
+
+def test_validate_a_bad_file_prints_every_problem_on_its_own_line(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: x\nhead: {cpus: 0}\ngroups:\n  - {name: a, min: 3, max: 1}\n  - {name: b, cpu: 2}\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(["validate", str(path)], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"error: {path}: 3 problems:",
+        f"  {path}: head.cpus: Input should be greater than or equal to 1",
+        f"  {path}: groups[0]: max (1) must be >= min (3)",
+        f"  {path}: groups[1].cpu: unknown key; valid keys: name, instance_types, capacity, "
+        "min, max, cpus, memory_mb, gpus, features, weight",
+    ]
+
+
+def test_validate_a_file_with_one_problem_prints_one_line(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nprovider: aws\n", encoding="utf-8")
+    code, _, err = run(["validate", str(path)], capsys)
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: {path}: aws.admin_cidr: required when provider is aws (who may SSH to the head)"
+    ]
+
+
+def test_validate_a_missing_file(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nope.yaml"
+    code, _, err = run(["validate", str(path)], capsys)
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: {path}: file not found (create one with `clusterkit init`)"
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=MarkupError,
+    reason="bug in cli._fail: messages are printed as rich markup, so a key such as "
+    "'[/]' in a spec raises rich.errors.MarkupError (a crash instead of one line, exit 1)",
+)
+def test_problems_are_printed_verbatim_not_as_markup(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text('name: x\n"[/]": 1\n', encoding="utf-8")
+    code, _, err = run(["validate", str(path)], capsys)
+    assert code == 1
+    assert err.startswith(f"error: {path}: ['[/]']: unknown key; valid keys: name, ")
+
+
+# ---------------------------------------------------------------------------------------------
+# init
+
+
+def test_init_writes_a_spec_that_validates(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    code, out, err = run(["init", str(path)], capsys)
+    assert code == 0, err
+    assert out == f"wrote {path}; next: clusterkit validate {path} && clusterkit up -f {path}\n"
+    assert load_spec(path) == ClusterSpec(name="demo")
+    code, out, _ = run(["validate", str(path)], capsys)
+    assert code == 0
+    assert out.startswith(f"{path}: valid: cluster demo on local, head + 2 static + 2 dynamic")
+
+
+def test_init_with_a_name(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    code, _, err = run(["init", str(path), "--name", "lab-2"], capsys)
+    assert code == 0, err
+    assert load_spec(path).name == "lab-2"
+
+
+def test_init_refuses_to_overwrite_without_force(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text("mine\n", encoding="utf-8")
+    code, _, err = run(["init", str(path)], capsys)
+    assert code == 1
+    assert err.splitlines() == [f"error: {path}: exists already; pass --force to overwrite it"]
+    assert path.read_text(encoding="utf-8") == "mine\n"
+    code, _, err = run(["init", str(path), "--force"], capsys)
+    assert code == 0, err
+    assert load_spec(path) == ClusterSpec(name="demo")
+
+
+PATTERN = "must be lowercase letters, digits and '-', starting with a letter"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("Bad_Name", f"name: {PATTERN}"),
+        ("9lives", f"name: {PATTERN}"),
+        ("a" * 25, "name: String should have at most 24 characters"),
+        ("x\nprovider: aws", "not valid YAML: line 10, column 1: found duplicate key 'provider'"),
+    ],
+)
+def test_init_rejects_a_bad_name_without_writing(
+    ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, problem: str
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    code, _, err = run(["init", str(path), "--name", name], capsys)
+    assert code == 1
+    assert err == f"error: --name {name}: {problem}\n"
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# status, down, list, ssh on an empty home
+
+
+def test_status_of_a_missing_cluster(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["status", "nosuch"], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == ["error: no cluster named 'nosuch' (see `clusterkit list`)"]
+
+
+def test_down_of_a_missing_cluster_needs_no_root(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_root() -> None:
+        raise PrerequisiteError("the local provider needs root")
+
+    # `down` of nothing must fail before it checks for root (this also guarantees that the
+    # test can never tear down a real cluster).
+    monkeypatch.setattr(provider_class("local"), "check_prerequisites", no_root)
+    code, out, err = run(["down", "nosuch"], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == ["error: no cluster named 'nosuch' (see `clusterkit list`)"]
+
+
+def test_down_needs_a_name_or_all(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["down"], capsys)
+    assert code == 2
+    assert "give a cluster NAME or --all (not both)" in err
+
+
+def test_a_bad_cluster_name_is_one_line(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["status", "Not/A/Name"], capsys)
+    assert code == 1
+    assert err.splitlines() == ["error: 'Not/A/Name' is not a cluster name (see `clusterkit list`)"]
+
+
+def test_list_json_on_an_empty_home(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["list", "-o", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == []
+    assert out.strip() == "[]"
+
+
+def test_list_table_on_an_empty_home(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["list"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == "no clusters"
+
+
+def test_ssh_passes_the_remote_command_through(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str | None, list[str] | None]] = []
+
+    def fake_ssh_argv(name: str, node: str | None, command: list[str] | None) -> list[str]:
+        calls.append((name, node, command))
+        raise StateError("stopped before exec")
+
+    monkeypatch.setattr(lib, "ssh_argv", fake_ssh_argv)
+    code, _, err = run(["ssh", "demo", "compute-st-1", "--", "ls", "-l", "--", "x y"], capsys)
+    assert code == 1
+    assert err.splitlines() == ["error: stopped before exec"]
+    code, _, _ = run(["ssh", "demo"], capsys)
+    assert code == 1
+    assert calls == [("demo", "compute-st-1", ["ls", "-l", "--", "x y"]), ("demo", None, None)]
+
+
+def test_ssh_to_a_missing_cluster(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["ssh", "nosuch", "--", "hostname"], capsys)
+    assert code == 1
+    assert err.splitlines() == ["error: no cluster named 'nosuch' (see `clusterkit list`)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# _split_remote
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ssh", "demo"], (["ssh", "demo"], None)),
+        (["ssh", "demo", "n1", "--", "ls", "-l"], (["ssh", "demo", "n1"], ["ls", "-l"])),
+        (["ssh", "demo", "--", "a", "--", "b"], (["ssh", "demo"], ["a", "--", "b"])),
+        (["ssh", "demo", "--"], (["ssh", "demo"], [])),
+        (["validate", "--", "f.yaml"], (["validate", "--", "f.yaml"], None)),
+        (["validate", "--", "ssh"], (["validate", "--", "ssh"], None)),
+        ([], ([], None)),
+    ],
+)
+def test_split_remote(args: list[str], expected: tuple[list[str], list[str] | None]) -> None:
+    assert cli._split_remote(args) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Bugs: exit 70, one line, traceback in a file
+
+
+def test_an_unexpected_exception_is_exit_70_with_a_traceback_file(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(path: object) -> ClusterSpec:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "load_spec", broken)
+    code, out, err = run(["validate", str(EXAMPLE)], capsys)
+    assert code == cli.EXIT_INTERNAL == 70
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1
+    match = re.fullmatch(
+        r"error: internal error: RuntimeError: boom \(traceback in (.+)\)", lines[0]
+    )
+    assert match, lines[0]
+    logs = list((ck_home / "logs").iterdir())
+    assert [str(p) for p in logs] == [match.group(1)]
+    assert logs[0].name.startswith("crash-")
+    traceback = logs[0].read_text(encoding="utf-8")
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert traceback.rstrip().endswith("RuntimeError: boom")
+
+
+# ---------------------------------------------------------------------------------------------
+# Help
+
+
+COMMANDS = sorted(cli.cli.commands)
+
+
+def test_the_documented_commands_exist() -> None:
+    assert {"up", "down", "list", "status", "ssh", "validate", "init"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_each_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0
+    assert out.startswith(f"Usage: clusterkit {command} ")
+
+
+def test_top_level_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    assert "Ephemeral Slurm clusters on demand." in out
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert out.startswith("clusterkit, version ")
+
+
+# ---------------------------------------------------------------------------------------------
+# The installed entry point
+
+
+def test_the_installed_command(ck_home: Path, tmp_path: Path) -> None:
+    command = str(Path(sys.executable).with_name("clusterkit"))
+    env = {**os.environ, "COLUMNS": "1000"}
+    good = subprocess.run(
+        [command, "validate", str(EXAMPLE)], capture_output=True, text=True, check=False, env=env
+    )
+    assert good.returncode == 0, good.stderr
+    assert ANSI.sub("", good.stdout).startswith(f"{EXAMPLE}: valid: cluster ck on local, ")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes: 3\n", encoding="utf-8")
+    failed = subprocess.run(
+        [command, "validate", str(bad)], capture_output=True, text=True, check=False, env=env
+    )
+    assert failed.returncode == 1
+    assert ANSI.sub("", failed.stderr).startswith(f"error: {bad}: nodes: unknown key; valid keys:")
