@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clusterkit import __version__
@@ -244,7 +245,8 @@ def _split_remote(args: list[str]) -> tuple[list[str], list[str] | None]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    # Messages quote user input (spec keys, paths): print them verbatim, never as markup.
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 

@@ -23,10 +23,18 @@ def run(
     args = [str(a) for a in argv]
     try:
         proc = subprocess.run(
-            args, input=input, capture_output=True, text=True, timeout=timeout, check=False
+            args,
+            input=input,
+            capture_output=True,
+            text=True,
+            errors="replace",  # a tool's stray bytes must not turn into a crash
+            timeout=timeout,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise CommandError(args, 127, f"{args[0]}: not found") from exc
+    except PermissionError as exc:
+        raise CommandError(args, 126, f"{args[0]}: not executable ({exc.strerror})") from exc
     except subprocess.TimeoutExpired as exc:
         raise CommandError(args, -1, f"timed out after {timeout} s") from exc
     if check and proc.returncode != 0:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from rich.errors import MarkupError
 
 from clusterkit import cli
 from clusterkit import cluster as lib
@@ -102,12 +101,6 @@ def test_validate_a_missing_file(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MarkupError,
-    reason="bug in cli._fail: messages are printed as rich markup, so a key such as "
-    "'[/]' in a spec raises rich.errors.MarkupError (a crash instead of one line, exit 1)",
-)
 def test_problems_are_printed_verbatim_not_as_markup(
     ck_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

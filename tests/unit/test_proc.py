@@ -72,11 +72,6 @@ def test_timeout_kills_the_command_and_says_so() -> None:
     assert str(info.value) == "command failed (exit -1): sleep 10: timed out after 0.2 s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PermissionError,
-    reason="bug: proc.run lets PermissionError escape (only FileNotFoundError is mapped)",
-)
 def test_a_program_that_cannot_be_executed_is_a_command_error(tmp_path: Path) -> None:
     script = tmp_path / "not-executable"
     script.write_text("#!/bin/sh\n", encoding="utf-8")
@@ -84,11 +79,6 @@ def test_a_program_that_cannot_be_executed_is_a_command_error(tmp_path: Path) ->
         proc.run([str(script)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="bug: output that is not UTF-8 makes proc.run raise UnicodeDecodeError",
-)
 def test_output_that_is_not_utf8_is_not_an_internal_error() -> None:
     result = proc.run(["printf", "\\377"])
     assert result.returncode == 0
