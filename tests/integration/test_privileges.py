@@ -14,7 +14,7 @@ from tests.integration.conftest import CK, Clusterkit
 def test_up_without_root_says_so(ck: Clusterkit) -> None:
     # Readable by nobody: pytest's own temp root is private to root.
     shared = Path(tempfile.mkdtemp(prefix="ck-noroot-"))
-    os.chmod(shared, 0o755)
+    os.chmod(shared, 0o755)  # noqa: S103 - the unprivileged user must read the spec
     spec = shared / "noroot.yaml"
     spec.write_text(ck.spec("noroot", 1).read_text())
     home = shared / "home"

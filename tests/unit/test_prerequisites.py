@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from clusterkit.errors import PrerequisiteError
@@ -9,13 +11,13 @@ from clusterkit.providers.local import provider
 
 
 def test_non_root_is_told_to_use_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provider.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(PrerequisiteError, match="needs root"):
         provider.LocalProvider.check_prerequisites()
 
 
 def test_missing_programs_name_their_packages(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provider.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     absent = {"sshd", "nsenter"}
     monkeypatch.setattr(provider, "which", lambda prog: None if prog in absent else f"/bin/{prog}")
     with pytest.raises(PrerequisiteError) as info:
@@ -27,6 +29,6 @@ def test_missing_programs_name_their_packages(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_all_present_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provider.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(provider, "which", lambda prog: f"/bin/{prog}")
     provider.LocalProvider.check_prerequisites()
