@@ -36,6 +36,9 @@ Capacity = Literal["spot", "on-demand", "spot-then-on-demand"]
 # The most nodes one local cluster may have: its /24 holds the gateway, the head and these.
 MAX_LOCAL_NODES = 250
 
+# The Slurm partition holding every compute node; no group may take its name.
+DEFAULT_PARTITION = "all"
+
 # Separates the problems of the cross-field checks inside their one ValueError.
 CROSS_SEPARATOR = "\n"
 
@@ -70,6 +73,13 @@ class GroupSpec(_Model):
     gpus: NonNegInt = Field(0, description="GPUs per node (gres gpu)")
     features: tuple[str, ...] = Field((), description="Slurm node features")
     weight: PosInt = Field(1, description="Slurm node weight: lower is scheduled first")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == DEFAULT_PARTITION:
+            raise ValueError(f"{v!r} is reserved for the default partition; choose another name")
+        return v
 
     @field_validator("instance_types")
     @classmethod

@@ -1,0 +1,328 @@
+"""Slurm's configuration files of a cluster: slurm.conf, cgroup.conf and gres.conf.
+
+Every value is decided here, in small functions that each return one group of settings; the
+templates under ``templates/slurm/`` only place them. A later feature (power saving, say) adds
+its settings as one more function and one more group, leaving the others alone.
+
+Compute nodes run ``slurmd`` in configless mode: the head serves these files to every node,
+so they are rendered once, for the head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clusterkit.render import render
+from clusterkit.slurm import compress_hostlist
+from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec, GroupSpec
+
+Settings = dict[str, str]
+
+SLURMCTLD_PORT = 6817
+SLURMD_PORT = 6818
+
+# The guide's "set of scheduling parameters ... for running hundreds of jobs per second",
+# scaled down for a cluster of tens of nodes whose jobs are often short tasks of an array:
+#   batch_sched_delay=3         the default; the guide's 20 s would hold back every job of a
+#                               small cluster, which rarely sees hundreds of submits a second
+#   sched_min_interval=1000000  run the main scheduler at most once a second, so a burst of
+#                               submits or ends is scheduled in one pass (the guide: 2 s)
+#   default_queue_depth=200     jobs tried per event; the guide finds the default 100 fine,
+#                               a small cluster can afford twice that
+#   partition_job_depth=200     the same bound per partition (each node is in two)
+#   bf_continue                 backfill goes on after it yields its locks (from the guide's set)
+SCHEDULER_PARAMETERS = (
+    "batch_sched_delay=3",
+    "sched_min_interval=1000000",
+    "default_queue_depth=200",
+    "partition_job_depth=200",
+    "bf_continue",
+)
+
+
+@dataclass(frozen=True)
+class SlurmNodeDef:
+    """A compute node as slurm.conf declares it; ``address`` is None until it is known."""
+
+    name: str
+    group: str
+    address: str | None
+    dynamic: bool
+
+
+def slurm_files(
+    spec: ClusterSpec,
+    head_name: str,
+    head_address: str,
+    nodes: Sequence[SlurmNodeDef],
+    include_dynamic: bool = False,
+) -> dict[str, str]:
+    """The rendered files by name: ``slurm.conf``, ``cgroup.conf`` and ``gres.conf``.
+
+    ``nodes`` are the compute nodes (never the head). Dynamic ones are left out unless
+    ``include_dynamic``; when included they are declared ``State=CLOUD`` without an address.
+    Raises ``ValueError`` on nodes that contradict the spec (a caller's bug).
+    """
+    chosen = select_nodes(spec, head_name, nodes, include_dynamic)
+    return {
+        "slurm.conf": render(
+            "slurm/slurm.conf.j2", **slurm_conf_values(spec, head_name, head_address, chosen)
+        ),
+        "cgroup.conf": render("slurm/cgroup.conf.j2", **cgroup_conf_values(spec)),
+        "gres.conf": render("slurm/gres.conf.j2", **gres_conf_values(spec, chosen)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The nodes
+
+
+def select_nodes(
+    spec: ClusterSpec, head_name: str, nodes: Sequence[SlurmNodeDef], include_dynamic: bool
+) -> list[SlurmNodeDef]:
+    """The nodes the files declare, in the caller's order, after checking them."""
+    check_nodes(spec, head_name, nodes)
+    return [n for n in nodes if include_dynamic or not n.dynamic]
+
+
+def check_nodes(spec: ClusterSpec, head_name: str, nodes: Sequence[SlurmNodeDef]) -> None:
+    """Raise ``ValueError`` for an unknown group, a repeated name or a static node without
+    an address: Slurm would start with a wrong cluster instead of failing."""
+    groups = {g.name for g in spec.groups}
+    seen = {head_name}
+    for node in nodes:
+        if node.group not in groups:
+            raise ValueError(f"node {node.name}: group {node.group!r} is not in the spec")
+        if node.name in seen:
+            raise ValueError(f"node {node.name}: declared more than once (or named as the head)")
+        if not node.dynamic and node.address is None:
+            raise ValueError(f"node {node.name}: a static node needs its address")
+        seen.add(node.name)
+
+
+def group_of(spec: ClusterSpec, name: str) -> GroupSpec:
+    """The group spec called ``name`` (``check_nodes`` made sure it exists)."""
+    return next(g for g in spec.groups if g.name == name)
+
+
+def has_gpus(spec: ClusterSpec) -> bool:
+    """True when any group of the spec has GPUs, whether or not its nodes are declared."""
+    return any(g.gpus > 0 for g in spec.groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# slurm.conf
+
+
+def slurm_conf_values(
+    spec: ClusterSpec, head_name: str, head_address: str, nodes: Sequence[SlurmNodeDef]
+) -> dict[str, Any]:
+    """Everything slurm.conf.j2 places, for the nodes to declare."""
+    return {
+        "cluster": spec.name,
+        "controller": controller_settings(spec, head_name, head_address),
+        "paths": path_settings(),
+        "plugins": plugin_settings(spec),
+        "jobs": job_settings(spec),
+        "throughput": throughput_settings(),
+        "nodes": [node_settings(spec, node) for node in nodes],
+        "partitions": partition_settings(spec, nodes),
+        "extra": list(spec.slurm.extra),
+    }
+
+
+def controller_settings(spec: ClusterSpec, head_name: str, head_address: str) -> Settings:
+    """Who the controller is and how daemons reach and trust each other."""
+    return {
+        "ClusterName": spec.slurm_cluster_name,
+        # slurmctld starts only on the host whose hostname is the one named here.
+        "SlurmctldHost": f"{head_name}({head_address})",
+        # Compute nodes fetch their configuration from slurmctld (slurmd --conf-server).
+        "SlurmctldParameters": "enable_configless",
+        "SlurmUser": "slurm",
+        "AuthType": "auth/munge",
+        "CredType": "cred/munge",
+        "SlurmctldPort": str(SLURMCTLD_PORT),
+        "SlurmdPort": str(SLURMD_PORT),
+    }
+
+
+def path_settings() -> Settings:
+    """Where the daemons keep state, pid files and logs.
+
+    Local nodes share the host's /run, so each pid file lives in the daemon's spool
+    directory, which is private to its node.
+    """
+    return {
+        "StateSaveLocation": "/var/spool/slurmctld",
+        "SlurmdSpoolDir": "/var/spool/slurmd",
+        "SlurmctldPidFile": "/var/spool/slurmctld/slurmctld.pid",
+        "SlurmdPidFile": "/var/spool/slurmd/slurmd.pid",
+        "SlurmctldLogFile": "/var/log/slurm/slurmctld.log",
+        "SlurmdLogFile": "/var/log/slurm/slurmd.log",
+    }
+
+
+def plugin_settings(spec: ClusterSpec) -> Settings:
+    """How jobs are placed, tracked and confined (cgroup.conf says how far)."""
+    settings = {
+        "SwitchType": "switch/none",
+        "MpiDefault": "none",
+        "ProctrackType": "proctrack/cgroup",
+        "TaskPlugin": "task/cgroup,task/affinity",
+        "SelectType": "select/cons_tres",
+        "SelectTypeParameters": "CR_Core_Memory",
+    }
+    if has_gpus(spec):
+        settings["GresTypes"] = "gpu"
+    if spec.provider == "local":
+        # Local nodes declare more CPUs than the machine has; slurmd would drain them.
+        settings["SlurmdParameters"] = "config_overrides"
+    return settings
+
+
+def job_settings(spec: ClusterSpec) -> Settings:
+    """How jobs survive lost nodes, and how many the controller holds."""
+    return {
+        # A job whose node is lost (a Spot interruption) goes back to the queue.
+        "JobRequeue": "1",
+        # A node that was DOWN for any reason returns to service when its slurmd registers.
+        "ReturnToService": "2",
+        "MaxArraySize": str(spec.slurm.max_array_size),
+        "MaxJobCount": str(spec.slurm.max_job_count),
+    }
+
+
+def throughput_settings() -> Settings:
+    """Settings from SchedMD's High Throughput Computing Administration Guide."""
+    return {
+        # Backfill (the default, stated) still helps the mixed MPI and array workloads.
+        "SchedulerType": "sched/backfill",
+        "SchedulerParameters": ",".join(SCHEDULER_PARAMETERS),
+        # FIFO: the guide's faster choice; an ephemeral cluster has no fair share to keep.
+        "PriorityType": "priority/basic",
+        # The guide: purge finished jobs after "a few seconds". There is no accounting
+        # database here, so a record is the only place a job's end shows; keep it a minute.
+        "MinJobAge": "60",
+        # The guide: raise it "somewhat" from 10 s; local nodes share a few real cores.
+        "MessageTimeout": "20",
+        # No accounting, no job completion log, no accounting sampling: less work per job.
+        "AccountingStorageType": "accounting_storage/none",
+        "JobAcctGatherType": "jobacct_gather/none",
+        "JobCompType": "jobcomp/none",
+        # The guide: error or info; more detailed logging lowers throughput.
+        "SlurmctldDebug": "info",
+        "SlurmdDebug": "info",
+    }
+
+
+def node_settings(spec: ClusterSpec, node: SlurmNodeDef) -> Settings:
+    """One NodeName line; its size comes from the node's group."""
+    group = group_of(spec, node.group)
+    settings: Settings = {"NodeName": node.name}
+    if not node.dynamic and node.address is not None:
+        # Dynamic nodes get their address at resume time (scontrol update nodeaddr=...).
+        settings["NodeAddr"] = node.address
+    settings["NodeHostname"] = node.name
+    settings["CPUs"] = str(group.cpus)
+    settings["RealMemory"] = str(group.memory_mb)
+    if group.gpus > 0:
+        settings["Gres"] = f"gpu:{group.gpus}"
+    if group.features:
+        settings["Features"] = ",".join(group.features)
+    settings["Weight"] = str(group.weight)
+    # CLOUD: powered down until Slurm resumes it; UNKNOWN: slurmd's registration decides.
+    settings["State"] = "CLOUD" if node.dynamic else "UNKNOWN"
+    return settings
+
+
+def partition_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> list[Settings]:
+    """The default partition with every declared node, then one partition per group.
+
+    A group without declared nodes still gets its partition, empty (``Nodes=``), so a job
+    asking for it waits instead of being rejected.
+    """
+    everyone = partition(DEFAULT_PARTITION, [n.name for n in nodes], default=True)
+    per_group = [
+        partition(g.name, [n.name for n in nodes if n.group == g.name]) for g in spec.groups
+    ]
+    return [everyone, *per_group]
+
+
+def partition(name: str, node_names: Sequence[str], default: bool = False) -> Settings:
+    """One PartitionName line."""
+    settings = {"PartitionName": name, "Nodes": compress_hostlist(node_names) if node_names else ""}
+    if default:
+        settings["Default"] = "YES"
+    settings["MaxTime"] = "INFINITE"
+    settings["State"] = "UP"
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
+# cgroup.conf
+
+
+def cgroup_conf_values(spec: ClusterSpec) -> dict[str, Any]:
+    """Everything cgroup.conf.j2 places."""
+    return {"cluster": spec.name, "settings": cgroup_settings(spec)}
+
+
+def cgroup_settings(spec: ClusterSpec) -> Settings:
+    """How far task/cgroup confines a job."""
+    return {
+        # This machine runs cgroup v1 (measured); EC2 images vary, so slurmd looks itself.
+        "CgroupPlugin": "cgroup/v1" if spec.provider == "local" else "autodetect",
+        # A job sees only the cores it was given: `nproc` shows its -c.
+        "ConstrainCores": "yes",
+        # A step over its --mem is OOM-killed instead of starving the node's other jobs.
+        "ConstrainRAMSpace": "yes",
+        "AllowedRAMSpace": "100",
+        # Nodes have no swap to share out; limiting it would only add a setting to explain.
+        "ConstrainSwapSpace": "no",
+        # Devices matter only where there are GPUs to hand out one by one.
+        "ConstrainDevices": "yes" if has_gpus(spec) else "no",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# gres.conf
+
+
+def gres_conf_values(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> dict[str, Any]:
+    """Everything gres.conf.j2 places: one line per GPU group and kind of node."""
+    lines: list[Settings] = []
+    for group in spec.groups:
+        if group.gpus > 0:
+            lines += gres_lines(spec, group, [n for n in nodes if n.group == group.name])
+    return {"cluster": spec.name, "lines": lines}
+
+
+def gres_lines(
+    spec: ClusterSpec, group: GroupSpec, nodes: Sequence[SlurmNodeDef]
+) -> list[Settings]:
+    """The GPU lines of one group's declared nodes."""
+    static = [n.name for n in nodes if not n.dynamic]
+    dynamic = [n.name for n in nodes if n.dynamic]
+    if spec.provider == "local":
+        # No device files exist locally: the GPUs are counted, never opened.
+        return [local_gpus(static + dynamic, group.gpus)] if nodes else []
+    lines = [{"NodeName": compress_hostlist(static), "AutoDetect": "nvml"}] if static else []
+    if dynamic:
+        # gres.conf(5): "AutoDetect cannot be used with cloud nodes"; EC2 GPU instances
+        # number their devices /dev/nvidia0 upwards.
+        lines.append(cloud_gpus(dynamic, group.gpus))
+    return lines
+
+
+def local_gpus(names: Sequence[str], count: int) -> Settings:
+    """GPUs that are only counted (the local provider has no devices)."""
+    return {"NodeName": compress_hostlist(names), "Name": "gpu", "Count": str(count)}
+
+
+def cloud_gpus(names: Sequence[str], count: int) -> Settings:
+    """NVIDIA GPUs named by device file, for nodes where AutoDetect is not allowed."""
+    files = "/dev/nvidia0" if count == 1 else f"/dev/nvidia[0-{count - 1}]"
+    return {"NodeName": compress_hostlist(names), "Name": "gpu", "File": files}
