@@ -1,0 +1,7 @@
+"""Node-side tools: small commands that run on the cluster's nodes, inside Slurm jobs.
+
+They run with the node's system ``python3`` and ``python3-jinja2``, not with clusterkit's
+virtualenv, so they may import only the standard library, ``jinja2``, ``clusterkit.render``
+and ``clusterkit.slurm`` (with ``clusterkit.errors``, which it raises) -- never pydantic or
+``clusterkit.spec``. A unit test holds them to it.
+"""
