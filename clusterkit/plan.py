@@ -39,6 +39,24 @@ class NodePlan:
         return self.kind == "static"
 
 
+@dataclass(frozen=True)
+class ClusterUser:
+    """A cluster user as every node must know it: same ids everywhere, home on shared storage."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def cluster_users(spec: ClusterSpec) -> list[ClusterUser]:
+    home_root = f"{spec.shared_storage.mount_point}/home"
+    return [
+        ClusterUser(u.name, u.uid, u.gid if u.gid is not None else u.uid, f"{home_root}/{u.name}")
+        for u in spec.users
+    ]
+
+
 def head_name(cluster: str) -> str:
     return f"{cluster}-head"
 

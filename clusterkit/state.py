@@ -86,14 +86,17 @@ class ClusterState(BaseModel):
         atomic_write(self.dir / "state.json", self.model_dump_json(indent=2) + "\n")
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old or the new file, never a torn one."""
+def atomic_write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old or the new file, never a torn one.
+
+    The file has ``mode`` from its creation on, so a secret is never readable by others.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterkit.plan import NodePlan
+from clusterkit.plan import ClusterUser, NodePlan
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, NodeState
 
@@ -19,6 +19,9 @@ class NodeBoot:
     authorized_keys: str  # for root
     known_hosts: str  # the cluster's known_hosts, installed as the node's global one
     hosts: str  # /etc/hosts of the cluster
+    users: tuple[ClusterUser, ...] = ()  # accounts every node must know
+    node_key: Path | None = None  # compute nodes: the key that reads from the head (SFTP only)
+    user_data: str | None = None  # the boot script, run once at boot like EC2 user-data
 
 
 class Provider(ABC):

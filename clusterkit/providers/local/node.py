@@ -1,11 +1,13 @@
-"""Processes of a local node: the namespace holder, sshd, and the means to enter and kill them.
+"""Processes of a local node: its init, sshd, and the means to enter and kill them.
 
-A node is a network namespace (made by ``net``) plus a UTS and a mount namespace owned by a
-*holder* process (``sleep infinity`` named ``ck-node:CLUSTER:NODE``). The holder sets the
-hostname and bind-mounts the node's private directories before it starts sleeping; every
-other process of the node is started inside the holder's namespaces with ``nsenter``.
-Processes are found for killing by their network namespace, so nothing of a node escapes
-``down`` even when the state never learned its pid.
+A node is a network namespace (made by ``net``) plus UTS, mount and PID namespaces whose
+first process is the node's *init* (named ``ck-node:CLUSTER:NODE``). Before it becomes init
+it sets the hostname and bind-mounts the node's private directories; then it only reaps
+orphans, as PID 1 must, or a busy node fills with zombie job steps. With a PID namespace of
+its own, ``ps``/``pgrep`` on a node see that node's processes only, so service checks are
+honest. Every other process is started inside with ``nsenter``. Processes are found for
+killing by their network namespace, so nothing of a node escapes ``down`` even when the
+state never learned its pid.
 """
 
 from __future__ import annotations
@@ -28,25 +30,47 @@ NODE_DIRS = {
     "etc/ssh": "/etc/ssh",
     "etc/slurm": "/etc/slurm",
     "etc/munge": "/etc/munge",
+    "etc/clusterkit": "/etc/clusterkit",
     "run/munge": "/run/munge",
-    "spool/slurmd": "/var/spool/slurmd",
+    "lib/munge": "/var/lib/munge",
+    "lib/clusterkit": "/var/lib/clusterkit",
+    "log/munge": "/var/log/munge",
     "log/slurm": "/var/log/slurm",
+    "spool/slurmd": "/var/spool/slurmd",
+    "spool/slurmctld": "/var/spool/slurmctld",
 }
-NODE_FILES = {"hosts": "/etc/hosts"}
+NODE_FILES = {"hosts": "/etc/hosts", "passwd": "/etc/passwd", "group": "/etc/group"}
+NODE_SECRET_FILES = {"shadow": "/etc/shadow"}  # root-only, like the host's
 
-# The holder's script: everything before `exec` runs once in the new namespaces.
-_HOLDER_SCRIPT = r"""
+INIT_PYTHON = "/usr/bin/python3"
+
+# PID 1 of a node: reap every orphan; exit on SIGTERM (the kernel then ends the whole node).
+_INIT = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+while True:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+    signal.sigtimedwait({signal.SIGCHLD}, 60)
+"""
+
+# Runs once in the new namespaces, then becomes the node's init.
+_SETUP_SCRIPT = r"""
 set -eu
-node=$1; root=$2; shift 2
+node=$1; shift
 hostname "$node"
 mkdir -p /run/sshd
 while [ $# -gt 0 ]; do
     [ -e "$2" ] || mkdir -p "$2"
-    mount --bind "$root/$1" "$2"
+    mount --bind "$1" "$2"
     shift 2
 done
 echo ready
-exec -a "ck-node:$CK_CLUSTER:$node" sleep infinity
+exec -a "ck-node:$CK_CLUSTER:$node" "$CK_PYTHON" -c "$CK_INIT"
 """
 
 
@@ -57,6 +81,7 @@ class LocalNode:
     index: int
     address: str
     root: Path  # the node's private directory on the host
+    extra_binds: tuple[tuple[Path, Path], ...] = ()  # (host path, path in the node)
 
     @property
     def netns(self) -> Path:
@@ -65,22 +90,25 @@ class LocalNode:
     def prepare_dirs(self) -> None:
         for rel in NODE_DIRS:
             (self.root / rel).mkdir(parents=True, exist_ok=True)
-        for rel, target in NODE_FILES.items():
+        for rel, target in {**NODE_FILES, **NODE_SECRET_FILES}.items():
             (self.root / rel).touch(exist_ok=True)
             Path(target).touch(exist_ok=True)  # a file mount needs a file to cover
+        os.chmod(self.root / "shadow", 0o640)
         (self.root / "etc/ssh/authorized_keys").mkdir(exist_ok=True)
 
-    def start_holder(self, timeout: float = 10.0) -> int:
-        """Start the holder in the node's netns; return its pid once mounts are in place."""
-        binds: list[str] = []
-        for rel, target in {**NODE_DIRS, **NODE_FILES}.items():
-            binds += [rel, target]
+    def binds(self) -> list[tuple[Path, Path]]:
+        own = {**NODE_DIRS, **NODE_FILES, **NODE_SECRET_FILES}
+        return [(self.root / rel, Path(t)) for rel, t in own.items()] + list(self.extra_binds)
+
+    def start_init(self, timeout: float = 10.0) -> int:
+        """Start the node's namespaces and init; return init's pid once mounts are in place."""
+        pairs = [str(p) for bind in self.binds() for p in bind]
         argv = [
             "nsenter", f"--net={self.netns}", "--",
-            "unshare", "--uts", "--mount", "--propagation", "private", "--",
-            "bash", "-c", _HOLDER_SCRIPT, "ck-holder", self.name, str(self.root), *binds,
+            "unshare", "--uts", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+            "--", "bash", "-c", _SETUP_SCRIPT, "ck-setup", self.name, *pairs,
         ]  # fmt: skip
-        log = open(self.root / "holder.log", "wb")  # noqa: SIM115 - handed to the child
+        log = open(self.root / "init.log", "wb")  # noqa: SIM115 - handed to the child
         with log:
             child = subprocess.Popen(
                 argv,
@@ -88,29 +116,39 @@ class LocalNode:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,
-                env={**_clean_env(), "CK_CLUSTER": self.cluster},
+                env={
+                    **_clean_env(),
+                    "CK_CLUSTER": self.cluster,
+                    "CK_PYTHON": INIT_PYTHON,
+                    "CK_INIT": _INIT,
+                },
             )
         stdout = child.stdout
         if stdout is None:  # pragma: no cover - stdout=PIPE always gives a pipe
-            raise ProviderError(f"node {self.name}: no pipe from the holder")
+            raise ProviderError(f"node {self.name}: no pipe from its init")
         ready, _, _ = select.select([stdout], [], [], timeout)
         line = stdout.readline() if ready else b""
         stdout.close()
         if line.strip() != b"ready":
             kill_pids([child.pid])
-            tail = (self.root / "holder.log").read_text(errors="replace").strip()[-300:]
+            tail = (self.root / "init.log").read_text(errors="replace").strip()[-300:]
             raise ProviderError(f"node {self.name}: namespaces could not be set up: {tail}")
-        return child.pid
+        # `unshare --fork` waits for its child, which is the node's init (PID 1 inside).
+        children = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+        if len(children) != 1:
+            kill_pids([child.pid])
+            raise ProviderError(f"node {self.name}: expected one init process, found {children}")
+        return int(children[0])
 
-    def enter_argv(self, holder: int) -> list[str]:
+    def enter_argv(self, init: int) -> list[str]:
         """The ``nsenter`` prefix that runs a command inside this node."""
-        return ["nsenter", "-t", str(holder), "--net", "--uts", "--mount", "--"]
+        return ["nsenter", "-t", str(init), "--net", "--uts", "--mount", "--pid", "--"]
 
-    def spawn(self, holder: int, argv: list[str], log_name: str) -> int:
+    def spawn(self, init: int, argv: list[str], log_name: str) -> int:
         """Start a long-running ``argv`` inside the node, detached; return its pid."""
         with open(self.root / log_name, "ab") as log:
             child = subprocess.Popen(
-                [*self.enter_argv(holder), *argv],
+                [*self.enter_argv(init), *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -119,8 +157,8 @@ class LocalNode:
             )
         return child.pid
 
-    def start_sshd(self, holder: int) -> int:
-        return self.spawn(holder, ["/usr/sbin/sshd", "-D", "-e"], "sshd.log")
+    def start_sshd(self, init: int) -> int:
+        return self.spawn(init, ["/usr/sbin/sshd", "-D", "-e"], "sshd.log")
 
 
 def _clean_env() -> dict[str, str]:

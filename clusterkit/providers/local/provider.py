@@ -8,9 +8,16 @@ import uuid
 from pathlib import Path
 
 from clusterkit.errors import PrerequisiteError, ProviderError
-from clusterkit.plan import NodePlan, gateway_address, node_address, overlaps, pick_subnet
+from clusterkit.plan import (
+    ClusterUser,
+    NodePlan,
+    gateway_address,
+    node_address,
+    overlaps,
+    pick_subnet,
+)
 from clusterkit.providers.base import NodeBoot, Provider
-from clusterkit.providers.local import net
+from clusterkit.providers.local import cgroups, net
 from clusterkit.providers.local.node import LocalNode, alive, kill_pids, pids_in_netns
 from clusterkit.render import render
 from clusterkit.state import ClusterState, NodeState, atomic_write, list_states, locked
@@ -27,6 +34,7 @@ REQUIRED_PROGRAMS = {
     "sshd": "openssh-server",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "/usr/bin/python3": "python3",  # every node's init, and Ansible's interpreter on nodes
 }
 
 
@@ -64,6 +72,11 @@ class LocalProvider(Provider):
                 network["bridge"] = net.bridge_name(self.state.name)
                 self.state.save()  # recorded before any link exists, so `down` knows it
             net.create_bridge(self.state.name, network["gateway"])
+        cgroups.create(self.state.name)
+        # The shared mount point must exist on the host's file system to be mounted over in
+        # the nodes; it stays empty on the host itself.
+        Path(self.spec.shared_storage.mount_point).mkdir(parents=True, exist_ok=True)
+        (self.state.dir / "shared").mkdir(exist_ok=True)
 
     def _choose_subnet(self) -> str:
         others = [s.network["subnet"] for s in list_states() if "subnet" in s.network]
@@ -82,16 +95,24 @@ class LocalProvider(Provider):
 
     # -- nodes -----------------------------------------------------------------------------
 
-    def _node(self, name: str, index: int, address: str) -> LocalNode:
-        return LocalNode(self.state.name, name, index, address, self.state.dir / "nodes" / name)
+    def _node(self, name: str, index: int, address: str, head: bool = False) -> LocalNode:
+        binds = [(sub, mount) for sub, mount in cgroups.create(self.state.name)]
+        if head:
+            binds.append((self.state.dir / "shared", Path(self.spec.shared_storage.mount_point)))
+        root = self.state.dir / "nodes" / name
+        return LocalNode(self.state.name, name, index, address, root, tuple(binds))
 
     def launch(self, node: NodePlan, boot: NodeBoot) -> NodeState:
-        local = self._node(node.name, node.index, self.address(node))
+        local = self._node(node.name, node.index, self.address(node), node.role == "head")
         local.prepare_dirs()
         self._write_boot_files(local, boot)
         net.create_node_net(self.state.name, node.name, node.index, local.address)
-        holder = local.start_holder()
-        sshd = local.start_sshd(holder)
+        init = local.start_init()
+        sshd = local.start_sshd(init)
+        if boot.user_data is not None:
+            # Like EC2: the user-data runs once at boot, on its own; its output is the
+            # node's console log.
+            local.spawn(init, ["/bin/bash", "/etc/clusterkit/user-data"], "console.log")
         return NodeState(
             name=node.name,
             role=node.role,
@@ -100,7 +121,7 @@ class LocalProvider(Provider):
             address=local.address,
             instance_id=f"i-{uuid.uuid4().hex[:17]}",
             index=node.index,
-            pids={"holder": holder, "sshd": sshd},
+            pids={"init": init, "sshd": sshd},
             status="running",
         )
 
@@ -115,14 +136,21 @@ class LocalProvider(Provider):
         atomic_write(ssh / "sshd_config", render("ssh/sshd_config.j2", **values), mode=0o600)
         atomic_write(ssh / "ssh_config", render("ssh/node_ssh_config.j2", **values))
         atomic_write(node.root / "hosts", boot.hosts)
+        for name, text in account_files(boot.users).items():
+            atomic_write(node.root / name, text, mode=0o640 if name == "shadow" else 0o644)
+        if boot.node_key is not None:
+            key = boot.node_key.read_text(encoding="utf-8")
+            atomic_write(ssh / "ck_node_key", key, mode=0o600)
+        if boot.user_data is not None:
+            atomic_write(node.root / "etc/clusterkit/user-data", boot.user_data, mode=0o700)
 
     def running(self, node: NodeState) -> bool:
         path = net.netns_path(self.state.name, node.name)
-        holder, sshd = node.pids.get("holder"), node.pids.get("sshd")
-        if holder is None or sshd is None or not path.exists():
+        init, sshd = node.pids.get("init"), node.pids.get("sshd")
+        if init is None or sshd is None or not path.exists():
             return False
         in_ns = set(pids_in_netns([path]))
-        return all(alive(p) and p in in_ns for p in (holder, sshd))
+        return all(alive(p) and p in in_ns for p in (init, sshd))
 
     def terminate(self, node: NodeState) -> None:
         kill_pids(pids_in_netns([net.netns_path(self.state.name, node.name)]))
@@ -130,7 +158,7 @@ class LocalProvider(Provider):
 
     def enter_argv(self, node: NodeState) -> list[str]:
         """``nsenter`` prefix for running a command inside ``node`` (for tests and tools)."""
-        return self._node(node.name, node.index, node.address or "").enter_argv(node.pids["holder"])
+        return ["nsenter", "-t", str(node.pids["init"]), "--net", "--uts", "--mount", "--pid", "--"]
 
     # -- whole clusters --------------------------------------------------------------------
 
@@ -145,8 +173,46 @@ class LocalProvider(Provider):
         links = net.cluster_links(name)
         net.delete_cluster_net(name)
         removed += [f"netns {ns}" for ns in namespaces] + [f"link {link}" for link in links]
-        return removed
+        return removed + cgroups.remove(name)
 
     @classmethod
     def discover(cls) -> list[str]:
         return sorted(net.all_clusterkit_netns())
+
+
+def account_files(users: tuple[ClusterUser, ...]) -> dict[str, str]:
+    """A node's passwd, group and shadow: the host image's accounts plus the cluster users.
+
+    They are private to the node (bind-mounted), so cluster users never appear on the host.
+    A cluster user must not collide with an account of the image under another id.
+    """
+    files = {
+        n: Path(f"/etc/{n}").read_text(encoding="utf-8") for n in ("passwd", "group", "shadow")
+    }
+    by_name = {line.split(":")[0]: line.split(":") for line in files["passwd"].splitlines() if line}
+    by_uid = {fields[2]: name for name, fields in by_name.items()}
+    groups = {
+        line.split(":")[0]: line.split(":")[2] for line in files["group"].splitlines() if line
+    }
+    extra: dict[str, list[str]] = {"passwd": [], "group": [], "shadow": []}
+    for u in users:
+        if u.name in by_name:
+            if by_name[u.name][2] != str(u.uid):
+                raise ProviderError(
+                    f"users: {u.name!r} exists in the node image with uid {by_name[u.name][2]}, "
+                    f"not {u.uid}; choose another name or uid"
+                )
+            continue
+        if str(u.uid) in by_uid:
+            raise ProviderError(
+                f"users: uid {u.uid} of {u.name!r} belongs to {by_uid[str(u.uid)]!r} in the node "
+                "image; choose another uid"
+            )
+        extra["passwd"].append(f"{u.name}:x:{u.uid}:{u.gid}:clusterkit user:{u.home}:/bin/bash")
+        extra["shadow"].append(f"{u.name}:*:20000:0:99999:7:::")
+        if u.name not in groups:
+            extra["group"].append(f"{u.name}:x:{u.gid}:")
+    return {
+        name: text.rstrip("\n") + "\n" + "".join(line + "\n" for line in extra[name])
+        for name, text in files.items()
+    }
