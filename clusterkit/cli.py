@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from clusterkit import __version__
 from clusterkit import cluster as lib
+from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
 from clusterkit.spec import ClusterSpec, example_spec_text, load_spec, parse_spec_text
@@ -55,9 +57,13 @@ class RichProgress:
 
 STEP_LABELS = {
     "network": "Network (bridge and subnet)",
-    "keys": "Keys and known_hosts",
+    "keys": "Keys (SSH, munge) and known_hosts",
+    "render": "Slurm configuration and boot script",
     "nodes": "Nodes (namespaces and sshd)",
     "ssh": "SSH reachable on every node",
+    "configure": "Head configured (Ansible: munge, users, storage, slurmctld)",
+    "boot": "Compute nodes booted (munge, shared storage, slurmd)",
+    "verify": "Verified",
 }
 
 output_option = click.option(
@@ -92,11 +98,17 @@ def cli() -> None:
     "-f", "--file", "path", type=click.Path(path_type=Path), default=None,
     help=f"The cluster spec (default: ./{DEFAULT_SPEC}).",
 )  # fmt: skip
-def up(path: Path | None) -> None:
+@click.option(
+    "--no-configure", is_flag=True,
+    help="Bare nodes (SSH only): configure them yourself, e.g. with `clusterkit inventory`.",
+)  # fmt: skip
+def up(path: Path | None, no_configure: bool) -> None:
     """Build the cluster a spec describes, or reconcile a live one towards it.
 
-    Running `up` again on a live cluster keeps healthy nodes and replaces missing or broken
-    ones; it never duplicates anything.
+    The result is a working Slurm cluster: the head configured through Ansible, compute
+    nodes booted from their boot script, every node verified. Running `up` again on a live
+    cluster keeps healthy nodes and replaces missing or broken ones; it never duplicates
+    anything.
     """
     spec = _load(path)
     lib.check_prerequisites(spec)
@@ -106,7 +118,7 @@ def up(path: Path | None) -> None:
         f"static compute node(s)"
     )
     start = time.monotonic()
-    lib.up(spec, RichProgress())
+    lib.up(spec, RichProgress(), configure=not no_configure)
     err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
     _print_status(lib.status(spec.name))
     out.print(
@@ -190,19 +202,54 @@ def _print_status(st: lib.ClusterStatus) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("node", required=False)
+@click.option("-u", "--user", default="root", show_default=True, help="Log in as this user.")
 @click.pass_context
-def ssh(ctx: click.Context, name: str, node: str | None) -> None:
+def ssh(ctx: click.Context, name: str, node: str | None, user: str) -> None:
     """Open a shell on NODE (default: the head) of cluster NAME, or run `-- CMD` there.
 
     \b
     Host keys are checked against the cluster's own known_hosts:
-      clusterkit ssh demo                     shell on demo-head
+      clusterkit ssh demo                          shell on demo-head
       clusterkit ssh demo compute-st-1 -- hostname
+      clusterkit ssh demo -u ckuser -- sbatch --wrap hostname
     """
     command = (ctx.obj or {}).get("remote")
-    argv = lib.ssh_argv(name, node, command)
+    argv = lib.ssh_argv(name, node, command, user=user)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # noqa: S606 - ssh replaces this process, as a shell would
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "-o", "--output", "directory", type=click.Path(path_type=Path), default=Path("."),
+    show_default=True, help="Directory to write inventory.yml into.",
+)  # fmt: skip
+def inventory(name: str, directory: Path) -> None:
+    """Write an Ansible inventory of cluster NAME, with every variable the playbooks use.
+
+    \b
+    Apply clusterkit's playbooks to the nodes with plain Ansible:
+      clusterkit up -f cluster.yaml --no-configure
+      clusterkit inventory demo -o ops/
+      ansible-playbook -i ops/inventory.yml PLAYBOOKS/site.yml
+    """
+    path = lib.write_inventory_dir(name, directory)
+    out.print(f"wrote {path}")
+    out.print(f"run: ansible-playbook -i {path} {playbook_dir() / 'site.yml'}")
+
+
+@cli.command("env")
+@click.argument("name")
+def env_(name: str) -> None:
+    """Print the environment for Slurm commands on this machine to use cluster NAME.
+
+    \b
+      eval "$(clusterkit env demo)"
+      sinfo; sbatch --wrap hostname; squeue
+    """
+    for key, value in lib.client_env(name).items():
+        click.echo(f"export {key}={shlex.quote(value)}")
 
 
 @cli.command()

@@ -8,6 +8,7 @@ knows what ``up`` made, and ``down`` also finds resources by name where state is
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,16 +18,30 @@ from pathlib import Path
 from typing import Protocol
 
 from clusterkit import proc
-from clusterkit.errors import ClusterkitError, CommandError, SSHError, StateError
-from clusterkit.plan import NodePlan, plan_nodes, static_nodes
+from clusterkit.configure import (
+    READY_MARKER,
+    SLURMCTLD_PORT,
+    ClusterFiles,
+    ansible_vars,
+    inventory,
+    run_playbook,
+    service_manager,
+    shared_type,
+    write_inventory,
+    write_nodetools_archive,
+)
+from clusterkit.errors import ClusterkitError, CommandError, ConfigureError, SSHError, StateError
+from clusterkit.plan import NodePlan, cluster_users, head_name, plan_nodes, static_nodes
 from clusterkit.providers import provider_class
 from clusterkit.providers.base import NodeBoot, Provider
 from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.render import render
+from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import NAME_PATTERN, ClusterSpec, parse_spec
 from clusterkit.state import (
     ClusterState,
     NodeState,
+    atomic_write,
     cluster_dir,
     cluster_lock,
     clusters_dir,
@@ -39,6 +54,9 @@ from clusterkit.state import (
 from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
 
 SSH_WAIT_SECONDS = 20.0
+BOOT_TIMEOUT_SECONDS = 300
+BOOT_STATUS = "/var/lib/clusterkit/boot.status"
+NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
 
 
 class Progress(Protocol):
@@ -86,8 +104,13 @@ def check_prerequisites(spec: ClusterSpec) -> None:
     provider_class(spec.provider).check_prerequisites()
 
 
-def up(spec: ClusterSpec, progress: Progress | None = None) -> ClusterState:
-    """Create the cluster ``spec`` describes, or reconcile a live one towards it."""
+def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = True) -> ClusterState:
+    """Create the cluster ``spec`` describes, or reconcile a live one towards it.
+
+    With ``configure`` (the default) the result is a working Slurm cluster: the head is
+    configured through Ansible and compute nodes boot from their boot script. Without it,
+    nodes are bare (SSH only), for configuration by other means.
+    """
     progress = progress or NoProgress()
     cls = provider_class(spec.provider)
     cls.check_prerequisites()
@@ -102,11 +125,16 @@ def up(spec: ClusterSpec, progress: Progress | None = None) -> ClusterState:
             with _logged_step(state, progress, "keys"):
                 trusted = _make_keys(spec, provider, trust)
                 state.mark("keys")
+            with _logged_step(state, progress, "render"):
+                render_cluster_files(spec, state, trusted)
+                state.mark("render")
             with _logged_step(state, progress, "nodes"):
-                _converge_nodes(spec, state, provider, trust, trusted)
+                _converge_nodes(spec, state, provider, trust, trusted, configure=configure)
                 state.mark("nodes")
             with _logged_step(state, progress, "ssh"):
                 wait_for_ssh(trust, [n.name for n in static_nodes(spec)])
+            if configure:
+                _configure(spec, state, trust, progress)
             state.status = "ready"
             state.mark("ready")
         except BaseException:
@@ -141,6 +169,12 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
     while the cluster lives and a node powered up later is trusted from its first boot.
     """
     trust.ensure_user_key()
+    files = ClusterFiles(trust.root)
+    keygen(files.node_key, f"clusterkit-{spec.name}-node")
+    for user in spec.users:
+        keygen(files.user_key(user.name), f"{user.name}@{spec.name}")
+    if not files.munge_key.exists():
+        atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
     nodes = plan_nodes(spec)
     keys = [host_key_path(trust, n.name) for n in nodes]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -157,12 +191,89 @@ def host_key_path(trust: ClusterTrust, node: str) -> Path:
     return trust.root / "keys" / "hosts" / node
 
 
+def render_cluster_files(
+    spec: ClusterSpec, state: ClusterState, trusted: list[TrustedNode]
+) -> None:
+    """Slurm's files, the compute boot script and the node tools, under ``rendered/``."""
+    files = ClusterFiles(state.dir)
+    addresses = {t.name: t.address for t in trusted}
+    head = head_name(spec.name)
+    computes = [
+        SlurmNodeDef(n.name, n.group or "", addresses[n.name], not n.static)
+        for n in plan_nodes(spec)
+        if n.role == "compute"
+    ]
+    for name, text in slurm_files(spec, head, addresses[head], computes).items():
+        atomic_write(files.slurm_conf_dir / name, text)
+    atomic_write(files.boot_script, boot_script(spec), mode=0o700)
+    write_nodetools_archive(files.nodetools_archive)
+
+
+def boot_script(spec: ClusterSpec) -> str:
+    return render(
+        "boot/compute.sh.j2",
+        cluster=spec.name,
+        head=head_name(spec.name),
+        node_key=NODE_KEY_ON_NODE,
+        ready_marker=READY_MARKER,
+        service_manager=service_manager(spec),
+        users=cluster_users(spec),
+        shared_dir=spec.shared_storage.mount_point,
+        shared_type=shared_type(spec),
+        slurmctld_port=SLURMCTLD_PORT,
+        timeout=BOOT_TIMEOUT_SECONDS,
+    )
+
+
+def _configure(
+    spec: ClusterSpec, state: ClusterState, trust: ClusterTrust, progress: Progress
+) -> None:
+    with _logged_step(state, progress, "configure"):
+        run_playbook(
+            state,
+            inventory(state, trust),
+            ansible_vars(spec, state, trust),
+            limit=head_name(spec.name),
+        )
+        state.mark("configure")
+    with _logged_step(state, progress, "boot"):
+        computes = [n.name for n in static_nodes(spec) if n.role == "compute"]
+        wait_for_boot(trust, computes)
+        state.mark("boot")
+
+
+def wait_for_boot(
+    trust: ClusterTrust, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30
+) -> None:
+    """Return once every node's boot script reports ``done``; raise naming failed nodes."""
+
+    def outcome(node: str) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = proc.run(
+                trust.ssh_argv(node, ["cat", BOOT_STATUS]), check=False, timeout=15
+            ).stdout.strip()
+            if status == "done":
+                return None
+            if status.startswith("failed"):
+                return f"{node}: {status} (console log: {trust.root}/nodes/{node}/console.log)"
+            time.sleep(0.2)
+        return f"{node}: boot did not finish within {timeout:.0f}s"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        failures = [f for f in pool.map(outcome, nodes) if f]
+    if failures:
+        raise ConfigureError("compute nodes failed to boot: " + "; ".join(failures))
+
+
 def _converge_nodes(
     spec: ClusterSpec,
     state: ClusterState,
     provider: Provider,
     trust: ClusterTrust,
     trusted: list[TrustedNode],
+    *,
+    configure: bool = True,
 ) -> None:
     """Make the running nodes exactly the planned static ones; keep healthy ones as they are."""
     wanted = {n.name: n for n in static_nodes(spec)}
@@ -170,18 +281,24 @@ def _converge_nodes(
         provider.terminate(state.nodes[name])
         del state.nodes[name]
         state.save()
-    boot_common = {
-        "authorized_keys": public_key(trust.user_key) + "\n",
-        "known_hosts": trust.known_hosts.read_text(encoding="utf-8"),
-        "hosts": render("hosts.j2", cluster=spec.name, nodes=trusted),
-    }
+    known_hosts = trust.known_hosts.read_text(encoding="utf-8")
+    hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
+    user_data = boot_script(spec) if configure else None
     for node in wanted.values():
         current = state.nodes.get(node.name)
         if current and current.address == provider.address(node) and provider.running(current):
             continue
-        _replace_node(state, provider, node, current, NodeBoot(
-            host_key=host_key_path(trust, node.name), **boot_common
-        ))  # fmt: skip
+        compute = node.role == "compute"
+        boot = NodeBoot(
+            host_key=host_key_path(trust, node.name),
+            authorized_keys=public_key(trust.user_key) + "\n",
+            known_hosts=known_hosts,
+            hosts=hosts,
+            users=tuple(cluster_users(spec)),
+            node_key=ClusterFiles(trust.root).node_key if compute else None,
+            user_data=user_data if compute else None,
+        )
+        _replace_node(state, provider, node, current, boot)
 
 
 def _replace_node(
@@ -330,7 +447,9 @@ def spec_of(state: ClusterState) -> ClusterSpec:
     return parse_spec(state.spec, source=str(state.dir / "state.json"))
 
 
-def ssh_argv(name: str, node: str | None = None, command: list[str] | None = None) -> list[str]:
+def ssh_argv(
+    name: str, node: str | None = None, command: list[str] | None = None, user: str = "root"
+) -> list[str]:
     """The ssh command line reaching ``node`` (default: the head) of cluster ``name``."""
     check_name(name)
     state = load_state(name)
@@ -338,4 +457,36 @@ def ssh_argv(name: str, node: str | None = None, command: list[str] | None = Non
     if target is None or target not in state.nodes:
         known = ", ".join(sorted(state.nodes)) or "none yet"
         raise StateError(f"cluster {name!r} has no node {node!r}; its nodes: {known}")
-    return ClusterTrust(name, state.dir).ssh_argv(target, command, batch=False)
+    return ClusterTrust(name, state.dir).ssh_argv(target, command, batch=False, user=user)
+
+
+def write_inventory_dir(name: str, directory: Path) -> Path:
+    """An Ansible inventory of cluster ``name`` with every variable the playbooks need."""
+    check_name(name)
+    state = load_state(name)
+    spec = spec_of(state)
+    trust = ClusterTrust(name, state.dir)
+    return write_inventory(directory, inventory(state, trust), ansible_vars(spec, state, trust))
+
+
+def client_env(name: str) -> dict[str, str]:
+    """Environment that lets Slurm commands on this machine talk to local cluster ``name``.
+
+    A client slurm.conf is the cluster's own plus ``AuthInfo`` pointing at the head's munge
+    socket, which lives in the head's private directory and so is reachable from the host.
+    """
+    check_name(name)
+    state = load_state(name)
+    if state.provider != "local":
+        raise StateError(f"cluster {name!r} is on {state.provider}: run Slurm commands on its head")
+    files = ClusterFiles(state.dir)
+    conf = files.slurm_conf_dir / "slurm.conf"
+    if not conf.exists():
+        raise StateError(f"cluster {name!r} has no Slurm configuration (made with --no-configure?)")
+    socket = state.dir / "nodes" / head_name(name) / "run" / "munge" / "munge.socket.2"
+    client = state.dir / "client" / "slurm.conf"
+    text = conf.read_text(encoding="utf-8")
+    atomic_write(
+        client, text + f"\n# Host-side clients reach the head's munged:\nAuthInfo=socket={socket}\n"
+    )
+    return {"SLURM_CONF": str(client)}

@@ -80,10 +80,14 @@ class ClusterTrust:
         )
 
     def ssh_argv(
-        self, node: str, command: list[str] | None = None, batch: bool = True
+        self,
+        node: str,
+        command: list[str] | None = None,
+        batch: bool = True,
+        user: str = "root",
     ) -> list[str]:
         """The OpenSSH command line that reaches ``node`` with this cluster's trust."""
-        argv = ["ssh", "-F", str(self.ssh_config)]
+        argv = ["ssh", "-F", str(self.ssh_config), "-l", user]
         if batch:
             argv += ["-o", "BatchMode=yes"]
         argv.append(node)

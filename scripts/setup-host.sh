@@ -8,7 +8,7 @@ packages=(
     openssh-server openssh-client                     # per-node sshd, cluster SSH trust
     sshfs fuse3                                       # shared storage in local mode
     munge slurm-wlm slurm-client                      # Slurm itself
-    python3 python3-venv                              # the venv clusterkit installs into
+    python3 python3-venv python3-jinja2               # the venv; node tools on nodes' python3
 )
 
 missing=()

@@ -13,9 +13,14 @@ from typing import Any
 
 import pytest
 
-from clusterkit.providers.local import net
+from clusterkit.providers.local import cgroups, net
 
 CK = str(Path(sys.executable).with_name("clusterkit"))
+# What runs on a node: its init (python3), sshd, the daemons, and their launchers.
+NODE_COMMANDS = {
+    "python3", "sshd", "bash", "nsenter", "unshare", "munged", "slurmd", "slurmctld",
+    "slurmstepd", "sshfs",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,8 +69,12 @@ class Clusterkit:
         path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
         return path
 
-    def up(self, name: str, computes: int) -> subprocess.CompletedProcess[str]:
-        return self.run("up", "-f", str(self.spec(name, computes)))
+    def up(
+        self, name: str, computes: int, configure: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """`up` of a head and ``computes`` static nodes; bare nodes unless ``configure``."""
+        extra = [] if configure else ["--no-configure"]
+        return self.run("up", "-f", str(self.spec(name, computes)), *extra, timeout=600)
 
     def status(self, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.run("status", name, "-o", "json").stdout)
@@ -95,6 +104,7 @@ def residue(ck: Clusterkit, name: str) -> list[str]:
         if marker in cmdline:
             left.append(f"process {entry.name}: {cmdline.strip()}")
     left += [f"process {pid}: in an unnamed network namespace" for pid in orphan_node_pids()]
+    left += [f"cgroup {path}" for path in cgroups.leftovers(name)]
     if ck.cluster_dir(name).exists():
         left.append(f"dir {ck.cluster_dir(name)}")
     return left
@@ -116,7 +126,7 @@ def orphan_node_pids() -> list[int]:
             comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if ino != host and ino not in named and comm in {"sshd", "sleep", "bash", "nsenter"}:
+        if ino != host and ino not in named and comm in NODE_COMMANDS:
             found.append(int(entry.name))
     return found
 

@@ -19,7 +19,10 @@ def _kill_up_when(ck: Clusterkit, name: str, moment: Callable[[str], bool]) -> N
     the machine; fail if `up` finished first (the kill must land mid-way)."""
     spec = ck.spec(name, 3)
     child = subprocess.Popen(
-        [CK, "up", "-f", str(spec)], env=ck.env, stderr=subprocess.PIPE, text=True
+        [CK, "up", "-f", str(spec), "--no-configure"],
+        env=ck.env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert child.stderr is not None
     sel = selectors.DefaultSelector()
@@ -55,7 +58,7 @@ def test_down_after_up_killed(ck: Clusterkit, point: str) -> None:
 def test_up_after_crash_finishes_the_cluster(ck: Clusterkit) -> None:
     name = "crash-resume"
     _kill_up_when(ck, name, lambda err: len(net.cluster_netns(name)) >= 2)
-    ck.run("up", "-f", str(ck.spec(name, 3)))
+    ck.up(name, 3)
     status = ck.status(name)
     assert status["status"] == "ready"
     assert [n["state"] for n in status["nodes"]] == ["running"] * 4

@@ -229,7 +229,9 @@ def test_ssh_passes_the_remote_command_through(
 ) -> None:
     calls: list[tuple[str, str | None, list[str] | None]] = []
 
-    def fake_ssh_argv(name: str, node: str | None, command: list[str] | None) -> list[str]:
+    def fake_ssh_argv(
+        name: str, node: str | None, command: list[str] | None, user: str = "root"
+    ) -> list[str]:
         calls.append((name, node, command))
         raise StateError("stopped before exec")
 

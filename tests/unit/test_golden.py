@@ -102,11 +102,15 @@ def test_sshd_allows_no_passwords() -> None:
 def test_ssh_argv(tmp_path: Path) -> None:
     trust = ClusterTrust("demo", tmp_path)
     config = str(trust.ssh_config)
-    assert trust.ssh_argv("demo-head") == ["ssh", "-F", config, "-o", "BatchMode=yes", "demo-head"]
-    assert trust.ssh_argv("n1", ["ls", "-l"], batch=False) == [
+    assert trust.ssh_argv("demo-head") == [
+        "ssh", "-F", config, "-l", "root", "-o", "BatchMode=yes", "demo-head",
+    ]  # fmt: skip
+    assert trust.ssh_argv("n1", ["ls", "-l"], batch=False, user="ckuser") == [
         "ssh",
         "-F",
         config,
+        "-l",
+        "ckuser",
         "n1",
         "--",
         "ls",

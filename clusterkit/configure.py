@@ -1,0 +1,208 @@
+"""Configuration through Ansible: the inventory and variables of a cluster, and the run.
+
+Every value the playbooks use is computed here, in Python, and handed over as variables; the
+playbooks only place them. clusterkit runs them through ansible-runner; a failure becomes one
+``ConfigureError`` naming the host, the task and the tail of its error. The whole output is
+kept under the cluster's ``ansible/`` directory (secrets are ``no_log`` in the roles).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tarfile
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import clusterkit
+from clusterkit.errors import ConfigureError
+from clusterkit.plan import cluster_users, head_name
+from clusterkit.spec import ClusterSpec
+from clusterkit.state import ClusterState, atomic_write
+from clusterkit.trust import ClusterTrust, public_key
+
+READY_MARKER = "/var/lib/clusterkit/head-ready"
+SLURMCTLD_PORT = 6817
+# Node tools installed on shared storage: command -> module with a main().
+NODE_TOOLS = {"ck-machinefile": "clusterkit.nodetools.machinefile"}
+
+
+def playbook_dir() -> Path:
+    return Path(str(files("clusterkit") / "playbooks"))
+
+
+@dataclass(frozen=True)
+class ClusterFiles:
+    """Where a cluster keeps what configuration reads (all under its state dir)."""
+
+    root: Path
+
+    @property
+    def munge_key(self) -> Path:
+        return self.root / "keys" / "munge.key"
+
+    @property
+    def node_key(self) -> Path:
+        return self.root / "keys" / "node_ed25519"
+
+    def user_key(self, user: str) -> Path:
+        return self.root / "keys" / "users" / user
+
+    @property
+    def rendered(self) -> Path:
+        return self.root / "rendered"
+
+    @property
+    def slurm_conf_dir(self) -> Path:
+        return self.rendered / "slurm"
+
+    @property
+    def boot_script(self) -> Path:
+        return self.rendered / "compute-boot.sh"
+
+    @property
+    def nodetools_archive(self) -> Path:
+        return self.rendered / "nodetools.tar.gz"
+
+
+def shared_type(spec: ClusterSpec) -> str:
+    if spec.shared_storage.type != "auto":
+        return spec.shared_storage.type
+    return "sshfs" if spec.provider == "local" else "nfs"
+
+
+def service_manager(spec: ClusterSpec) -> str:
+    """Local nodes have no systemd (daemons are started directly); cloud images do."""
+    return "direct" if spec.provider == "local" else "systemd"
+
+
+def ansible_vars(spec: ClusterSpec, state: ClusterState, trust: ClusterTrust) -> dict[str, Any]:
+    paths = ClusterFiles(state.dir)
+    admin_key = public_key(trust.user_key)
+    users = []
+    for user in cluster_users(spec):
+        spec_keys = next(u.ssh_public_keys for u in spec.users if u.name == user.name)
+        own = public_key(paths.user_key(user.name))
+        users.append({
+            "name": user.name, "uid": user.uid, "gid": user.gid, "home": user.home,
+            "key_src": str(paths.user_key(user.name)),
+            "authorized_keys": [own, admin_key, *spec_keys],
+        })  # fmt: skip
+    return {
+        "ck_cluster": spec.name,
+        "ck_head": head_name(spec.name),
+        "ck_service_manager": service_manager(spec),
+        "ck_shared_dir": spec.shared_storage.mount_point,
+        "ck_shared_type": shared_type(spec),
+        "ck_subnet": state.network.get("subnet", ""),
+        "ck_munge_key_src": str(paths.munge_key),
+        "ck_node_key_src": str(paths.node_key),
+        "ck_node_pubkey": public_key(paths.node_key),
+        "ck_slurm_conf_dir": str(paths.slurm_conf_dir),
+        "ck_boot_script_src": str(paths.boot_script),
+        "ck_nodetools_archive": str(paths.nodetools_archive),
+        "ck_node_tools": [{"name": n, "module": m} for n, m in NODE_TOOLS.items()],
+        "ck_ready_marker": READY_MARKER,
+        "ck_users": users,
+    }
+
+
+def inventory(state: ClusterState, trust: ClusterTrust) -> dict[str, Any]:
+    """Hosts by role; SSH goes through the cluster's own ssh_config (strict host keys)."""
+    heads = [n.name for n in state.nodes.values() if n.role == "head"]
+    computes = [n.name for n in sorted(state.nodes.values(), key=lambda n: n.index)]
+    return {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_ssh_common_args": f"-F {trust.ssh_config}",
+            },
+            "children": {
+                "head": {"hosts": {h: {} for h in heads}},
+                "compute": {"hosts": {c: {} for c in computes if c not in heads}},
+            },
+        }
+    }
+
+
+def write_nodetools_archive(path: Path) -> None:
+    """The clusterkit package's node-side part as a tarball for shared storage.
+
+    Node tools run with the node's system python3, so only modules free of the controller's
+    dependencies go in: the package marker, rendering, Slurm helpers, templates, nodetools.
+    """
+    pkg = Path(clusterkit.__file__).parent
+    wanted = ["__init__.py", "errors.py", "render.py", "slurm.py", "nodetools", "templates"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in wanted:
+            if (pkg / name).exists():
+                tar.add(pkg / name, arcname=f"clusterkit/{name}", filter=_no_cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+def _no_cache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if "__pycache__" in info.name else info
+
+
+def write_inventory(directory: Path, inv: dict[str, Any], extravars: dict[str, Any]) -> Path:
+    """An inventory usable by plain ``ansible-playbook``, variables included."""
+    inv = {"all": {**inv["all"], "vars": {**inv["all"]["vars"], **extravars}}}
+    path = directory / "inventory.yml"
+    atomic_write(path, yaml.safe_dump(inv, sort_keys=False))
+    return path
+
+
+def run_playbook(
+    state: ClusterState,
+    inv: dict[str, Any],
+    extravars: dict[str, Any],
+    limit: str | None = None,
+) -> None:
+    """Run site.yml; raise ``ConfigureError`` naming the failed host and task."""
+    import ansible_runner  # noqa: PLC0415 - heavy; only configuration needs it
+
+    private = state.dir / "ansible"
+    private.mkdir(parents=True, exist_ok=True)
+    venv_bin = str(Path(sys.executable).parent)
+    result = ansible_runner.run(
+        private_data_dir=str(private),
+        playbook=str(playbook_dir() / "site.yml"),
+        inventory=inv,
+        extravars=extravars,
+        limit=limit,
+        quiet=True,
+        rotate_artifacts=3,
+        envvars={
+            "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
+        },
+    )
+    if result.status == "successful" and result.rc == 0:
+        return
+    raise ConfigureError(_failure(result, private))
+
+
+def _failure(result: Any, private: Path) -> str:
+    for event in result.events:
+        data = event.get("event_data", {})
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable") and not data.get(
+            "ignore_errors"
+        ):
+            res = data.get("res", {})
+            detail = res.get("stderr") or res.get("msg") or res.get("module_stderr") or ""
+            tail = " | ".join(str(detail).strip().splitlines()[-3:]) or "no detail"
+            return (
+                f"configuration failed on {data.get('host')}, task {data.get('task')!r}: "
+                f"{tail} (full log under {private}/artifacts)"
+            )
+    return f"configuration failed ({result.status}, rc {result.rc}); log under {private}/artifacts"
