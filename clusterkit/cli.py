@@ -29,14 +29,16 @@ from clusterkit import cluster as lib
 from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
+from clusterkit.slurm import SlurmJob
 from clusterkit.spec import ClusterSpec, example_spec_text, load_spec, parse_spec_text
 from clusterkit.state import home
 
 EXIT_INTERNAL = 70
 DEFAULT_SPEC = "cluster.yaml"
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output (logs, CI, grep) is not cut at 80 columns: tables keep whole node names.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 class RichProgress:
@@ -120,7 +122,7 @@ def up(path: Path | None, no_configure: bool) -> None:
     start = time.monotonic()
     lib.up(spec, RichProgress(), configure=not no_configure)
     err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
-    _print_status(lib.status(spec.name))
+    _print_status(lib.status(spec.name, with_slurm=not no_configure))
     out.print(
         f"\nNext: [bold]clusterkit ssh {spec.name}[/]   ·   [bold]clusterkit down {spec.name}[/]"
     )
@@ -179,8 +181,8 @@ def list_(output: str) -> None:
 @click.argument("name")
 @output_option
 def status(name: str, output: str) -> None:
-    """Show a cluster's nodes: role, group, address, instance and state."""
-    st = lib.status(name)
+    """Show a cluster's nodes (role, group, address, instance, state, Slurm state) and queue."""
+    st = lib.status(name, with_slurm=True)
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(st), indent=2))
         return
@@ -189,12 +191,36 @@ def status(name: str, output: str) -> None:
 
 def _print_status(st: lib.ClusterStatus) -> None:
     out.print(f"[bold]{st.name}[/]  provider={st.provider}  status={st.status}  subnet={st.subnet}")
-    table = Table("NODE", "ROLE", "GROUP", "KIND", "ADDRESS", "INSTANCE", "STATE", box=None)
+    slurm = st.slurm.nodes if st.slurm else {}
+    table = Table(
+        "NODE", "ROLE", "GROUP", "KIND", "ADDRESS", "INSTANCE", "STATE", "SLURM", box=None
+    )
     for n in st.nodes:
         colour = "green" if n.state == "running" else "red"
+        slurm_state = slurm.get(n.name, "-" if n.role == "head" else "?")
         table.add_row(
             n.name, n.role, n.group or "-", n.kind, n.address or "-", n.instance_id or "-",
-            f"[{colour}]{n.state}[/]",
+            f"[{colour}]{n.state}[/]", escape(slurm_state),
+        )  # fmt: skip
+    out.print(table)
+    if st.slurm is None:
+        return
+    if st.slurm.error:
+        out.print(f"[yellow]Slurm:[/] {escape(st.slurm.error)}")
+        return
+    _print_queue(st.slurm.jobs)
+
+
+def _print_queue(jobs: list[SlurmJob]) -> None:
+    active = [j for j in jobs if not j.is_finished]
+    if not active:
+        out.print("queue: empty")
+        return
+    table = Table("JOBID", "USER", "STATE", "PARTITION", "NODES", "REASON", "NAME", box=None)
+    for j in active:
+        table.add_row(
+            j.display_id, j.user, j.state, j.partition, j.nodes or "-", j.reason or "-",
+            escape(j.name),
         )  # fmt: skip
     out.print(table)
 

@@ -36,6 +36,7 @@ from clusterkit.providers import provider_class
 from clusterkit.providers.base import NodeBoot, Provider
 from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.render import render
+from clusterkit.slurm import SlurmJob, SlurmReader
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import NAME_PATTERN, ClusterSpec, parse_spec
 from clusterkit.state import (
@@ -408,6 +409,15 @@ class NodeStatus:
 
 
 @dataclass(frozen=True)
+class SlurmView:
+    """Slurm's own view of a cluster: node states and the queue, or why it is unavailable."""
+
+    nodes: dict[str, str]  # node -> Slurm state, e.g. IDLE, MIXED+DRAIN
+    jobs: list[SlurmJob]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     name: str
     provider: str
@@ -415,9 +425,11 @@ class ClusterStatus:
     created_at: str
     subnet: str | None
     nodes: list[NodeStatus]
+    slurm: SlurmView | None = None
 
 
-def status(name: str) -> ClusterStatus:
+def status(name: str, with_slurm: bool = False) -> ClusterStatus:
+    """A cluster's nodes as the provider sees them; with ``with_slurm``, Slurm's view too."""
     check_name(name)
     state = load_state(name)
     provider = provider_class(state.provider)(state, spec_of(state))
@@ -427,10 +439,28 @@ def status(name: str) -> ClusterStatus:
         )
         for n in sorted(state.nodes.values(), key=lambda n: n.index)
     ]
+    view = slurm_view(state) if with_slurm else None
     return ClusterStatus(
         state.name, state.provider, state.status, state.created_at,
-        state.network.get("subnet"), nodes,
+        state.network.get("subnet"), nodes, view,
     )  # fmt: skip
+
+
+def slurm_reader(state: ClusterState) -> SlurmReader:
+    """Reads Slurm by running its commands on the head over SSH."""
+    trust = ClusterTrust(state.name, state.dir)
+    head = head_name(state.name)
+    return SlurmReader.create(lambda argv: proc.run(trust.ssh_argv(head, argv), timeout=30).stdout)
+
+
+def slurm_view(state: ClusterState) -> SlurmView:
+    if "configure" not in state.steps:
+        return SlurmView({}, [], "Slurm is not configured on this cluster (--no-configure)")
+    try:
+        reader = slurm_reader(state)
+        return SlurmView({n.name: n.display_state for n in reader.nodes()}, reader.jobs())
+    except ClusterkitError as exc:
+        return SlurmView({}, [], str(exc))
 
 
 def _live_state(provider: Provider, node: NodeState) -> str:
