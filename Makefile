@@ -34,6 +34,7 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd clusterkit/playbooks && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint site.yml
 
 typecheck: venv
 	$(VENV)/bin/mypy
