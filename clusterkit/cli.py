@@ -32,6 +32,7 @@ from clusterkit.plan import plan_nodes
 from clusterkit.slurm import SlurmJob
 from clusterkit.spec import ClusterSpec, example_spec_text, load_spec, parse_spec_text
 from clusterkit.state import home
+from clusterkit.verify import failures, verify
 
 EXIT_INTERNAL = 70
 DEFAULT_SPEC = "cluster.yaml"
@@ -65,7 +66,7 @@ STEP_LABELS = {
     "ssh": "SSH reachable on every node",
     "configure": "Head configured (Ansible: munge, users, storage, slurmctld)",
     "boot": "Compute nodes booted (munge, shared storage, slurmd)",
-    "verify": "Verified",
+    "verify": "Verified on every node (testinfra)",
 }
 
 output_option = click.option(
@@ -243,6 +244,33 @@ def ssh(ctx: click.Context, name: str, node: str | None, user: str) -> None:
     argv = lib.ssh_argv(name, node, command, user=user)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # noqa: S606 - ssh replaces this process, as a shell would
+
+
+@cli.command("verify")
+@click.argument("name")
+@output_option
+def verify_(name: str, output: str) -> None:
+    """Check a live cluster on every node over SSH (testinfra) and print the results.
+
+    Daemons running, munge credentials across nodes, the same Slurm configuration
+    everywhere, shared storage mounted and writable, cgroup limits applied, nodes IDLE.
+    Exits 1 when any check fails.
+    """
+    checks = verify(name)
+    failed = failures(checks)
+    if output == "json":
+        click.echo(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+    else:
+        table = Table("NODE", "CHECK", "RESULT", "DETAIL", box=None)
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            table.add_row(c.node, c.name, mark, escape(c.detail))
+        out.print(table)
+        out.print(f"{len(checks) - len(failed)}/{len(checks)} checks passed")
+    if failed:
+        raise ClusterkitError(
+            f"{len(failed)} check(s) failed: " + ", ".join(f"{c.node} {c.name}" for c in failed)
+        )
 
 
 @cli.command()

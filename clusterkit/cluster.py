@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,11 +37,12 @@ from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.render import render
 from clusterkit.slurm import SlurmJob, SlurmReader
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
-from clusterkit.spec import NAME_PATTERN, ClusterSpec, parse_spec
+from clusterkit.spec import ClusterSpec
 from clusterkit.state import (
     ClusterState,
     NodeState,
     atomic_write,
+    check_name,
     cluster_dir,
     cluster_lock,
     clusters_dir,
@@ -50,9 +50,11 @@ from clusterkit.state import (
     load_state,
     now,
     remove_cluster_dir,
+    spec_of,
     try_load_state,
 )
 from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
+from clusterkit.verify import failures, verify
 
 SSH_WAIT_SECONDS = 20.0
 BOOT_TIMEOUT_SECONDS = 300
@@ -89,11 +91,6 @@ def log(root: Path, line: str) -> None:
     (root / "logs").mkdir(parents=True, exist_ok=True)
     with open(root / "logs" / "clusterkit.log", "a", encoding="utf-8") as fh:
         fh.write(f"{now()} {line}\n")
-
-
-def check_name(name: str) -> None:
-    if not re.match(NAME_PATTERN, name) or len(name) > 24:
-        raise StateError(f"{name!r} is not a cluster name (see `clusterkit list`)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +133,9 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
                 wait_for_ssh(trust, [n.name for n in static_nodes(spec)])
             if configure:
                 _configure(spec, state, trust, progress)
+                with _logged_step(state, progress, "verify"):
+                    _verify(spec.name)
+                    state.mark("verify")
             state.status = "ready"
             state.mark("ready")
         except BaseException:
@@ -241,6 +241,16 @@ def _configure(
         computes = [n.name for n in static_nodes(spec) if n.role == "compute"]
         wait_for_boot(trust, computes)
         state.mark("boot")
+
+
+def _verify(name: str) -> None:
+    failed = failures(verify(name))
+    if failed:
+        raise ConfigureError(
+            "cluster verification failed: "
+            + "; ".join(f"{c.node} {c.name}: {c.detail}" for c in failed)
+            + f" (details: clusterkit verify {name})"
+        )
 
 
 def wait_for_boot(
@@ -471,10 +481,6 @@ def _live_state(provider: Provider, node: NodeState) -> str:
 
 def list_clusters() -> list[ClusterStatus]:
     return [status(s.name) for s in list_states()]
-
-
-def spec_of(state: ClusterState) -> ClusterSpec:
-    return parse_spec(state.spec, source=str(state.dir / "state.json"))
 
 
 def ssh_argv(

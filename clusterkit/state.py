@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from clusterkit.errors import StateError
+from clusterkit.spec import NAME_PATTERN, ClusterSpec, parse_spec
 
 Status = Literal["creating", "ready", "failed", "deleting"]
 STATE_VERSION = 1
@@ -110,6 +112,17 @@ def atomic_write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def check_name(name: str) -> None:
+    """Refuse a string that cannot name a cluster before it reaches a path or a command."""
+    if not re.match(NAME_PATTERN, name) or len(name) > 24:
+        raise StateError(f"{name!r} is not a cluster name (see `clusterkit list`)")
+
+
+def spec_of(state: ClusterState) -> ClusterSpec:
+    """The spec a cluster was built from, as recorded in its state."""
+    return parse_spec(state.spec, source=str(state.dir / "state.json"))
 
 
 def load_state(name: str) -> ClusterState:
