@@ -38,6 +38,8 @@ NODE_DIRS = {
     "log/slurm": "/var/log/slurm",
     "spool/slurmd": "/var/spool/slurmd",
     "spool/slurmctld": "/var/spool/slurmctld",
+    # root's home: the host's /root (its shell start-up, its files) stays the host's own.
+    "root": "/root",
 }
 NODE_FILES = {"hosts": "/etc/hosts", "passwd": "/etc/passwd", "group": "/etc/group"}
 NODE_SECRET_FILES = {"shadow": "/etc/shadow"}  # root-only, like the host's
@@ -94,6 +96,7 @@ class LocalNode:
             (self.root / rel).touch(exist_ok=True)
             Path(target).touch(exist_ok=True)  # a file mount needs a file to cover
         os.chmod(self.root / "shadow", 0o640)
+        os.chmod(self.root / "root", 0o700)
         (self.root / "etc/ssh/authorized_keys").mkdir(exist_ok=True)
 
     def binds(self) -> list[tuple[Path, Path]]:
