@@ -53,14 +53,13 @@ from typing import Any
 import testinfra
 
 from clusterkit import proc
-from clusterkit.cluster import check_name, spec_of
 from clusterkit.configure import ClusterFiles
 from clusterkit.errors import ClusterkitError, SlurmError
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.slurm import SINFO_ARGV, SlurmNode, parse_sinfo
 from clusterkit.slurmconf import path_settings
 from clusterkit.spec import ClusterSpec
-from clusterkit.state import ClusterState, load_state
+from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
 HEAD_CHECKS: tuple[str, ...] = (
