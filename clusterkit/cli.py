@@ -124,8 +124,10 @@ def up(path: Path | None, no_configure: bool) -> None:
     lib.up(spec, RichProgress(), configure=not no_configure)
     err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
     _print_status(lib.status(spec.name, with_slurm=not no_configure))
+    user = spec.users[0].name if spec.users else "root"
     out.print(
-        f"\nNext: [bold]clusterkit ssh {spec.name}[/]   ·   [bold]clusterkit down {spec.name}[/]"
+        f"\nNext: [bold]clusterkit ssh {spec.name} -u {user}[/] (submit jobs there)   ·   "
+        f"[bold]clusterkit down {spec.name}[/]"
     )
 
 
