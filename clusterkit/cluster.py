@@ -18,16 +18,14 @@ from typing import Protocol
 
 from clusterkit import proc
 from clusterkit.configure import (
-    READY_MARKER,
-    SLURMCTLD_PORT,
     ClusterFiles,
     ansible_vars,
+    boot_script,
     inventory,
+    render_cluster_files,
     run_playbook,
-    service_manager,
-    shared_type,
+    wait_for_boot,
     write_inventory,
-    write_nodetools_archive,
 )
 from clusterkit.errors import ClusterkitError, CommandError, ConfigureError, SSHError, StateError
 from clusterkit.plan import NodePlan, cluster_users, head_name, plan_nodes, static_nodes
@@ -36,7 +34,6 @@ from clusterkit.providers.base import NodeBoot, Provider
 from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.render import render
 from clusterkit.slurm import SlurmJob, SlurmReader
-from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import (
     ClusterState,
@@ -57,9 +54,6 @@ from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
 from clusterkit.verify import failures, verify
 
 SSH_WAIT_SECONDS = 20.0
-BOOT_TIMEOUT_SECONDS = 300
-BOOT_STATUS = "/var/lib/clusterkit/boot.status"
-NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
 
 
 class Progress(Protocol):
@@ -192,40 +186,6 @@ def host_key_path(trust: ClusterTrust, node: str) -> Path:
     return trust.root / "keys" / "hosts" / node
 
 
-def render_cluster_files(
-    spec: ClusterSpec, state: ClusterState, trusted: list[TrustedNode]
-) -> None:
-    """Slurm's files, the compute boot script and the node tools, under ``rendered/``."""
-    files = ClusterFiles(state.dir)
-    addresses = {t.name: t.address for t in trusted}
-    head = head_name(spec.name)
-    computes = [
-        SlurmNodeDef(n.name, n.group or "", addresses[n.name], not n.static)
-        for n in plan_nodes(spec)
-        if n.role == "compute"
-    ]
-    for name, text in slurm_files(spec, head, addresses[head], computes).items():
-        atomic_write(files.slurm_conf_dir / name, text)
-    atomic_write(files.boot_script, boot_script(spec), mode=0o700)
-    write_nodetools_archive(files.nodetools_archive)
-
-
-def boot_script(spec: ClusterSpec) -> str:
-    return render(
-        "boot/compute.sh.j2",
-        cluster=spec.name,
-        head=head_name(spec.name),
-        node_key=NODE_KEY_ON_NODE,
-        ready_marker=READY_MARKER,
-        service_manager=service_manager(spec),
-        users=cluster_users(spec),
-        shared_dir=spec.shared_storage.mount_point,
-        shared_type=shared_type(spec),
-        slurmctld_port=SLURMCTLD_PORT,
-        timeout=BOOT_TIMEOUT_SECONDS,
-    )
-
-
 def _configure(
     spec: ClusterSpec, state: ClusterState, trust: ClusterTrust, progress: Progress
 ) -> None:
@@ -251,30 +211,6 @@ def _verify(name: str) -> None:
             + "; ".join(f"{c.node} {c.name}: {c.detail}" for c in failed)
             + f" (details: clusterkit verify {name})"
         )
-
-
-def wait_for_boot(
-    trust: ClusterTrust, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30
-) -> None:
-    """Return once every node's boot script reports ``done``; raise naming failed nodes."""
-
-    def outcome(node: str) -> str | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = proc.run(
-                trust.ssh_argv(node, ["cat", BOOT_STATUS]), check=False, timeout=15
-            ).stdout.strip()
-            if status == "done":
-                return None
-            if status.startswith("failed"):
-                return f"{node}: {status} (console log: {trust.root}/nodes/{node}/console.log)"
-            time.sleep(0.2)
-        return f"{node}: boot did not finish within {timeout:.0f}s"
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        failures = [f for f in pool.map(outcome, nodes) if f]
-    if failures:
-        raise ConfigureError("compute nodes failed to boot: " + "; ".join(failures))
 
 
 def _converge_nodes(

@@ -1,4 +1,4 @@
-"""Configuration through Ansible: the inventory and variables of a cluster, and the run.
+"""Configuring a cluster: rendered files, the compute boot script, and Ansible.
 
 Every value the playbooks use is computed here, in Python, and handed over as variables; the
 playbooks only place them. clusterkit runs them through ansible-runner; a failure becomes one
@@ -12,6 +12,8 @@ import io
 import os
 import sys
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -20,13 +22,19 @@ from typing import Any
 import yaml
 
 import clusterkit
+from clusterkit import proc
 from clusterkit.errors import ConfigureError
-from clusterkit.plan import cluster_users, head_name
+from clusterkit.plan import cluster_users, head_name, plan_nodes
+from clusterkit.render import render
+from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, atomic_write
-from clusterkit.trust import ClusterTrust, public_key
+from clusterkit.trust import ClusterTrust, TrustedNode, public_key
 
 READY_MARKER = "/var/lib/clusterkit/head-ready"
+BOOT_STATUS = "/var/lib/clusterkit/boot.status"  # written by the boot script: running|done|failed
+BOOT_TIMEOUT_SECONDS = 300
+NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
 SLURMCTLD_PORT = 6817
 # Node tools installed on shared storage: command -> module with a main().
 NODE_TOOLS = {"ck-machinefile": "clusterkit.nodetools.machinefile"}
@@ -206,3 +214,65 @@ def _failure(result: Any, private: Path) -> str:
                 f"{tail} (full log under {private}/artifacts)"
             )
     return f"configuration failed ({result.status}, rc {result.rc}); log under {private}/artifacts"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files rendered for a cluster, and its compute nodes' boot
+
+
+def render_cluster_files(
+    spec: ClusterSpec, state: ClusterState, trusted: list[TrustedNode]
+) -> None:
+    """Slurm's files, the compute boot script and the node tools, under ``rendered/``."""
+    files = ClusterFiles(state.dir)
+    addresses = {t.name: t.address for t in trusted}
+    head = head_name(spec.name)
+    computes = [
+        SlurmNodeDef(n.name, n.group or "", addresses[n.name], not n.static)
+        for n in plan_nodes(spec)
+        if n.role == "compute"
+    ]
+    for name, text in slurm_files(spec, head, addresses[head], computes).items():
+        atomic_write(files.slurm_conf_dir / name, text)
+    atomic_write(files.boot_script, boot_script(spec), mode=0o700)
+    write_nodetools_archive(files.nodetools_archive)
+
+
+def boot_script(spec: ClusterSpec) -> str:
+    return render(
+        "boot/compute.sh.j2",
+        cluster=spec.name,
+        head=head_name(spec.name),
+        node_key=NODE_KEY_ON_NODE,
+        ready_marker=READY_MARKER,
+        service_manager=service_manager(spec),
+        users=cluster_users(spec),
+        shared_dir=spec.shared_storage.mount_point,
+        shared_type=shared_type(spec),
+        slurmctld_port=SLURMCTLD_PORT,
+        timeout=BOOT_TIMEOUT_SECONDS,
+    )
+
+
+def wait_for_boot(
+    trust: ClusterTrust, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30
+) -> None:
+    """Return once every node's boot script reports ``done``; raise naming failed nodes."""
+
+    def outcome(node: str) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = proc.run(
+                trust.ssh_argv(node, ["cat", BOOT_STATUS]), check=False, timeout=15
+            ).stdout.strip()
+            if status == "done":
+                return None
+            if status.startswith("failed"):
+                return f"{node}: {status} (console log: {trust.root}/nodes/{node}/console.log)"
+            time.sleep(0.2)
+        return f"{node}: boot did not finish within {timeout:.0f}s"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        failures = [f for f in pool.map(outcome, nodes) if f]
+    if failures:
+        raise ConfigureError("compute nodes failed to boot: " + "; ".join(failures))
