@@ -18,7 +18,7 @@ from clusterkit.plan import (
 )
 from clusterkit.providers.base import NodeBoot, Provider
 from clusterkit.providers.local import cgroups, net
-from clusterkit.providers.local.node import LocalNode, alive, kill_pids, pids_in_netns
+from clusterkit.providers.local.node import LocalNode, alive, pids_in_netns, stop_nodes
 from clusterkit.render import render
 from clusterkit.state import ClusterState, NodeState, atomic_write, list_states, locked
 
@@ -153,7 +153,7 @@ class LocalProvider(Provider):
         return all(alive(p) and p in in_ns for p in (init, sshd))
 
     def terminate(self, node: NodeState) -> None:
-        kill_pids(pids_in_netns([net.netns_path(self.state.name, node.name)]))
+        stop_nodes([net.netns_path(self.state.name, node.name)])
         net.delete_node_net(self.state.name, node.name, node.index)
 
     def enter_argv(self, node: NodeState) -> list[str]:
@@ -166,10 +166,9 @@ class LocalProvider(Provider):
     def destroy(cls, name: str, state: ClusterState | None) -> list[str]:
         removed: list[str] = []
         namespaces = net.cluster_netns(name)
-        pids = pids_in_netns([net.NETNS_DIR / ns for ns in namespaces])
-        if pids:
-            kill_pids(pids)
-            removed.append(f"{len(pids)} processes")
+        stopped = stop_nodes([net.NETNS_DIR / ns for ns in namespaces])
+        if stopped:
+            removed.append(f"{stopped} processes")
         links = net.cluster_links(name)
         net.delete_cluster_net(name)
         removed += [f"netns {ns}" for ns in namespaces] + [f"link {link}" for link in links]
