@@ -308,8 +308,9 @@ def test_extra_lines_come_last_verbatim() -> None:
 def test_a_group_without_declared_nodes_keeps_an_empty_partition() -> None:
     spec = parse_spec({"name": "z", "groups": [{"name": "burst", "min": 0, "max": 2}]})
     text = files_of(spec)["slurm.conf"]
-    assert "PartitionName=burst Nodes= MaxTime=INFINITE State=UP\n" in text
-    assert "PartitionName=all Nodes= Default=YES MaxTime=INFINITE State=UP\n" in text
+    assert "PartitionName=burst Nodes= DefMemPerCPU=1024 MaxTime=INFINITE State=UP\n" in text
+    everyone = "PartitionName=all Nodes= Default=YES DefMemPerCPU=1024 MaxTime=INFINITE State=UP\n"
+    assert everyone in text
     assert not parse_conf(text)[1]
 
 
@@ -456,3 +457,27 @@ def test_names_that_merely_contain_all_are_fine() -> None:
 def test_a_missing_value_raises(template: str, values: dict[str, Any]) -> None:
     with pytest.raises(jinja2.UndefinedError):
         render(template, **values)
+
+
+def test_every_partition_gives_jobs_memory_per_cpu_by_default() -> None:
+    """Without DefMemPerCPU, CR_Core_Memory hands a job without --mem its node's whole
+    memory and a node runs one task at a time."""
+    spec = parse_spec({
+        "name": "m",
+        "groups": [
+            {"name": "small", "min": 1, "max": 1, "cpus": 4, "memory_mb": 2048},
+            {"name": "big", "min": 1, "max": 1, "cpus": 8, "memory_mb": 32768},
+        ],
+    })  # fmt: skip
+    nodes = [
+        SlurmNodeDef("small-st-1", "small", "10.0.0.3", dynamic=False),
+        SlurmNodeDef("big-st-1", "big", "10.0.0.4", dynamic=False),
+    ]
+    conf = slurm_files(spec, "m-head", "10.0.0.2", nodes)["slurm.conf"]
+    lines = [line for line in conf.splitlines() if line.startswith("PartitionName=")]
+    assert [line.split()[0] for line in lines] == [
+        "PartitionName=all", "PartitionName=small", "PartitionName=big",
+    ]  # fmt: skip
+    assert [w for line in lines for w in line.split() if w.startswith("DefMemPerCPU=")] == [
+        "DefMemPerCPU=512", "DefMemPerCPU=512", "DefMemPerCPU=4096",
+    ]  # fmt: skip
