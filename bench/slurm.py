@@ -60,6 +60,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from common import Timed, last_line, table  # bench/ is on sys.path when run
+
 from clusterkit.providers.local import cgroups, net
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,14 +114,6 @@ STRUCTURAL = "(not a setting) "  # prefix of findings that no slurm.conf change 
 # running commands
 
 
-@dataclass(frozen=True)
-class Timed:
-    seconds: float
-    rc: int
-    stdout: str
-    stderr: str
-
-
 def sh(argv: list[str], timeout: float = 60.0, **env: str) -> Timed:
     """Run ``argv`` with output captured and timed; a timeout is exit code 124.
 
@@ -146,11 +140,6 @@ def _text(data: str | bytes | None) -> str:
     if isinstance(data, bytes):
         return data.decode(errors="replace")
     return data or ""
-
-
-def last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -925,13 +914,6 @@ def figures(results: Results, sizes: list[int]) -> list[Figure]:
         *array_figures(results.array, SMALL),
         Figure("errors and residue (failed runs, verify, downs)", error_count(results), "", 0),
     ]
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def step_table(ups: list[UpRun]) -> str:

@@ -51,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common import Timed, last_line, table  # bench/ is on sys.path when run
+
 from clusterkit.providers.local import cgroups
 from clusterkit.providers.local.net import cluster_id
 
@@ -72,14 +74,6 @@ STEPS = ("Network", "Keys", "Slurm", "Nodes", "SSH")
 
 # ---------------------------------------------------------------------------------------------
 # running commands
-
-
-@dataclass(frozen=True)
-class Timed:
-    seconds: float
-    rc: int
-    stdout: str
-    stderr: str
 
 
 def sh(argv: list[str], check: bool = True, timeout: float = 60.0, **env: str) -> Timed:
@@ -424,11 +418,6 @@ def measure_updown(ck: Clusterkit, baseline: Baseline, reps: int) -> UpDown:
     return result
 
 
-def last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else ""
-
-
 # ---------------------------------------------------------------------------------------------
 # part 2: up/down cycles, some with `up` killed
 
@@ -575,13 +564,6 @@ def figures(updown: UpDown, cycles: list[Cycle], reps: int) -> list[Figure]:
                sum(len(c.residue) for c in cycles), "", 0),
         Figure("errors in cycles", sum(len(c.errors) for c in cycles), "", 0),
     ]  # fmt: skip
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def cycle_summary(cycles: list[Cycle]) -> str:
