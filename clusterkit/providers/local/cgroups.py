@@ -59,6 +59,9 @@ def remove(cluster: str) -> list[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(dirpath)
         removed.append(f"cgroup {root}")
+        # The shared parent goes with the last cluster; while another has a subtree, it stays.
+        with contextlib.suppress(OSError):
+            os.rmdir(root.parent)
     return removed
 
 
