@@ -195,8 +195,3 @@ def cluster_lock(name: str, timeout: float = 30.0) -> contextlib.AbstractContext
     """The lock that serialises commands on one cluster; it lives beside, not in, its dir
     so that ``down`` can delete the cluster dir while holding it."""
     return locked(clusters_dir() / f".{name}.lock", f"cluster {name!r}", timeout)
-
-
-def global_lock(timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
-    """Serialises allocation of shared resources (subnets) across clusters."""
-    return locked(home() / ".lock", "clusterkit", timeout)

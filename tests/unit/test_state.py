@@ -258,11 +258,12 @@ def test_locks_of_different_clusters_do_not_block_each_other(ck_home: Path) -> N
 
 def test_the_lock_is_exclusive_within_one_process_too(ck_home: Path) -> None:
     busy = rf"clusterkit is busy: .*\(pid {os.getpid()}\)"
+    path = ck_home / ".lock"
     with (
-        state.global_lock(timeout=0),
+        state.locked(path, "clusterkit", timeout=0),
         pytest.raises(StateError, match=busy),
-        state.global_lock(timeout=0),
+        state.locked(path, "clusterkit", timeout=0),
     ):
         pytest.fail("the lock was taken twice")
-    with state.global_lock(timeout=0):  # released after the block
+    with state.locked(path, "clusterkit", timeout=0):  # released after the block
         assert (ck_home / ".lock").read_text(encoding="utf-8") == f"{os.getpid()}\n"

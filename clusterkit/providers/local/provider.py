@@ -156,10 +156,6 @@ class LocalProvider(Provider):
         stop_nodes([net.netns_path(self.state.name, node.name)])
         net.delete_node_net(self.state.name, node.name, node.index)
 
-    def enter_argv(self, node: NodeState) -> list[str]:
-        """``nsenter`` prefix for running a command inside ``node`` (for tests and tools)."""
-        return ["nsenter", "-t", str(node.pids["init"]), "--net", "--uts", "--mount", "--pid", "--"]
-
     # -- whole clusters --------------------------------------------------------------------
 
     @classmethod
