@@ -24,6 +24,7 @@ import yaml
 import clusterkit
 from clusterkit import proc
 from clusterkit.errors import ConfigureError
+from clusterkit.nodetools import NODE_TOOLS
 from clusterkit.plan import cluster_users, head_name, plan_nodes
 from clusterkit.render import render
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
@@ -36,8 +37,6 @@ BOOT_STATUS = "/var/lib/clusterkit/boot.status"  # written by the boot script: r
 BOOT_TIMEOUT_SECONDS = 300
 NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
 SLURMCTLD_PORT = 6817
-# Node tools installed on shared storage: command -> module with a main().
-NODE_TOOLS = {"ck-machinefile": "clusterkit.nodetools.machinefile"}
 
 
 def playbook_dir() -> Path:

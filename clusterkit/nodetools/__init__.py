@@ -5,3 +5,9 @@ virtualenv, so they may import only the standard library, ``jinja2``, ``clusterk
 and ``clusterkit.slurm`` (with ``clusterkit.errors``, which it raises) -- never pydantic or
 ``clusterkit.spec``. A unit test holds them to it.
 """
+
+# Commands installed on shared storage (``/shared/clusterkit/bin``): command -> module with a
+# ``main()``. One line per tool; the playbooks install every entry.
+NODE_TOOLS = {
+    "ck-machinefile": "clusterkit.nodetools.machinefile",
+}
