@@ -26,6 +26,7 @@ from rich.table import Table
 
 from clusterkit import __version__
 from clusterkit import cluster as lib
+from clusterkit.cli_pack import pack as pack_group
 from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
@@ -337,6 +338,9 @@ def init(path: Path, name: str, force: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+cli.add_command(pack_group)
 
 
 def _split_remote(args: list[str]) -> tuple[list[str], list[str] | None]:

@@ -10,4 +10,6 @@ and ``clusterkit.slurm`` (with ``clusterkit.errors``, which it raises) -- never 
 # ``main()``. One line per tool; the playbooks install every entry.
 NODE_TOOLS = {
     "ck-machinefile": "clusterkit.nodetools.machinefile",
+    "ck-pack-run": "clusterkit.nodetools.packrun",
+    "ck-pack": "clusterkit.nodetools.packstate",
 }

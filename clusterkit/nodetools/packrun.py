@@ -1,0 +1,359 @@
+"""``ck-pack-run``: one array element of a pack runs its chunk of tasks, one after another.
+
+The job script of a pack (``runs/R.sh``) is ``exec ck-pack-run DIR R``; Slurm starts one
+element per ``--array`` index, each with the CPUs and memory of ONE task, so ``cons_tres``
+packs as many elements on a node as fit and the element's own cgroup is the task's limit:
+a task that leaks memory is killed by its element's OOM killer and nothing else is. Each
+task is a child process (``bash -c COMMAND``) in its own process group with the highest
+``oom_score_adj``, so the OOM killer picks it, never the runner.
+
+For every attempt the runner appends one JSON record to ``manifest/R-E.jsonl`` (flushed and
+fsync'ed before the next task starts): task, run, element, job, attempt, restart, state
+(``done``, ``failed``, ``timeout``, ``oom``), exit, signal, reason, node, start, runtime,
+out, err. A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) reads
+its file first and skips what it already finished; a task interrupted half-way has no
+record and runs again. On SIGTERM (``scancel``, ``scontrol requeue``) the runner stops its
+current task and writes nothing for it.
+
+Standard library only: it runs with the node's ``/usr/bin/python3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from clusterkit.nodetools.packstate import PackDir, PackError, Record, RunSpec, is_finished
+from clusterkit.nodetools.packstate import latest as latest_records
+from clusterkit.nodetools.packstate import read_records as read_manifest
+
+PROG = "ck-pack-run"
+KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a task over its time limit
+SETTLE_S = 1.0  # how long a task killed from outside waits for the runner's own SIGTERM
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_OOM_LINE = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cgroup's OOM counter
+
+
+def oom_counter_files(proc_cgroup: str, root: Path = CGROUP_ROOT) -> list[Path]:
+    """The files whose ``oom_kill`` counters count OOM kills in this process's memory cgroup
+    and its ancestors (v1: ``memory.oom_control``; v2: ``memory.events``).
+
+    ``proc_cgroup`` is ``/proc/self/cgroup``. Its paths are relative to the hierarchy's root,
+    which may not be the root of the mount seen here (a container, or a local cluster node,
+    mounts a subtree), so the longest suffix that exists under the mount is the directory.
+    """
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.oom_control"
+            break
+    else:
+        if not (root / "cgroup.controllers").exists():
+            return []
+        path = next((ln.split(":", 2)[2] for ln in proc_cgroup.splitlines() if ln[:3] == "0::"), "")
+        base, name = root, "memory.events"
+    parts = [p for p in path.split("/") if p]
+    for i in range(len(parts) + 1):
+        leaf = base.joinpath(*parts[i:])
+        if (leaf / name).exists():
+            files = []
+            while True:
+                files.append(leaf / name)
+                if leaf == base:
+                    return files
+                leaf = leaf.parent
+    return []
+
+
+def oom_kills(files: list[Path]) -> int:
+    """The sum of the ``oom_kill`` counters in ``files`` (0 where the kernel has none)."""
+    total = 0
+    for path in files:
+        try:
+            m = _OOM_LINE.search(path.read_text(encoding="ascii"))
+        except OSError:
+            continue
+        total += int(m.group(1)) if m else 0
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# one task
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task's process ended."""
+
+    returncode: int
+    runtime: float
+    timed_out: bool
+    oom: bool
+
+    def state(self) -> str:
+        if self.timed_out:
+            return "timeout"
+        if self.returncode == 0:
+            return "done"
+        return "oom" if self.oom else "failed"
+
+    def exit_and_signal(self) -> tuple[int | None, int | None]:
+        if self.returncode < 0:
+            return None, -self.returncode
+        return self.returncode, None
+
+    def reason(self, time_s: float | None) -> str:
+        exit_code, sig = self.exit_and_signal()
+        if self.timed_out:
+            return f"over its time limit of {time_s:g} s"
+        what = f"killed by signal {sig}" if sig else f"exit {exit_code}"
+        if self.oom:
+            return f"{what}: over its memory limit (the cgroup's OOM killer)"
+        return what
+
+
+def _child_setup() -> None:
+    """In the task's process: be the OOM killer's first choice, before the runner."""
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")
+
+
+class Runner:
+    """Runs one element's chunk; ``stop`` is set by SIGTERM and ends it between tasks."""
+
+    def __init__(self, pack: PackDir, spec: RunSpec, element: int, env: Mapping[str, str]):
+        self.pack = pack
+        self.spec = spec
+        self.element = element
+        self.env = dict(env)
+        self.job = f"{env.get('SLURM_ARRAY_JOB_ID', '?')}_{env.get('SLURM_ARRAY_TASK_ID', '?')}"
+        self.restart = int(env.get("SLURM_RESTART_COUNT") or 0)
+        self.node = env.get("SLURMD_NODENAME") or socket.gethostname()
+        self.scratch = Path(env.get("TMPDIR") or "/tmp") / f"ck-pack-{self.job}-{os.getpid()}"
+        self.cwd = spec.chdir or env.get("HOME") or str(Path.home())
+        self.stop = False
+        self.child: subprocess.Popen[bytes] | None = None
+        try:
+            self.oom_files = oom_counter_files(Path("/proc/self/cgroup").read_text())
+        except OSError:
+            self.oom_files = []
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
+        if self.child is not None and self.child.returncode is None:
+            _killpg(self.child.pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        """Run every unfinished task of the chunk; the number of tasks run."""
+        tasks = self.spec.element_tasks(self.element)
+        path = self.pack.manifest(self.spec.run, self.element)
+        previous = latest_records(read_manifest(path))
+        todo = [t for t in tasks if not is_finished(previous.get(t), self.spec.attempts)]
+        commands = self.pack.commands(todo)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        ran = 0
+        try:
+            with open(path, "a", encoding="utf-8") as manifest:
+                for task in todo:
+                    before = previous.get(task)
+                    attempt = int(before["attempt"]) + 1 if before else 1
+                    while attempt <= self.spec.attempts and not self.stop:
+                        record = self.run_task(task, commands[task], attempt)
+                        if record is None:  # stopped from outside: no record, runs again
+                            break
+                        _append(manifest, record)
+                        ran += 1
+                        if record["state"] == "done":
+                            break
+                        attempt += 1
+                    if self.stop:
+                        break
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return ran
+
+    def run_task(self, task: int, command: str, attempt: int) -> Record | None:
+        """Run one attempt; its record, or ``None`` when the runner was told to stop."""
+        start = time.time()
+        local = {s: self.scratch / f"{task}.{s}" for s in ("out", "err")}
+        with open(local["out"], "wb") as out, open(local["err"], "wb") as err:
+            try:
+                outcome = self._execute(task, command, attempt, out, err)
+            except OSError as exc:
+                outcome = None
+                failure = f"cannot start: {exc.strerror or exc}"
+        if outcome is not None and self._stopped_from_outside(outcome):
+            return None
+        files = self._keep_outputs(task, attempt, local)
+        record: Record = {
+            "task": task,
+            "run": self.spec.run,
+            "element": self.element,
+            "job": self.job,
+            "attempt": attempt,
+            "restart": self.restart,
+            "node": self.node,
+            "start": round(start, 3),
+        }
+        if outcome is None:
+            record.update(
+                state="failed", exit=None, signal=None, reason=failure, runtime=0.0, **files
+            )
+            return record
+        exit_code, sig = outcome.exit_and_signal()
+        record.update(
+            state=outcome.state(),
+            exit=exit_code,
+            signal=sig,
+            reason=outcome.reason(self.spec.time_s),
+            runtime=round(outcome.runtime, 3),
+            **files,
+        )
+        return record
+
+    def _execute(
+        self, task: int, command: str, attempt: int, out: IO[bytes], err: IO[bytes]
+    ) -> Outcome:
+        env = {
+            **self.env,
+            "CK_PACK_DIR": str(self.pack.root),
+            "CK_PACK_TASK": str(task),
+            "CK_PACK_RUN": str(self.spec.run),
+            "CK_PACK_ATTEMPT": str(attempt),
+        }
+        ooms = oom_kills(self.oom_files)
+        t0 = time.monotonic()
+        self.child = subprocess.Popen(
+            ["/bin/bash", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=self.cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_child_setup,  # noqa: PLW1509 - the runner has one thread
+        )
+        timed_out = False
+        try:
+            returncode = self.child.wait(timeout=self.spec.time_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            returncode = self._kill(self.child)
+        runtime = time.monotonic() - t0
+        _killpg(self.child.pid, signal.SIGKILL)  # whatever it left running in its group
+        self.child = None
+        return Outcome(returncode, runtime, timed_out, oom_kills(self.oom_files) > ooms)
+
+    def _kill(self, child: subprocess.Popen[bytes]) -> int:
+        _killpg(child.pid, signal.SIGTERM)
+        try:
+            return child.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _killpg(child.pid, signal.SIGKILL)
+            return child.wait()
+
+    def _stopped_from_outside(self, outcome: Outcome) -> bool:
+        """Whether the task died because the element is being stopped (requeue, scancel):
+        Slurm signals every process of the step, so the task may die before the runner's
+        own SIGTERM handler has run; give it a moment."""
+        if self.stop:
+            return True
+        killed = outcome.returncode in (-signal.SIGTERM, -signal.SIGKILL, 143, 137)
+        if killed and not outcome.oom and not outcome.timed_out:
+            time.sleep(SETTLE_S)
+        return self.stop
+
+    def _keep_outputs(self, task: int, attempt: int, local: dict[str, Path]) -> dict[str, Any]:
+        """Copy non-empty outputs to ``out/``; the record's ``out``/``err`` (relative or None)."""
+        fresh = attempt == 1 and self.spec.run == 0 and self.restart == 0
+        files: dict[str, Any] = {}
+        for stream, path in local.items():
+            target = self.pack.out(task, stream)
+            if path.stat().st_size > 0:
+                shutil.copyfile(path, target)
+                files[stream] = str(target.relative_to(self.pack.root))
+            else:
+                if not fresh:  # an earlier attempt's output must not pass for this one's
+                    target.unlink(missing_ok=True)
+                files[stream] = None
+            path.unlink()
+        return files
+
+
+def _append(manifest: IO[str], record: Record) -> None:
+    manifest.write(json.dumps(record, separators=(",", ":")) + "\n")
+    manifest.flush()
+    os.fsync(manifest.fileno())
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Run one Slurm array element's chunk of a pack (the job script of\n"
+            "`clusterkit pack submit` calls it; it is not meant to be run by hand)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pack_dir", type=Path, help="the pack's directory on shared storage")
+    p.add_argument("run", type=int, help="the run (0: the submission, 1.. retries)")
+    p.add_argument("--element", type=int, help="the element to run (default: $SLURM_ARRAY_TASK_ID)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    env = os.environ
+    element = args.element
+    if element is None:
+        if not env.get("SLURM_ARRAY_TASK_ID", "").isdigit():
+            return _fail("not inside a Slurm array element (SLURM_ARRAY_TASK_ID is not set)", 2)
+        element = int(env["SLURM_ARRAY_TASK_ID"])
+    try:
+        pack = PackDir(args.pack_dir.resolve())
+        spec = pack.load_run(args.run)
+        if not 0 <= element < spec.elements:
+            return _fail(f"run {args.run} has elements 0-{spec.elements - 1}, not {element}", 2)
+        runner = Runner(pack, spec, element, env)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, runner.on_signal)
+        runner.run()
+    except (PackError, OSError) as exc:
+        return _fail(str(exc), 1)
+    return 143 if runner.stop else 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,616 @@
+"""High-throughput packing: many short tasks run by one Slurm job array on a live cluster.
+
+``submit`` reads the tasks (a file of commands, or a command template and a CSV/JSONL of
+parameters), picks how many tasks each array element runs (``auto_chunk``), writes the pack
+onto shared storage and submits ONE ``sbatch --array`` as the cluster user, both in a single
+SSH session to the head. Elements run ``ck-pack-run`` (``nodetools/packrun.py``), which
+writes the manifest; ``status``, ``retry`` and ``collect`` read it on the head through
+``ck-pack`` (``nodetools/packstate.py``), one SSH session each. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import re
+import secrets
+import shlex
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clusterkit import proc
+from clusterkit.errors import ClusterkitError, CommandError, StateError
+from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, RunSpec, task_files
+from clusterkit.plan import cluster_users, head_name
+from clusterkit.render import render
+from clusterkit.slurm import SlurmNode, SlurmReader
+from clusterkit.spec import ClusterSpec
+from clusterkit.state import ClusterState, check_name, load_state, spec_of
+from clusterkit.trust import ClusterTrust
+
+TARGET_ELEMENT_S = 60.0  # an element should run at least this long: Slurm's cost is ~1 s
+DEFAULT_ESTIMATE_S = 1.0  # assumed task duration without --estimate: errs to fewer elements
+KILL_GRACE_S = 5  # ck-pack-run's SIGTERM-to-SIGKILL grace, counted in an element's time
+ELEMENT_SLACK_S = 120  # start-up and manifest writes of an element, in its time limit
+SUBMIT_TIMEOUT_S = 120.0
+QUERY_TIMEOUT_S = 60.0
+PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+_MEMORY = re.compile(r"^(\d+)\s*([MGT]?)B?$", re.IGNORECASE)
+
+
+class PackError(ClusterkitError):
+    """A pack's tasks or options are invalid, or a pack command failed on the cluster."""
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+
+
+def load_tasks(path: Path, template: str | None = None) -> list[str]:
+    """The commands of a TASKS file: one per line, or ``template`` filled from each row of
+    a ``.csv`` (header row names the columns) or ``.jsonl`` (one JSON object per line)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise PackError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise PackError(f"{path} line {line}: not UTF-8 text") from None
+    except OSError as exc:
+        raise PackError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if template is None:
+        commands = command_lines(text)
+    elif path.suffix.lower() == ".csv":
+        commands = fill_csv(template, text, str(path))
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+        commands = fill_jsonl(template, text, str(path))
+    else:
+        raise PackError(
+            f"{path}: with --template, TASKS must be a .csv or .jsonl file of parameters"
+        )
+    if not commands:
+        raise PackError(f"{path}: no tasks in it")
+    return commands
+
+
+def command_lines(text: str) -> list[str]:
+    """One command per line; blank lines and ``#`` comments are not tasks."""
+    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+
+
+def placeholders(template: str, source: str = "--template") -> list[str]:
+    """The ``{name}`` placeholders of ``template`` (``{{``/``}}`` are literal braces)."""
+    names = []
+    for m in _PLACEHOLDER.finditer(template):
+        if m.group(0) in ("{{", "}}"):
+            continue
+        if m.group(1) is None:
+            raise PackError(
+                f"{source}: a lone {m.group(0)!r} at column {m.start() + 1}; write "
+                "{name} for a parameter, {{ or }} for a literal brace"
+            )
+        names.append(m.group(1))
+    if not names:
+        raise PackError(f"{source}: no {{name}} placeholder; every task would be the same")
+    return names
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """``template`` with each ``{name}`` replaced by its value, shell-quoted."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) in ("{{", "}}"):
+            return m.group(0)[0]
+        return shlex.quote(values[m.group(1)])
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def fill_csv(template: str, text: str, source: str) -> list[str]:
+    names = placeholders(template)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = reader.fieldnames or []
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise PackError(
+            f"{source}: no column {missing[0]!r} for placeholder {{{missing[0]}}}; its "
+            f"columns: {', '.join(columns) or 'none (no header row)'}"
+        )
+    commands = []
+    for row in reader:
+        line = reader.line_num
+        if any(v is None for v in row.values()) or None in row:
+            raise PackError(
+                f"{source} line {line}: {len(columns)} columns expected, as in the header"
+            )
+        commands.append(_one_line(fill(template, row), source, line))
+    return commands
+
+
+def fill_jsonl(template: str, text: str, source: str) -> list[str]:
+    names = placeholders(template)
+    commands = []
+    for line, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise PackError(f"{source} line {line}: not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise PackError(f'{source} line {line}: a JSON object expected, like {{"x": 1}}')
+        values = {}
+        for name in names:
+            if name not in obj:
+                keys = ", ".join(obj) or "none"
+                raise PackError(
+                    f"{source} line {line}: no key {name!r} for placeholder {{{name}}}; "
+                    f"its keys: {keys}"
+                )
+            values[name] = _scalar(obj[name], source, line, name)
+        commands.append(_one_line(fill(template, values), source, line))
+    return commands
+
+
+def _scalar(value: Any, source: str, line: int, name: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise PackError(
+        f"{source} line {line}: {name!r} is {type(value).__name__}; a string or number expected"
+    )
+
+
+def _one_line(command: str, source: str, line: int) -> str:
+    if "\n" in command or "\r" in command:
+        raise PackError(f"{source} line {line}: a value holds a line break; tasks are one line")
+    return command
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+def parse_duration(text: str, what: str = "--time") -> float:
+    """Seconds from ``90``, ``1.5m``, ``2h``, ``1d`` or ``[[H:]M:]S`` (``1:30`` is 90 s)."""
+    s = text.strip().lower()
+    if ":" in s:
+        parts = s.split(":")
+        if len(parts) <= 3 and all(p.isdigit() for p in parts):
+            return float(sum(int(p) * 60**i for i, p in enumerate(reversed(parts))))
+    elif m := _DURATION.match(s):
+        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        if seconds > 0:
+            return seconds
+    raise PackError(f"{what} {text!r}: give seconds (90), 90s, 1.5m, 2h, 1d or H:MM:SS, above 0")
+
+
+def parse_memory(text: str) -> int:
+    """MiB from ``512``, ``512M``, ``2G``, ``1T`` (a bare number is MiB, as in Slurm)."""
+    m = _MEMORY.match(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise PackError(f"--mem {text!r}: give MiB (512), or 512M, 2G, above 0")
+    return int(m.group(1)) * {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[m.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """How every task of a pack runs; ``None`` means Slurm's (or clusterkit's) default."""
+
+    cpus: int = 1
+    memory_mb: int | None = None  # per task; None: the cluster's DefMemPerCPU
+    time_s: float | None = None  # per task; None: no limit
+    estimate_s: float | None = None  # expected duration, for auto chunking
+    chunk: int | None = None  # tasks per element; None: auto
+    max_concurrent: int | None = None  # elements running at once (``--array=...%N``)
+    retries: int = 0
+    partition: str | None = None
+    chdir: str | None = None  # the tasks' working directory; None: the user's home
+    name: str | None = None  # the pack's name; None: a timestamp
+    user: str | None = None  # the cluster user; None: the spec's first user
+
+    def check(self) -> None:
+        for label, value in (("--cpus", self.cpus), ("--chunk", self.chunk),
+                             ("--max-concurrent", self.max_concurrent)):  # fmt: skip
+            if value is not None and value < 1:
+                raise PackError(f"{label} {value}: must be at least 1")
+        if self.retries < 0:
+            raise PackError(f"--retries {self.retries}: must be 0 or more")
+        if self.name is not None and not PACK_NAME.match(self.name):
+            raise PackError(
+                f"--name {self.name!r}: letters, digits, '.', '_', '-' (at most 64, "
+                "starting with a letter or digit)"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# chunking
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a run's tasks are cut into array elements, and why."""
+
+    chunk: int  # tasks per element
+    elements: int
+    slots: int  # elements that can run at once on the partition
+    waves: int  # elements per slot
+    rule: str  # one sentence: how the chunk was chosen
+
+
+def cluster_slots(
+    nodes: Iterable[SlurmNode], partition: str | None, cpus: int, memory_mb: int | None
+) -> int:
+    """How many one-task elements the partition's nodes hold at once (CPUs and memory)."""
+    total = 0
+    for node in nodes:
+        if partition is not None and partition not in node.partitions:
+            continue
+        if partition is None and not node.partitions:
+            continue
+        fit = node.cpus // cpus
+        if memory_mb:
+            fit = min(fit, node.memory_mb // memory_mb)
+        total += fit
+    return total
+
+
+def auto_chunk(tasks: int, slots: int, estimate_s: float, max_elements: int) -> Chunking:
+    """The chunk size: whole *waves* of elements (one element per slot per wave), as many
+    waves as keep every element at ``TARGET_ELEMENT_S`` of estimated work or more, and at
+    least one wave so that every slot gets an element.
+
+    ``waves = max(1, floor(tasks * estimate / (slots * TARGET_ELEMENT_S)))`` and
+    ``chunk = ceil(tasks / (slots * waves))``; the element count never exceeds the array
+    limit (``MaxArraySize``).
+    """
+    slots = max(1, slots)
+    work = tasks * estimate_s
+    waves = max(1, math.floor(work / (slots * TARGET_ELEMENT_S)))
+    chunk = math.ceil(tasks / (slots * waves))
+    chunk = max(chunk, math.ceil(tasks / max_elements))
+    elements = math.ceil(tasks / chunk)
+    rule = (
+        f"{tasks} task(s) x {estimate_s:g} s estimated on {slots} slot(s): {waves} wave(s) "
+        f"of elements of >= {TARGET_ELEMENT_S:g} s each where the work allows"
+    )
+    return Chunking(chunk, elements, slots, math.ceil(elements / slots), rule)
+
+
+def fixed_chunk(tasks: int, chunk: int, slots: int, max_elements: int) -> Chunking:
+    if math.ceil(tasks / chunk) > max_elements:
+        raise PackError(
+            f"--chunk {chunk}: {math.ceil(tasks / chunk)} elements is over the cluster's "
+            f"MaxArraySize ({max_elements}); use --chunk {math.ceil(tasks / max_elements)} or more"
+        )
+    elements = math.ceil(tasks / chunk)
+    return Chunking(chunk, elements, slots, math.ceil(elements / max(1, slots)), "--chunk")
+
+
+def element_time_limit(chunk: int, options: PackOptions) -> int | None:
+    """Minutes an element may run: every attempt of every task at its limit, plus slack."""
+    if options.time_s is None:
+        return None
+    worst = chunk * (options.retries + 1) * (options.time_s + KILL_GRACE_S) + ELEMENT_SLACK_S
+    return math.ceil(worst / 60)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cluster side
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a pack lives: the cluster, its user, and how to reach the head as that user."""
+
+    name: str
+    spec: ClusterSpec
+    state: ClusterState
+    user: str
+
+    @property
+    def trust(self) -> ClusterTrust:
+        return ClusterTrust(self.name, self.state.dir)
+
+    @property
+    def bin_dir(self) -> str:
+        return f"{self.spec.shared_storage.mount_point}/clusterkit/bin"
+
+    def remote(
+        self, script: str, stdin: str | None = None, timeout: float = QUERY_TIMEOUT_S
+    ) -> str:
+        """Run ``script`` (bash) on the head as the user; its stdout. A failure's last
+        stderr line becomes a ``PackError`` naming the cluster."""
+        argv = self.trust.ssh_argv(head_name(self.name), [script], user=self.user)
+        try:
+            return proc.run(argv, input=stdin, timeout=timeout).stdout
+        except CommandError as exc:
+            lines = [ln for ln in exc.stderr.strip().splitlines() if ln.strip()]
+            raise PackError(
+                f"cluster {self.name}: {lines[-1] if lines else f'exit {exc.returncode}'}"
+            ) from None
+
+    def reader(self) -> SlurmReader:
+        head = head_name(self.name)
+        return SlurmReader.create(
+            lambda argv: proc.run(self.trust.ssh_argv(head, argv), timeout=30).stdout
+        )
+
+    def tool(self, *args: str) -> Any:
+        """``ck-pack ARGS`` on the head, as the user; its JSON output."""
+        command = " ".join(shlex.quote(a) for a in (f"{self.bin_dir}/ck-pack", *args))
+        return json.loads(self.remote(command))
+
+
+def target(name: str, user: str | None = None) -> Target:
+    """Cluster ``name`` ready for packs: configured, with the user (default: the first)."""
+    check_name(name)
+    state = load_state(name)
+    if "configure" not in state.steps:
+        raise StateError(f"cluster {name!r} has no Slurm (made with --no-configure)")
+    spec = spec_of(state)
+    users = [u.name for u in cluster_users(spec)]
+    chosen = user or users[0]
+    if chosen not in users:
+        raise PackError(f"--user {chosen!r} is not a user of cluster {name}: {', '.join(users)}")
+    return Target(name, spec, state, chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job array submitted for a pack."""
+
+    cluster: str
+    pack: str
+    run: int
+    job_id: int
+    tasks: int
+    chunking: Chunking
+    directory: str  # on the cluster, relative to the user's home
+
+
+def submit(name: str, commands: Sequence[str], options: PackOptions) -> Submitted:
+    """Write the pack onto shared storage and submit its job array; one SSH session."""
+    options.check()
+    where = target(name, options.user)
+    chunking = plan_chunks(where, len(commands), options)
+    pack = options.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    spec = run_spec(0, chunking, len(commands), options, None)
+    txt, idx = task_files(commands)
+    info = {
+        "format": FORMAT,
+        "pack": pack,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tasks": len(commands),
+        "options": asdict(options),
+    }
+    files = {
+        "pack.json": json.dumps(info, indent=2).encode(),
+        "tasks.txt": txt,
+        "tasks.idx": idx,
+        **run_files(where, pack, spec, options),
+    }
+    job_id = _upload_and_submit(where, pack, 0, files, fresh=True)
+    return Submitted(name, pack, 0, job_id, len(commands), chunking, f"{ROOT_NAME}/{pack}")
+
+
+def plan_chunks(where: Target, tasks: int, options: PackOptions) -> Chunking:
+    nodes = where.reader().nodes()
+    slots = cluster_slots(nodes, options.partition, options.cpus, options.memory_mb)
+    if slots == 0:
+        partitions = sorted({p for n in nodes for p in n.partitions})
+        what = f"partition {options.partition!r}" if options.partition else "the cluster"
+        raise PackError(
+            f"{what} has no node with {options.cpus} CPU(s)"
+            + (f" and {options.memory_mb} MiB" if options.memory_mb else "")
+            + f" for a task; partitions: {', '.join(partitions) or 'none'}"
+        )
+    if options.max_concurrent:
+        slots = min(slots, options.max_concurrent)
+    max_elements = where.spec.slurm.max_array_size
+    if options.chunk:
+        return fixed_chunk(tasks, options.chunk, slots, max_elements)
+    estimate = options.estimate_s or DEFAULT_ESTIMATE_S
+    return auto_chunk(tasks, slots, estimate, max_elements)
+
+
+def run_spec(
+    run: int, chunking: Chunking, count: int, options: PackOptions, ids: Sequence[int] | None
+) -> RunSpec:
+    return RunSpec(
+        run=run,
+        chunk=chunking.chunk,
+        elements=chunking.elements,
+        count=count,
+        retries=options.retries,
+        time_s=options.time_s,
+        chdir=options.chdir,
+        ids=None if ids is None else tuple(ids),
+    )
+
+
+def job_script(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> str:
+    """The job script of run ``spec.run`` (values computed here; the template places them)."""
+    array = f"0-{spec.elements - 1}"
+    if options.max_concurrent:
+        array += f"%{options.max_concurrent}"
+    return render(
+        "pack/job.sh.j2",
+        pack=pack,
+        run=spec.run,
+        count=spec.count,
+        chunk=spec.chunk,
+        elements=spec.elements,
+        job_name=f"pack-{pack}"[:64],
+        array=array,
+        cpus=options.cpus,
+        memory_mb=options.memory_mb,
+        time_minutes=element_time_limit(spec.chunk, options),
+        partition=options.partition,
+        runner=shlex.quote(f"{where.bin_dir}/ck-pack-run"),
+    )
+
+
+def run_files(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> dict[str, bytes]:
+    files = {
+        f"runs/{spec.run}.json": json.dumps(spec.to_json(), indent=2).encode(),
+        f"runs/{spec.run}.sh": job_script(where, pack, spec, options).encode(),
+    }
+    if spec.ids is not None:
+        files[f"runs/{spec.run}.ids"] = "".join(f"{t}\n" for t in spec.ids).encode()
+    return files
+
+
+def _tarball(files: dict[str, bytes], dirs: Sequence[str]) -> str:
+    """``files`` (and empty ``dirs``) as a base64 text of a gzip'ed tar."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=3) as tar:
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            tar.addfile(info)
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _upload_and_submit(
+    where: Target, pack: str, run: int, files: dict[str, bytes], fresh: bool
+) -> int:
+    """Unpack ``files`` into the pack's directory and ``sbatch`` run ``run``; the job id."""
+    directory = f'"$HOME"/{ROOT_NAME}/{shlex.quote(pack)}'
+    guard = (
+        f'if [ -e {directory} ]; then echo "pack {pack} already exists; choose another '
+        f'--name" >&2; exit 3; fi; mkdir -p {directory}'
+        if fresh
+        else f'[ ! -e {directory}/runs/{run}.json ] || {{ echo "run {run} of pack {pack} '
+        f'already exists (a retry at the same time?)" >&2; exit 3; }}'
+    )
+    script = (
+        f"set -e -o pipefail; umask 022; {guard}; cd {directory}; base64 -d | tar -xzf -; "
+        f"sbatch --parsable runs/{run}.sh > runs/{run}.job; cat runs/{run}.job"
+    )
+    dirs = ["manifest", "out", "logs"] if fresh else []
+    out = where.remote(script, stdin=_tarball(files, dirs), timeout=SUBMIT_TIMEOUT_S)
+    first = out.strip().split(";")[0]
+    if not first.isdigit():
+        raise PackError(f"cluster {where.name}: sbatch printed {out.strip()!r}, not a job id")
+    return int(first)
+
+
+# ---------------------------------------------------------------------------------------------
+# status, retry, collect
+
+
+@dataclass(frozen=True)
+class PackStatus:
+    """Where a pack's tasks stand; ``failures`` splits ``failed`` by kind."""
+
+    pack: str
+    tasks: int
+    done: int
+    running: int
+    failed: int
+    pending: int
+    failures: dict[str, int] = field(default_factory=dict)
+    finished: bool = False  # no element of any run is queued or running any more
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PackStatus:
+        keys = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in keys})
+
+
+def status(name: str, pack: str | None = None, user: str | None = None) -> PackStatus:
+    """The status of ``pack`` (default: the latest) on cluster ``name``."""
+    where = target(name, user)
+    return PackStatus.from_json(where.tool("status", *([pack] if pack else [])))
+
+
+def list_packs(name: str, user: str | None = None) -> list[dict[str, Any]]:
+    """Every pack of the user on cluster ``name``, oldest first."""
+    packs: list[dict[str, Any]] = target(name, user).tool("list")
+    return packs
+
+
+@dataclass(frozen=True)
+class Retried:
+    status: PackStatus  # before the retry
+    submitted: Submitted | None  # None: nothing had failed
+
+
+def retry(
+    name: str,
+    pack: str | None = None,
+    user: str | None = None,
+    changes: dict[str, Any] | None = None,
+) -> Retried:
+    """Submit a new array of only the tasks of ``pack`` that ended without success.
+
+    ``changes`` overrides the pack's options for the new run (``memory_mb``, ``time_s``,
+    ``retries``, ``partition``, ``cpus``, ``estimate_s``, ``chunk``, ``max_concurrent``).
+    """
+    where = target(name, user)
+    found = where.tool("failed", *([pack] if pack else []))
+    before = PackStatus.from_json(found)
+    if not before.finished:
+        live = sum(r["live"] for r in before.runs)
+        raise PackError(
+            f"pack {before.pack} still has {live} element(s) queued or running; wait for "
+            f"them (`clusterkit pack status {name} {before.pack} --wait`), then retry"
+        )
+    ids: list[int] = found["failed_tasks"]
+    if not ids:
+        return Retried(before, None)
+    info = json.loads(where.remote(f"cat {ROOT_NAME}/{shlex.quote(before.pack)}/pack.json"))
+    known = PackOptions.__dataclass_fields__
+    saved = {k: v for k, v in info.get("options", {}).items() if k in known}
+    options = PackOptions(**{**saved, **(changes or {}), "user": where.user})
+    options.check()
+    run = len(before.runs)
+    chunking = plan_chunks(where, len(ids), options)
+    spec = run_spec(run, chunking, len(ids), options, ids)
+    files = run_files(where, before.pack, spec, options)
+    job_id = _upload_and_submit(where, before.pack, run, files, fresh=False)
+    directory = f"{ROOT_NAME}/{before.pack}"
+    return Retried(before, Submitted(name, before.pack, run, job_id, len(ids), chunking, directory))
+
+
+@dataclass(frozen=True)
+class Collected:
+    summary: dict[str, Any]
+    directory: Path  # where the results were written on this machine
+
+
+def collect(name: str, dest: Path, pack: str | None = None, user: str | None = None) -> Collected:
+    """Write ``results.csv`` and ``summary.json`` in the pack's directory on the cluster, and
+    fetch them with every task's output into ``dest/PACK/``."""
+    where = target(name, user)
+    summary: dict[str, Any] = where.tool("collect", *([pack] if pack else []))
+    directory = f"{ROOT_NAME}/{shlex.quote(summary['pack'])}"
+    encoded = where.remote(
+        f"set -e -o pipefail; cd {directory}; tar -czf - results.csv summary.json out | base64",
+        timeout=SUBMIT_TIMEOUT_S,
+    )
+    local = dest / summary["pack"]
+    local.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(encoded)), mode="r:gz") as tar:
+        tar.extractall(local, filter="data")
+    return Collected(summary, local)
