@@ -30,6 +30,7 @@ from clusterkit.cli_pack import pack as pack_group
 from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
+from clusterkit.providers.base import DryRun
 from clusterkit.slurm import SlurmJob
 from clusterkit.spec import ClusterSpec, example_spec_text, load_spec, parse_spec_text
 from clusterkit.state import home
@@ -104,9 +105,14 @@ def cli() -> None:
 )  # fmt: skip
 @click.option(
     "--no-configure", is_flag=True,
-    help="Bare nodes (SSH only): configure them yourself, e.g. with `clusterkit inventory`.",
+    help="Bare nodes (SSH only): configure them yourself, e.g. with `clusterkit inventory`. "
+    "On aws, returns once every resource exists, without waiting for SSH.",
 )  # fmt: skip
-def up(path: Path | None, no_configure: bool) -> None:
+@click.option(
+    "--dry-run", is_flag=True,
+    help="Print what would be created and its hourly cost range; change nothing.",
+)  # fmt: skip
+def up(path: Path | None, no_configure: bool, dry_run: bool) -> None:
     """Build the cluster a spec describes, or reconcile a live one towards it.
 
     The result is a working Slurm cluster: the head configured through Ansible, compute
@@ -115,6 +121,9 @@ def up(path: Path | None, no_configure: bool) -> None:
     anything.
     """
     spec = _load(path)
+    if dry_run:
+        _print_dry_run(spec, lib.dry_run(spec))
+        return
     lib.check_prerequisites(spec)
     static = [n for n in plan_nodes(spec) if n.static]
     err.print(
@@ -130,6 +139,20 @@ def up(path: Path | None, no_configure: bool) -> None:
         f"\nNext: [bold]clusterkit ssh {spec.name} -u {user}[/] (submit jobs there)   ·   "
         f"[bold]clusterkit down {spec.name}[/]"
     )
+
+
+def _print_dry_run(spec: ClusterSpec, plan: DryRun) -> None:
+    out.print(f"Dry run: cluster [bold]{spec.name}[/] on {spec.provider}; nothing is changed.")
+    for resource in plan.resources:
+        out.print(f"  would create: {resource}")
+    if plan.cost is not None:
+        c = plan.cost
+        out.print(
+            f"hourly cost: {c.low:.4f} to {c.high:.4f} {c.currency} "
+            f"(static nodes at their cheapest .. every node at its dearest; {c.basis})"
+        )
+    for note in plan.notes:
+        out.print(f"  note: {note}")
 
 
 def _load(path: Path | None) -> ClusterSpec:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +30,7 @@ from clusterkit.configure import (
 from clusterkit.errors import ClusterkitError, CommandError, ConfigureError, SSHError, StateError
 from clusterkit.plan import NodePlan, cluster_users, head_name, plan_nodes, static_nodes
 from clusterkit.providers import provider_class
-from clusterkit.providers.base import NodeBoot, Provider
+from clusterkit.providers.base import DryRun, NodeBoot, Provider
 from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.render import render
 from clusterkit.slurm import SlurmJob, SlurmReader
@@ -91,6 +91,11 @@ def log(root: Path, line: str) -> None:
 # up
 
 
+def dry_run(spec: ClusterSpec) -> DryRun:
+    """What ``up`` would create for ``spec`` and its hourly cost; changes nothing."""
+    return provider_class(spec.provider).dry_run(spec)
+
+
 def check_prerequisites(spec: ClusterSpec) -> None:
     """Raise ``PrerequisiteError`` if this machine cannot run ``spec``'s provider."""
     provider_class(spec.provider).check_prerequisites()
@@ -117,14 +122,17 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
             with _logged_step(state, progress, "keys"):
                 trusted = _make_keys(spec, provider, trust)
                 state.mark("keys")
-            with _logged_step(state, progress, "render"):
-                render_cluster_files(spec, state, trusted)
-                state.mark("render")
             with _logged_step(state, progress, "nodes"):
                 _converge_nodes(spec, state, provider, trust, trusted, configure=configure)
                 state.mark("nodes")
-            with _logged_step(state, progress, "ssh"):
-                wait_for_ssh(trust, [n.name for n in static_nodes(spec)])
+            # After the nodes: a provider may assign addresses only at launch (aws).
+            trusted = _with_launch_addresses(state, trust, trusted)
+            with _logged_step(state, progress, "render"):
+                render_cluster_files(spec, state, trusted)
+                state.mark("render")
+            if configure or provider.ssh_when_bare:
+                with _logged_step(state, progress, "ssh"):
+                    wait_for_ssh(trust, [n.name for n in static_nodes(spec)])
             if configure:
                 _configure(spec, state, trust, progress)
                 with _logged_step(state, progress, "verify"):
@@ -186,6 +194,21 @@ def host_key_path(trust: ClusterTrust, node: str) -> Path:
     return trust.root / "keys" / "hosts" / node
 
 
+def _with_launch_addresses(
+    state: ClusterState, trust: ClusterTrust, trusted: list[TrustedNode]
+) -> list[TrustedNode]:
+    """Addresses assigned at launch (aws) join known_hosts and ssh_config."""
+    launched = [
+        replace(t, address=state.nodes[t.name].address)
+        if t.address is None and t.name in state.nodes
+        else t
+        for t in trusted
+    ]
+    if launched != trusted:
+        trust.write(launched)
+    return launched
+
+
 def _configure(
     spec: ClusterSpec, state: ClusterState, trust: ClusterTrust, progress: Progress
 ) -> None:
@@ -231,9 +254,11 @@ def _converge_nodes(
     known_hosts = trust.known_hosts.read_text(encoding="utf-8")
     hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
     user_data = boot_script(spec) if configure else None
+    pending: list[tuple[NodePlan, NodeBoot]] = []
     for node in wanted.values():
         current = state.nodes.get(node.name)
-        if current and current.address == provider.address(node) and provider.running(current):
+        expected = provider.address(node)  # None: the provider assigns it at launch
+        if current and expected in (None, current.address) and provider.running(current):
             continue
         compute = node.role == "compute"
         boot = NodeBoot(
@@ -245,22 +270,21 @@ def _converge_nodes(
             node_key=ClusterFiles(trust.root).node_key if compute else None,
             user_data=user_data if compute else None,
         )
-        _replace_node(state, provider, node, current, boot)
+        _record_launching(state, provider, node, current)
+        pending.append((node, boot))
+    # Launched together where the provider's API allows it; each is recorded as it comes.
+    for launched in provider.launch_all(pending):
+        state.nodes[launched.name] = launched
+        state.save()
 
 
-def _replace_node(
-    state: ClusterState,
-    provider: Provider,
-    node: NodePlan,
-    current: NodeState | None,
-    boot: NodeBoot,
+def _record_launching(
+    state: ClusterState, provider: Provider, node: NodePlan, current: NodeState | None
 ) -> None:
     # Record the node before launching, so a crash mid-launch leaves a trace for `down`.
     stale = current or NodeState(name=node.name, role=node.role, index=node.index)
     provider.terminate(stale)
     state.nodes[node.name] = stale.model_copy(update={"status": "launching", "index": node.index})
-    state.save()
-    state.nodes[node.name] = provider.launch(node, boot)
     state.save()
 
 

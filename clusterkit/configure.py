@@ -224,10 +224,10 @@ def render_cluster_files(
 ) -> None:
     """Slurm's files, the compute boot script and the node tools, under ``rendered/``."""
     files = ClusterFiles(state.dir)
-    addresses = {t.name: t.address for t in trusted}
+    addresses = {t.name: t.address for t in trusted if t.address is not None}
     head = head_name(spec.name)
     computes = [
-        SlurmNodeDef(n.name, n.group or "", addresses[n.name], not n.static)
+        SlurmNodeDef(n.name, n.group or "", addresses.get(n.name), not n.static)
         for n in plan_nodes(spec)
         if n.role == "compute"
     ]

@@ -19,7 +19,7 @@ from clusterkit.state import atomic_write
 @dataclass(frozen=True)
 class TrustedNode:
     name: str
-    address: str
+    address: str | None  # None until the provider assigns it at launch (aws compute nodes)
     host_key: str  # public key line: "ssh-ed25519 AAAA..."
 
 

@@ -124,6 +124,10 @@ def cloud_from_config(config: dict[str, Any]) -> Cloud:
     kind = config.get("kind")
     if kind == "local":
         return LocalCloud(config.get("socket", LOCAL_SOCKET))
+    if kind == "aws":
+        from clusterkit.nodetools.cloud_aws import aws_cloud_from_config  # noqa: PLC0415
+
+        return aws_cloud_from_config(config)
     raise CloudError("UnknownProvider", f"no cloud backend {kind!r} (cloud.json kind)")
 
 

@@ -11,4 +11,8 @@ def provider_class(kind: str) -> type[Provider]:
         from clusterkit.providers.local.provider import LocalProvider  # noqa: PLC0415 - lazy
 
         return LocalProvider
-    raise SpecError("provider", [f"{kind!r} is not available in this version; use 'local'"])
+    if kind == "aws":
+        from clusterkit.providers.aws.provider import AwsProvider  # noqa: PLC0415 - lazy
+
+        return AwsProvider
+    raise SpecError("provider", [f"{kind!r} is not a provider; use 'local' or 'aws'"])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from clusterkit.plan import ClusterUser, NodePlan
+from clusterkit.plan import ClusterUser, NodePlan, static_nodes
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, NodeState
 
@@ -24,10 +25,33 @@ class NodeBoot:
     user_data: str | None = None  # the boot script, run once at boot like EC2 user-data
 
 
+@dataclass(frozen=True)
+class CostRange:
+    """Hourly cost of a cluster, from all static nodes at their cheapest to every node at
+    its dearest option; ``basis`` says where the prices come from."""
+
+    low: float
+    high: float
+    currency: str
+    basis: str
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What ``up`` would create for a spec, and what it would cost; nothing is changed."""
+
+    resources: list[str]
+    cost: CostRange | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 class Provider(ABC):
     """One cluster's view of its provider. Methods record what they create in ``state``."""
 
     kind: str
+    # Whether `up --no-configure` waits for SSH on every node; a cloud provider returns once
+    # every resource exists (its nodes may take minutes to boot, or, on a test endpoint, never).
+    ssh_when_bare = True
 
     def __init__(self, state: ClusterState, spec: ClusterSpec) -> None:
         self.state = state
@@ -43,12 +67,19 @@ class Provider(ABC):
         """Create what all nodes share (network); idempotent."""
 
     @abstractmethod
-    def address(self, node: NodePlan) -> str:
-        """The node's private address (known before launch on ``local``)."""
+    def address(self, node: NodePlan) -> str | None:
+        """The node's private address if known before launch (``local``: every node; ``aws``:
+        the head), else None: the provider assigns it at launch (see ``NodeState.address``)."""
 
     @abstractmethod
     def launch(self, node: NodePlan, boot: NodeBoot) -> NodeState:
         """Create and boot one node; return its state once its sshd is started."""
+
+    def launch_all(self, nodes: Sequence[tuple[NodePlan, NodeBoot]]) -> Iterator[NodeState]:
+        """Launch several nodes, yielding each one's state as soon as it exists. Providers
+        whose API launches many instances per call override it."""
+        for node, boot in nodes:
+            yield self.launch(node, boot)
 
     @abstractmethod
     def running(self, node: NodeState) -> bool:
@@ -65,6 +96,11 @@ class Provider(ABC):
 
         Works with no state at all, after a crash at any point. Returns what it removed.
         """
+
+    @classmethod
+    def dry_run(cls, spec: ClusterSpec) -> DryRun:
+        """What ``up`` would create for ``spec``, without creating anything."""
+        return DryRun([f"node {n.name}" for n in static_nodes(spec)])
 
     @classmethod
     @abstractmethod

@@ -1,0 +1,206 @@
+"""IAM documents of a cluster: least privilege, scoped by the cluster's tag and names.
+
+The head may launch instances only if they carry the cluster's tag, terminate only instances
+that carry it, read only its own queue and secrets, use only its own bucket, and hand only
+the compute role to the instances it launches. Compute nodes may read the cluster's secrets
+(their host key, the node key) and use the bucket; nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from clusterkit.providers.aws import names
+
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a cluster's resources live: enough to write their ARNs."""
+
+    cluster: str
+    region: str
+    account: str
+    bucket: str
+
+    def ec2(self, kind: str) -> str:
+        return f"arn:aws:ec2:{self.region}:{self.account}:{kind}/*"
+
+    @property
+    def queue(self) -> str:
+        return f"arn:aws:sqs:{self.region}:{self.account}:{names.queue_name(self.cluster)}"
+
+    def rule(self, kind: str) -> str:
+        name = names.rule_name(self.cluster, kind)
+        return f"arn:aws:events:{self.region}:{self.account}:rule/{name}"
+
+    def role(self, role: str) -> str:
+        path = names.iam_path(self.cluster)
+        return f"arn:aws:iam::{self.account}:role{path}{names.role_name(self.cluster, role)}"
+
+    @property
+    def params(self) -> str:
+        root = names.param_root(self.cluster)
+        return f"arn:aws:ssm:{self.region}:{self.account}:parameter{root}/*"
+
+    @property
+    def own_tag(self) -> dict[str, str]:
+        return {names.TAG_CLUSTER: self.cluster}
+
+
+def _doc(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def _secrets_and_bucket(s: Scope) -> list[dict[str, Any]]:
+    return [
+        {
+            "Sid": "ReadClusterSecrets",
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+            "Resource": s.params,
+            "Condition": {"StringEquals": {f"ssm:ResourceTag/{names.TAG_CLUSTER}": s.cluster}},
+        },
+        {
+            "Sid": "ListCheckpointBucket",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": f"arn:aws:s3:::{s.bucket}",
+        },
+        {
+            "Sid": "UseCheckpointBucket",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": f"arn:aws:s3:::{s.bucket}/*",
+        },
+    ]
+
+
+def head_policy(s: Scope) -> str:
+    launch_from = [
+        s.ec2(kind)
+        for kind in (
+            "subnet",
+            "security-group",
+            "network-interface",
+            "volume",
+            "key-pair",
+            "fleet",
+            "spot-instances-request",
+        )
+    ] + [f"arn:aws:ec2:{s.region}::image/*"]
+    tagged = {"StringEquals": {f"aws:RequestTag/{names.TAG_CLUSTER}": s.cluster}}
+    own = {"StringEquals": {f"ec2:ResourceTag/{names.TAG_CLUSTER}": s.cluster}}
+    return _doc(
+        {
+            "Sid": "LaunchOnlyTaggedInstances",
+            "Effect": "Allow",
+            "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+            "Resource": s.ec2("instance"),
+            "Condition": tagged,
+        },
+        {
+            "Sid": "LaunchFromClusterTemplates",
+            "Effect": "Allow",
+            "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+            "Resource": s.ec2("launch-template"),
+            "Condition": own,
+        },
+        {
+            "Sid": "LaunchInto",
+            "Effect": "Allow",
+            "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
+            "Resource": launch_from,
+        },
+        {
+            "Sid": "TagAtLaunch",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"]}},
+        },
+        {
+            "Sid": "NameOwnInstances",
+            "Effect": "Allow",
+            "Action": "ec2:CreateTags",
+            "Resource": s.ec2("instance"),
+            "Condition": {
+                **own,
+                "ForAllValues:StringEquals": {"aws:TagKeys": [names.TAG_NODE, "Name"]},
+            },
+        },
+        {
+            "Sid": "TerminateOwnInstances",
+            "Effect": "Allow",
+            "Action": "ec2:TerminateInstances",
+            "Resource": s.ec2("instance"),
+            "Condition": own,
+        },
+        {
+            "Sid": "Describe",  # Describe* calls support no resource-level permissions
+            "Effect": "Allow",
+            "Action": [
+                "ec2:DescribeInstances",
+                "ec2:DescribeInstanceStatus",
+                "ec2:DescribeFleets",
+                "ec2:DescribeLaunchTemplates",
+                "ec2:DescribeLaunchTemplateVersions",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeSpotPriceHistory",
+            ],
+            "Resource": "*",
+        },
+        {
+            "Sid": "PassOnlyTheComputeRole",
+            "Effect": "Allow",
+            "Action": "iam:PassRole",
+            "Resource": s.role("compute"),
+        },
+        {
+            "Sid": "ConsumeInterruptionEvents",
+            "Effect": "Allow",
+            "Action": [
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+            ],
+            "Resource": s.queue,
+        },
+        *_secrets_and_bucket(s),
+    )
+
+
+def compute_policy(s: Scope) -> str:
+    return _doc(*_secrets_and_bucket(s))
+
+
+def queue_policy(s: Scope) -> str:
+    """Only the cluster's own EventBridge rules may send to its queue."""
+    return _doc(
+        {
+            "Sid": "OnlyTheClusterRules",
+            "Effect": "Allow",
+            "Principal": {"Service": "events.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": s.queue,
+            "Condition": {"ArnEquals": {"aws:SourceArn": [s.rule(k) for k in names.EVENT_RULES]}},
+        }
+    )
+
+
+def event_pattern(detail_type: str) -> str:
+    return json.dumps({"source": ["aws.ec2"], "detail-type": [detail_type]})

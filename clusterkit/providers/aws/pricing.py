@@ -1,0 +1,107 @@
+"""Hourly cost ranges for ``up --dry-run``: Spot prices from the region's price history,
+on-demand prices from a table shipped with clusterkit (its date and region are printed).
+
+The low end is the head plus every group's static nodes at their cheapest allowed option; the
+high end is the head plus every group's ``max`` nodes at their dearest allowed option.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+from clusterkit.providers.aws.errors import aws_call
+from clusterkit.providers.aws.session import Aws
+from clusterkit.providers.base import CostRange
+from clusterkit.spec import ClusterSpec, GroupSpec
+
+
+@dataclass(frozen=True)
+class OnDemandTable:
+    as_of: str
+    region: str
+    currency: str
+    prices: dict[str, float]
+
+
+def on_demand_table() -> OnDemandTable:
+    data: dict[str, Any] = json.loads(
+        (files("clusterkit.providers.aws") / "ondemand_prices.json").read_text(encoding="utf-8")
+    )
+    return OnDemandTable(data["as_of"], data["region"], data["currency"], data["prices"])
+
+
+def spot_prices(aws: Aws, types: list[str]) -> dict[str, list[float]]:
+    """The current Spot price of each type in every zone of the region (type -> prices)."""
+    if not types:
+        return {}
+    pages = aws.ec2.get_paginator("describe_spot_price_history").paginate(
+        InstanceTypes=sorted(set(types)),
+        ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+        StartTime=datetime.now(UTC),  # only the price in force now, per zone
+    )
+    latest: dict[tuple[str, str], tuple[datetime, float]] = {}
+    for page in aws_call("ec2 DescribeSpotPriceHistory", ", ".join(types), list, pages):
+        for entry in page["SpotPriceHistory"]:
+            key = (entry["InstanceType"], entry["AvailabilityZone"])
+            if key not in latest or entry["Timestamp"] > latest[key][0]:
+                latest[key] = (entry["Timestamp"], float(entry["SpotPrice"]))
+    out: dict[str, list[float]] = {}
+    for (itype, _zone), (_when, price) in latest.items():
+        out.setdefault(itype, []).append(price)
+    return out
+
+
+def _group_prices(
+    group: GroupSpec, spot: dict[str, list[float]], table: OnDemandTable, unknown: set[str]
+) -> list[float]:
+    prices: list[float] = []
+    for itype in group.instance_types:
+        if group.capacity in ("spot", "spot-then-on-demand"):
+            if spot.get(itype):
+                prices += spot[itype]
+            elif itype in table.prices:
+                prices.append(table.prices[itype])  # no Spot history: on-demand bounds it
+            else:
+                unknown.add(itype)
+        if group.capacity in ("on-demand", "spot-then-on-demand"):
+            if itype in table.prices:
+                prices.append(table.prices[itype])
+            else:
+                unknown.add(itype)
+    return prices
+
+
+def cost_range(aws: Aws, spec: ClusterSpec) -> tuple[CostRange, list[str]]:
+    """The hourly cost range of ``spec`` and notes on what the figures leave out."""
+    table = on_demand_table()
+    types = [t for g in spec.groups for t in g.instance_types]
+    if spec.head.capacity == "spot":
+        types.append(spec.head.instance_type)
+    spot = spot_prices(aws, types)
+    unknown: set[str] = set()
+    if spec.head.capacity == "spot" and spot.get(spec.head.instance_type):
+        head = (min(spot[spec.head.instance_type]), max(spot[spec.head.instance_type]))
+    elif spec.head.instance_type in table.prices:
+        head = (table.prices[spec.head.instance_type],) * 2
+    else:
+        unknown.add(spec.head.instance_type)
+        head = (0.0, 0.0)
+    low, high = head
+    for group in spec.groups:
+        prices = _group_prices(group, spot, table, unknown)
+        if prices:
+            low += group.min * min(prices)
+            high += group.max * max(prices)
+    notes = []
+    if unknown:
+        notes.append(f"no price known for {', '.join(sorted(unknown))}: left out of the range")
+    if aws.region != table.region:
+        notes.append(
+            f"on-demand prices are {table.region}'s of {table.as_of}; {aws.region} may differ"
+        )
+    basis = f"Spot: {aws.region} price history now; on-demand: list prices of {table.as_of}"
+    return CostRange(round(low, 4), round(high, 4), table.currency, basis), notes

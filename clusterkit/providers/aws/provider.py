@@ -1,0 +1,350 @@
+"""``AwsProvider``: a cluster on EC2, the head on-demand, compute nodes from Spot fleets.
+
+``prepare`` makes what nodes share (network, security group, key pair, IAM, bucket, queue,
+event rules); the first launch publishes the nodes' secrets to SSM Parameter Store and makes
+one launch template per group; the head then gets a fixed address in the first subnet, and
+static compute nodes come from ``CreateFleet`` through the same backend the head's resume
+program uses (``nodetools.cloud_aws``), trying the group's options in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from clusterkit.configure import NODE_KEY_ON_NODE, ClusterFiles, boot_script
+from clusterkit.nodetools.cloud import CAPACITY_CODES, ON_DEMAND, SPOT, Instance, Option
+from clusterkit.nodetools.cloud_aws import AwsCloud
+from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
+from clusterkit.providers.aws import names, pricing, teardown
+from clusterkit.providers.aws.errors import AwsCapacityError, AwsError, aws_call
+from clusterkit.providers.aws.resources import ClusterResources, planned
+from clusterkit.providers.aws.session import Aws
+from clusterkit.providers.base import DryRun, NodeBoot, Provider
+from clusterkit.render import render
+from clusterkit.spec import ClusterSpec, GroupSpec
+from clusterkit.state import ClusterState, NodeState
+from clusterkit.trust import ClusterTrust, public_key
+
+ALIVE = ("pending", "running")
+# A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).
+PROFILE_WAIT_SECONDS = 60.0
+
+
+def group_options(group: GroupSpec) -> list[Option]:
+    """The group's ways to get capacity, in the order they are tried: each instance type as
+    Spot, then (where allowed) each as on-demand."""
+    kinds = {
+        "spot": [SPOT],
+        "on-demand": [ON_DEMAND],
+        "spot-then-on-demand": [SPOT, ON_DEMAND],
+    }[group.capacity]
+    return [Option(t, kind) for kind in kinds for t in group.instance_types]
+
+
+class AwsProvider(Provider):
+    kind = "aws"
+    ssh_when_bare = False
+
+    def __init__(self, state: ClusterState, spec: ClusterSpec) -> None:
+        super().__init__(state, spec)
+        self._aws: Aws | None = None
+        self._instances: dict[str, dict[str, Any]] | None = None  # node -> instance
+        self._published = False
+
+    @property
+    def aws(self) -> Aws:
+        if self._aws is None:
+            self._aws = Aws(self.spec.aws.region)
+        return self._aws
+
+    @property
+    def resources(self) -> ClusterResources:
+        return ClusterResources(self.aws, self.spec, self.state.network, self.state.save)
+
+    @classmethod
+    def check_prerequisites(cls) -> None:
+        """Nothing on this machine: boto3 is a dependency and credentials are checked by the
+        first call, whose error says what is missing."""
+
+    # -- shared resources ------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        trust = ClusterTrust(self.state.name, self.state.dir)
+        trust.ensure_user_key()
+        res = self.resources
+        res.prepare()
+        res.key_pair(public_key(trust.user_key))
+
+    def address(self, node: NodePlan) -> str | None:
+        return self.resources.head_address() if node.role == "head" else None
+
+    def cloud_config(self) -> dict[str, Any]:
+        """The head's ``/etc/clusterkit/cloud.json``: what its resume program launches with."""
+        subnets = self.state.network["subnet_ids"].split(",")
+        return {
+            "kind": "aws",
+            "cluster": self.state.name,
+            "region": self.aws.region,
+            "endpoint_url": self.aws.endpoint_url,
+            "groups": {
+                g.name: {
+                    "launch_template_id": self.state.network[f"template:{g.name}"],
+                    "subnets": subnets,
+                }
+                for g in self.spec.groups
+            },
+        }
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def launch(self, node: NodePlan, boot: NodeBoot) -> NodeState:
+        return next(iter(self.launch_all([(node, boot)])))
+
+    def launch_all(self, nodes: Sequence[tuple[NodePlan, NodeBoot]]) -> Iterator[NodeState]:
+        if not nodes:
+            return
+        self._publish(nodes[0][1])
+        for node, boot in nodes:
+            if node.role == "head":
+                yield self._launch_head(node, boot)
+        for group in self.spec.groups:
+            members = [n for n, _ in nodes if n.group == group.name]
+            if members:
+                yield from self._launch_group(group, members)
+        self._instances = None
+
+    def _publish(self, boot: NodeBoot) -> None:
+        """Secrets to SSM (every planned node's host key: dynamic nodes boot later), then a
+        launch template per group. Once per ``up``; parameters already there are kept."""
+        if self._published:
+            return
+        res = self.resources
+        ssm = self.aws.client("ssm")
+        pages = ssm.get_paginator("describe_parameters").paginate(
+            ParameterFilters=[{"Key": f"tag:{names.TAG_CLUSTER}", "Values": [self.state.name]}]
+        )
+        have = {
+            p["Name"]
+            for page in aws_call("ssm DescribeParameters", "the cluster's secrets", list, pages)
+            for p in page["Parameters"]
+        }
+        host_keys = boot.host_key.parent  # every node's key pair lives beside this one
+        wanted = {names.node_key_param(self.state.name): ClusterFiles(self.state.dir).node_key}
+        wanted |= {
+            names.host_key_param(self.state.name, n.name): host_keys / n.name
+            for n in plan_nodes(self.spec)
+        }
+        res.secrets({k: p.read_text(encoding="utf-8") for k, p in wanted.items() if k not in have})
+        compute = self._user_data("compute", boot, with_boot_script=True)
+        for group in self.spec.groups:
+            res.launch_template(group.name, compute)
+        self._published = True
+
+    def _user_data(self, role: str, boot: NodeBoot, with_boot_script: bool) -> str:
+        cluster = self.state.name
+        return render(
+            "boot/aws-prologue.sh.j2",
+            role=role,
+            cluster=cluster,
+            node_tag=names.TAG_NODE,
+            host_key_root=f"{names.param_root(cluster)}/host-keys",
+            node_key=NODE_KEY_ON_NODE if role == "compute" else "",
+            node_key_param=names.node_key_param(cluster),
+            authorized_keys=boot.authorized_keys.strip(),
+            known_hosts=boot.known_hosts.strip(),
+            head=head_name(cluster),
+            head_address=self.resources.head_address(),
+            boot_script=boot_script(self.spec).strip() if with_boot_script else "",
+        )
+
+    def _launch_head(self, node: NodePlan, boot: NodeBoot) -> NodeState:
+        res = self.resources
+        data = res.instance_data("head", self._user_data("head", boot, with_boot_script=False))
+        interface = {
+            **data.pop("NetworkInterfaces")[0],
+            "SubnetId": self.state.network["subnet_ids"].split(",")[0],
+            "PrivateIpAddress": res.head_address(),
+        }
+        params: dict[str, Any] = {
+            **data,
+            "InstanceType": self.spec.head.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "NetworkInterfaces": [interface],
+            "TagSpecifications": [
+                *data["TagSpecifications"],
+                *names.tag_spec(
+                    "instance", self.state.name, node.name, node=node.name, role="head"
+                ),
+            ],
+        }
+        if self.spec.head.capacity == "spot":
+            params["InstanceMarketOptions"] = {"MarketType": "spot"}
+        reply = self._run_instances(node.name, params)
+        instance = reply["Instances"][0]
+        return NodeState(
+            name=node.name,
+            role="head",
+            kind="static",
+            index=node.index,
+            address=instance.get("PrivateIpAddress", res.head_address()),
+            instance_id=instance["InstanceId"],
+            status="running",
+        )
+
+    def _run_instances(self, node: str, params: dict[str, Any]) -> dict[str, Any]:
+        deadline = time.monotonic() + PROFILE_WAIT_SECONDS
+        while True:
+            try:
+                reply: dict[str, Any] = aws_call(
+                    "ec2 RunInstances", node, self.aws.ec2.run_instances, **params
+                )
+                return reply
+            except AwsError as exc:
+                # Retried only while a brand-new instance profile is not yet visible to EC2.
+                profile = exc.code == "InvalidParameterValue" and "profile" in str(exc).lower()
+                if not profile or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+    def _launch_group(self, group: GroupSpec, members: list[NodePlan]) -> Iterator[NodeState]:
+        cloud = AwsCloud(
+            self.state.name,
+            {
+                group.name: {
+                    "launch_template_id": self.state.network[f"template:{group.name}"],
+                    "subnets": self.state.network["subnet_ids"].split(","),
+                }
+            },
+            ec2=self.aws.ec2,
+        )
+        by_name = {n.name: n for n in members}
+        remaining = list(by_name)
+        tried: list[str] = []
+        for option in group_options(group):
+            result = cloud.launch(group.name, remaining, option)
+            for inst in result.instances:
+                yield _node_state(by_name[inst.node], inst)
+            remaining = list(result.failed)
+            if not remaining:
+                return
+            error = result.error
+            code = error.code if error else "UnfulfillableCapacity"
+            tried.append(f"{option.instance_type}/{option.lifecycle}: {code}")
+            if code not in CAPACITY_CODES:
+                raise AwsError(
+                    f"AWS ec2 CreateFleet on group {group.name} ({option.instance_type}, "
+                    f"{option.lifecycle}) failed ({code}): {error.message if error else ''}; "
+                    "check the group's instance types and aws.image_id",
+                    code,
+                )
+        raise AwsCapacityError(
+            f"AWS ec2 CreateFleet on group {group.name}: no capacity for "
+            f"{len(remaining)} node(s) after {'; '.join(tried)}; add instance types to the "
+            "group or allow on-demand (capacity: spot-then-on-demand)",
+            tried[-1].rsplit(": ", 1)[-1] if tried else "",
+        )
+
+    def _live(self) -> dict[str, dict[str, Any]]:
+        """The cluster's instances not terminated, by node name; one call per refresh."""
+        if self._instances is None:
+            pages = self.aws.ec2.get_paginator("describe_instances").paginate(
+                Filters=[
+                    {"Name": f"tag:{names.TAG_CLUSTER}", "Values": [self.state.name]},
+                    {
+                        "Name": "instance-state-name",
+                        "Values": ["pending", "running", "stopping", "stopped"],
+                    },
+                ]
+            )
+            found: dict[str, dict[str, Any]] = {}
+            for page in aws_call("ec2 DescribeInstances", "the cluster's instances", list, pages):
+                for r in page["Reservations"]:
+                    for i in r["Instances"]:
+                        tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+                        found[tags.get(names.TAG_NODE, i["InstanceId"])] = i
+            self._instances = found
+        return self._instances
+
+    def running(self, node: NodeState) -> bool:
+        inst = self._live().get(node.name)
+        return bool(
+            inst and inst["InstanceId"] == node.instance_id and inst["State"]["Name"] in ALIVE
+        )
+
+    def terminate(self, node: NodeState) -> None:
+        ids = {node.instance_id} if node.instance_id else set()
+        inst = self._live().get(node.name)
+        if inst is not None:
+            ids.add(inst["InstanceId"])
+        if not ids:
+            return
+        ec2 = self.aws.ec2
+        mine = [
+            i["InstanceId"]
+            for r in aws_call(
+                "ec2 DescribeInstances",
+                node.name,
+                ec2.describe_instances,
+                Filters=[
+                    {"Name": "instance-id", "Values": sorted(ids)},
+                    {"Name": f"tag:{names.TAG_CLUSTER}", "Values": [self.state.name]},
+                ],
+            )["Reservations"]
+            for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"
+        ]
+        if mine:
+            aws_call("ec2 TerminateInstances", node.name, ec2.terminate_instances, InstanceIds=mine)
+            # The head's fixed address is free again only once its instance is gone.
+            aws_call(
+                "ec2 DescribeInstances (wait)",
+                node.name,
+                ec2.get_waiter("instance_terminated").wait,
+                InstanceIds=mine,
+                WaiterConfig={"Delay": 5, "MaxAttempts": 120},
+            )
+        self._instances = None
+
+    # -- whole clusters --------------------------------------------------------------------
+
+    @classmethod
+    def destroy(cls, name: str, state: ClusterState | None) -> list[str]:
+        region = ((state.spec.get("aws") or {}).get("region") if state else None) or None
+        return teardown.destroy(Aws(region), name)
+
+    @classmethod
+    def discover(cls) -> list[str]:
+        return teardown.discover(Aws())
+
+    @classmethod
+    def dry_run(cls, spec: ClusterSpec) -> DryRun:
+        aws = Aws(spec.aws.region)
+        resources = [f"{p.kind} {p.name}" for p in planned(spec)]
+        head = f"{spec.head.instance_type} {spec.head.capacity}"
+        resources.append(f"instance {head_name(spec.name)} ({head}, fixed address)")
+        for group in spec.groups:
+            count = sum(1 for n in static_nodes(spec) if n.group == group.name)
+            if count:
+                kinds = ", ".join(f"{o.instance_type}/{o.lifecycle}" for o in group_options(group))
+                resources.append(f"{count} instance(s) of group {group.name} (fleet: {kinds})")
+        cost, notes = pricing.cost_range(aws, spec)
+        dynamic = sum(g.max - g.min for g in spec.groups)
+        if dynamic:
+            notes.append(f"{dynamic} dynamic node(s) start only while jobs need them")
+        return DryRun(resources, cost, notes)
+
+
+def _node_state(node: NodePlan, inst: Instance) -> NodeState:
+    return NodeState(
+        name=node.name,
+        role="compute",
+        group=node.group,
+        kind=node.kind,
+        index=node.index,
+        address=inst.address or None,
+        instance_id=inst.instance_id,
+        status="running",
+    )

@@ -1,0 +1,70 @@
+"""boto3 sessions and clients from the standard chain: credentials, region, endpoint.
+
+Nothing here reads credentials itself: boto3 finds them (environment, profile, instance
+role, ...), and also the endpoint (``AWS_ENDPOINT_URL`` and its per-service forms), which is
+how tests and anyone else point clusterkit at another endpoint such as a moto server.
+``EVENT_HOOKS`` lets a caller watch every API call (the benchmark counts them that way).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError
+
+from clusterkit.errors import ProviderError
+
+# (event name, handler) registered on every session made here, e.g. ("before-call", count).
+EVENT_HOOKS: list[tuple[str, Callable[..., Any]]] = []
+
+# Adaptive retries ride out throttling on every call clusterkit makes from this machine.
+CLIENT_CONFIG = Config(
+    retries={"mode": "adaptive", "max_attempts": 8}, user_agent_extra="clusterkit"
+)
+
+
+class Aws:
+    """The clients of one region, made on first use and shared."""
+
+    def __init__(self, region: str | None = None) -> None:
+        try:
+            self.session = boto3.session.Session(region_name=region)
+        except BotoCoreError as exc:
+            raise ProviderError(f"AWS session: {exc}; check your AWS profile settings") from None
+        if self.session.region_name is None:
+            raise ProviderError(
+                "no AWS region: set aws.region in the spec, AWS_DEFAULT_REGION, or a profile region"
+            )
+        for name, handler in EVENT_HOOKS:
+            self.session.events.register(name, handler)
+
+    @property
+    def region(self) -> str:
+        return str(self.session.region_name)
+
+    @functools.cache  # noqa: B019 - one client per service for the life of this object
+    def client(self, service: str) -> Any:
+        return self.session.client(service, config=CLIENT_CONFIG)
+
+    @property
+    def ec2(self) -> Any:
+        return self.client("ec2")
+
+    @functools.cached_property
+    def account(self) -> str:
+        from clusterkit.providers.aws.errors import aws_call  # noqa: PLC0415 - cycle
+
+        reply = aws_call(
+            "sts GetCallerIdentity", "this account", self.client("sts").get_caller_identity
+        )
+        return str(reply["Account"])
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The EC2 endpoint when it is not AWS's own (for the head's cloud.json)."""
+        url = str(self.ec2.meta.endpoint_url)
+        return None if url.endswith(".amazonaws.com") else url

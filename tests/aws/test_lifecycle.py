@@ -1,0 +1,158 @@
+"""The whole lifecycle through the CLI against the moto server: ``up --no-configure`` makes
+every resource (checked here with the test's own boto3 calls), ``down`` leaves nothing tagged."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from tests.aws.conftest import ADMIN_CIDR, Aws
+
+
+def _state(aws: Aws, name: str) -> dict:  # type: ignore[type-arg]
+    data: dict = json.loads((aws.home / "clusters" / name / "state.json").read_text())  # type: ignore[type-arg]
+    return data
+
+
+def test_up_no_configure_then_down(aws: Aws) -> None:
+    spec = aws.spec("awa", static=2, dynamic=2)
+    up = aws.run("up", "-f", str(spec), "--no-configure")
+    assert "Cluster awa is ready" in up.stderr
+
+    found = aws.tagged("awa")
+    assert len(found["vpc"]) == 1 and len(found["internet-gateway"]) == 1
+    assert len(found["subnet"]) == 3  # one per zone of eu-west-1
+    assert len(found["instance"]) == 3  # head + 2 static; dynamic nodes wait for jobs
+    assert sorted(found["role"]) == ["clusterkit-awa-compute", "clusterkit-awa-head"]
+    assert sorted(found["instance-profile"]) == sorted(found["role"])
+    assert found["launch-template"] == ["clusterkit-awa-compute"]
+    assert found["key-pair"] == ["clusterkit-awa"]
+    assert len(found["rule"]) == 3 and len(found["queue"]) == 1 and len(found["bucket"]) == 1
+    # A secret per planned node (dynamic ones included) and the node key.
+    assert len(found["parameter"]) == 1 + 5
+
+    state = _state(aws, "awa")
+    nodes = state["nodes"]
+    assert sorted(nodes) == ["awa-head", "compute-st-1", "compute-st-2"]
+    assert all(n["status"] == "running" and n["instance_id"] for n in nodes.values())
+    assert nodes["awa-head"]["address"].endswith(".10")  # the head's fixed address
+    ssh_config = (aws.home / "clusters" / "awa" / "ssh" / "ssh_config").read_text()
+    assert f"HostName {nodes['compute-st-1']['address']}" in ssh_config  # known after launch
+    slurm_conf = (aws.home / "clusters" / "awa" / "rendered" / "slurm" / "slurm.conf").read_text()
+    assert f"SlurmctldHost=awa-head({nodes['awa-head']['address']})" in slurm_conf
+
+    _check_instances(aws, nodes)
+    _check_security_group(aws, found["security-group"][0])
+    _check_launch_template(aws, aws.home / "clusters" / "awa")
+    _check_iam(aws)
+    _check_bucket_queue_rules(aws, found["bucket"][0], found["queue"][0])
+
+    down = aws.run("down", "awa")
+    assert "removed" in down.stderr
+    assert aws.tagged("awa") == {}
+    assert not (aws.home / "clusters" / "awa").exists()
+
+
+def _check_instances(aws: Aws, nodes: dict) -> None:  # type: ignore[type-arg]
+    ec2 = aws.client("ec2")
+    ids = [n["instance_id"] for n in nodes.values()]
+    described = {
+        i["InstanceId"]: i
+        for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        for i in r["Instances"]
+    }
+    head = described[nodes["awa-head"]["instance_id"]]
+    assert head.get("InstanceLifecycle") is None  # on-demand by default
+    assert head["InstanceType"] == "m7i.large"
+    assert head["MetadataOptions"]["HttpTokens"] == "required"
+    for name in ("compute-st-1", "compute-st-2"):
+        inst = described[nodes[name]["instance_id"]]
+        tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+        assert tags["clusterkit:node"] == name and tags["clusterkit:group"] == "compute"
+        assert inst["InstanceLifecycle"] == "spot"
+        assert inst["InstanceType"] == "c7i.2xlarge"  # the first option had capacity
+        assert inst["PrivateIpAddress"] == nodes[name]["address"]
+
+
+def _check_security_group(aws: Aws, group_id: str) -> None:
+    group = aws.client("ec2").describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    rules = group["IpPermissions"]
+    ssh = [r for r in rules if r.get("FromPort") == 22]
+    assert [ip["CidrIp"] for r in ssh for ip in r["IpRanges"]] == [ADMIN_CIDR]
+    inside = [r for r in rules if r["IpProtocol"] == "-1"]
+    assert [p["GroupId"] for r in inside for p in r["UserIdGroupPairs"]] == [group_id]
+    assert not [ip for r in inside for ip in r.get("IpRanges", [])]  # nothing from outside
+
+
+def _check_launch_template(aws: Aws, cluster_dir: Path) -> None:
+    ec2 = aws.client("ec2")
+    data = ec2.describe_launch_template_versions(LaunchTemplateName="clusterkit-awa-compute")[
+        "LaunchTemplateVersions"
+    ][0]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
+    user_data = base64.b64decode(data["UserData"]).decode()
+    # Only the names of secrets travel in user-data, never the secrets.
+    assert "/clusterkit/awa/host-keys" in user_data and "/clusterkit/awa/node-key" in user_data
+    assert "PRIVATE KEY" not in user_data
+    for secret in (cluster_dir / "keys" / "node_ed25519", cluster_dir / "keys" / "munge.key"):
+        body = secret.read_bytes()
+        assert body[40:100].decode(errors="replace") not in user_data
+    assert "slurmd" in user_data  # the same boot script as a local node's
+    known_hosts = (cluster_dir / "ssh" / "known_hosts").read_text().splitlines()
+    assert all(line.split(",")[0].split()[0] in user_data for line in known_hosts)
+
+
+def _check_iam(aws: Aws) -> None:
+    iam = aws.client("iam")
+    doc = iam.get_role_policy(RoleName="clusterkit-awa-head", PolicyName="clusterkit-awa-head")
+    policy = doc["PolicyDocument"]
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    own = {"ec2:ResourceTag/clusterkit:cluster": "awa"}
+    assert statements["TerminateOwnInstances"]["Condition"]["StringEquals"] == own
+    assert statements["LaunchOnlyTaggedInstances"]["Condition"]["StringEquals"] == {
+        "aws:RequestTag/clusterkit:cluster": "awa"
+    }
+    assert statements["PassOnlyTheComputeRole"]["Resource"].endswith(
+        "role/clusterkit/awa/clusterkit-awa-compute"
+    )
+    for statement in policy["Statement"]:
+        assert statement["Action"] != "*"
+        if any("Terminate" in a or "RunInstances" in a for a in _list(statement["Action"])):
+            assert statement["Resource"] != "*"
+    compute = iam.get_role_policy(
+        RoleName="clusterkit-awa-compute", PolicyName="clusterkit-awa-compute"
+    )["PolicyDocument"]
+    actions = {a for s in compute["Statement"] for a in _list(s["Action"])}
+    assert actions == {"ssm:GetParameter", "ssm:GetParameters", "s3:ListBucket",
+                       "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}  # fmt: skip
+
+
+def _list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _check_bucket_queue_rules(aws: Aws, bucket: str, queue_url: str) -> None:
+    s3 = aws.client("s3")
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert lifecycle[0]["Status"] == "Enabled" and lifecycle[0]["Expiration"]["Days"] > 0
+    sqs = aws.client("sqs")
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    policy = json.loads(attrs["Policy"])["Statement"][0]
+    assert policy["Principal"] == {"Service": "events.amazonaws.com"}
+    sources = policy["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert sorted(s.rsplit("/", 1)[1] for s in sources) == [
+        "clusterkit-awa-rebalance", "clusterkit-awa-spot-interruption",
+        "clusterkit-awa-state-change",
+    ]  # fmt: skip
+    events = aws.client("events")
+    queue_arn = attrs["QueueArn"]
+    for name in ("spot-interruption", "rebalance", "state-change"):
+        rule = events.describe_rule(Name=f"clusterkit-awa-{name}")
+        assert json.loads(rule["EventPattern"])["source"] == ["aws.ec2"]
+        targets = events.list_targets_by_rule(Rule=f"clusterkit-awa-{name}")["Targets"]
+        assert [t["Arn"] for t in targets] == [queue_arn]
