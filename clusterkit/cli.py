@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from clusterkit import __version__
+from clusterkit import __version__, elastic
 from clusterkit import cluster as lib
 from clusterkit.cli_pack import pack as pack_group
 from clusterkit.configure import playbook_dir
@@ -220,14 +220,15 @@ def _print_status(st: lib.ClusterStatus) -> None:
     out.print(f"[bold]{st.name}[/]  provider={st.provider}  status={st.status}  subnet={st.subnet}")
     slurm = st.slurm.nodes if st.slurm else {}
     table = Table(
-        "NODE", "ROLE", "GROUP", "KIND", "ADDRESS", "INSTANCE", "STATE", "SLURM", box=None
-    )
+        "NODE", "ROLE", "GROUP", "KIND", "ADDRESS", "INSTANCE", "STATE", "POWER", "SLURM",
+        box=None,
+    )  # fmt: skip
     for n in st.nodes:
-        colour = "green" if n.state == "running" else "red"
+        colour = {"running": "green", "off": "dim"}.get(n.state, "red")
         slurm_state = slurm.get(n.name, "-" if n.role == "head" else "?")
         table.add_row(
             n.name, n.role, n.group or "-", n.kind, n.address or "-", n.instance_id or "-",
-            f"[{colour}]{n.state}[/]", escape(slurm_state),
+            f"[{colour}]{n.state}[/]", n.power, escape(slurm_state),
         )  # fmt: skip
     out.print(table)
     if st.slurm is None:
@@ -236,6 +237,22 @@ def _print_status(st: lib.ClusterStatus) -> None:
         out.print(f"[yellow]Slurm:[/] {escape(st.slurm.error)}")
         return
     _print_queue(st.slurm.jobs)
+    _print_actions(st.actions)
+
+
+def _print_actions(actions: list[dict[str, Any]]) -> None:
+    """The newest actions of power saving and the reconciler, one line each."""
+    if not actions:
+        return
+    out.print("recent power actions:")
+    for a in actions:
+        nodes = ",".join(a.get("nodes", [])) or "-"
+        detail = a.get("reason") or a.get("error") or a.get("detail") or ""
+        took = f" ({a['seconds']}s)" if "seconds" in a else ""
+        out.print(
+            f"  {a.get('time', '?')}  {a.get('source', '?')} {a.get('action', '?')} "
+            f"{escape(nodes)}{took} {escape(str(detail))}".rstrip()
+        )
 
 
 def _print_queue(jobs: list[SlurmJob]) -> None:
@@ -250,6 +267,60 @@ def _print_queue(jobs: list[SlurmJob]) -> None:
             escape(j.name),
         )  # fmt: skip
     out.print(table)
+
+
+@cli.command("cloud")
+@click.argument("name")
+@click.option(
+    "--capacity", "capacities", multiple=True, metavar="TYPE[:KIND]=N|unlimited",
+    help="At most N live instances of TYPE (KIND: spot or on-demand). Repeatable.",
+)  # fmt: skip
+@click.option("--fail", "fail_count", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Fail the next N launch calls (0 stops failing).")  # fmt: skip
+@click.option("--code", "fail_code", default="InsufficientInstanceCapacity", show_default=True,
+              help="The error code failed launches report.")  # fmt: skip
+@click.option("--boot-delay", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Time each new node waits before its boot script runs.")  # fmt: skip
+@output_option
+def cloud_(  # noqa: PLR0917 - one parameter per option, as click passes them
+    name: str, capacities: tuple[str, ...], fail_count: int | None, fail_code: str,
+    boot_delay: float | None, output: str,
+) -> None:  # fmt: skip
+    """Make the local cloud of cluster NAME refuse or slow launches, as EC2 can.
+
+    \b
+    The cluster's power-saving programs launch dynamic nodes through it, so this exercises
+    their failure paths for real:
+      clusterkit cloud demo --capacity c7i.2xlarge=0     no c7i.2xlarge at all: fall back
+      clusterkit cloud demo --capacity c7i.2xlarge:spot=2
+      clusterkit cloud demo --fail 1 --code InsufficientInstanceCapacity
+      clusterkit cloud demo --boot-delay 3
+      clusterkit cloud demo --capacity c7i.2xlarge=unlimited   back to normal
+    With no option it prints the current settings.
+    """
+    capacity = dict(_capacity(c) for c in capacities)
+    settings = elastic.simulate(name, capacity, fail_code, fail_count, boot_delay)
+    if output == "json":
+        click.echo(json.dumps(settings, indent=2))
+        return
+    limits = ", ".join(f"{k}={v}" for k, v in settings["capacity"].items()) or "unlimited"
+    out.print(f"capacity: {limits}")
+    failing = settings["fail_count"]
+    out.print(f"failing launches: {failing} more ({settings['fail_code']})" if failing else
+              "failing launches: none")  # fmt: skip
+    out.print(f"boot delay: {settings['boot_delay']:g}s")
+
+
+def _capacity(text: str) -> tuple[str, int | None]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or (value != "unlimited" and not value.isdigit()):
+        raise click.BadParameter(
+            f"{text!r}: expected TYPE[:KIND]=N or TYPE[:KIND]=unlimited", param_hint="--capacity"
+        )
+    kind = key.partition(":")[2]
+    if kind and kind not in ("spot", "on-demand"):
+        raise click.BadParameter(f"{text!r}: KIND is spot or on-demand", param_hint="--capacity")
+    return key, None if value == "unlimited" else int(value)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -12,11 +12,11 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from clusterkit import proc
+from clusterkit import elastic, proc
 from clusterkit.configure import (
     ClusterFiles,
     ansible_vars,
@@ -124,6 +124,7 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
                 state.mark("keys")
             with _logged_step(state, progress, "nodes"):
                 _converge_nodes(spec, state, provider, trust, trusted, configure=configure)
+                provider.start_services()
                 state.mark("nodes")
             # After the nodes: a provider may assign addresses only at launch (aws).
             trusted = _with_launch_addresses(state, trust, trusted)
@@ -251,31 +252,49 @@ def _converge_nodes(
         provider.terminate(state.nodes[name])
         del state.nodes[name]
         state.save()
-    known_hosts = trust.known_hosts.read_text(encoding="utf-8")
-    hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
-    user_data = boot_script(spec) if configure else None
     pending: list[tuple[NodePlan, NodeBoot]] = []
     for node in wanted.values():
         current = state.nodes.get(node.name)
         expected = provider.address(node)  # None: the provider assigns it at launch
         if current and expected in (None, current.address) and provider.running(current):
             continue
-        compute = node.role == "compute"
-        boot = NodeBoot(
-            host_key=host_key_path(trust, node.name),
-            authorized_keys=public_key(trust.user_key) + "\n",
-            known_hosts=known_hosts,
-            hosts=hosts,
-            users=tuple(cluster_users(spec)),
-            node_key=ClusterFiles(trust.root).node_key if compute else None,
-            user_data=user_data if compute else None,
-        )
+        boot = node_boot(spec, trust, trusted, node, configure=configure)
         _record_launching(state, provider, node, current)
         pending.append((node, boot))
     # Launched together where the provider's API allows it; each is recorded as it comes.
     for launched in provider.launch_all(pending):
         state.nodes[launched.name] = launched
         state.save()
+
+
+def node_boot(
+    spec: ClusterSpec,
+    trust: ClusterTrust,
+    trusted: list[TrustedNode],
+    node: NodePlan,
+    *,
+    configure: bool = True,
+) -> NodeBoot:
+    """What ``node`` boots with: its host key, the cluster's trust and, for a compute node
+    of a configured cluster, the key that reads from the head and the boot script."""
+    compute = node.role == "compute"
+    return NodeBoot(
+        host_key=host_key_path(trust, node.name),
+        authorized_keys=public_key(trust.user_key) + "\n",
+        known_hosts=trust.known_hosts.read_text(encoding="utf-8"),
+        hosts=render("hosts.j2", cluster=spec.name, nodes=trusted),
+        users=tuple(cluster_users(spec)),
+        node_key=ClusterFiles(trust.root).node_key if compute else None,
+        user_data=boot_script(spec) if compute and configure else None,
+    )
+
+
+def trusted_nodes(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> list[TrustedNode]:
+    """Every planned node with its address and host key, as ``_make_keys`` made them."""
+    return [
+        TrustedNode(n.name, provider.address(n), public_key(host_key_path(trust, n.name)))
+        for n in plan_nodes(spec)
+    ]
 
 
 def _record_launching(
@@ -375,7 +394,8 @@ class NodeStatus:
     kind: str
     address: str | None
     instance_id: str | None
-    state: str  # running | stopped | launching
+    state: str  # running | stopped | launching | off (a dynamic node without instance)
+    power: str = "-"  # on | off | powering up | powering down | down (from Slurm)
 
 
 @dataclass(frozen=True)
@@ -396,23 +416,40 @@ class ClusterStatus:
     subnet: str | None
     nodes: list[NodeStatus]
     slurm: SlurmView | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)  # newest power actions
 
 
 def status(name: str, with_slurm: bool = False) -> ClusterStatus:
     """A cluster's nodes as the provider sees them; with ``with_slurm``, Slurm's view too."""
     check_name(name)
     state = load_state(name)
-    provider = provider_class(state.provider)(state, spec_of(state))
-    nodes = [
-        NodeStatus(
-            n.name, n.role, n.group, n.kind, n.address, n.instance_id, _live_state(provider, n)
-        )
-        for n in sorted(state.nodes.values(), key=lambda n: n.index)
-    ]
+    spec = spec_of(state)
+    provider = provider_class(state.provider)(state, spec)
     view = slurm_view(state) if with_slurm else None
+    slurm_states = view.nodes if view else {}
+    live = elastic.instances(state)
+    nodes = []
+    for plan in plan_nodes(spec):
+        node = state.nodes.get(plan.name)
+        inst = live.get(plan.name)
+        iid: str | None
+        addr: str | None
+        if inst is not None and (node is None or node.instance_id != inst.instance_id):
+            run, iid, addr = "running", inst.instance_id, inst.address
+        elif node is not None:
+            run, iid, addr = _live_state(provider, node), node.instance_id, node.address
+        elif not plan.static:
+            run, iid, addr = "off", None, None
+        else:
+            continue
+        power = "-" if plan.role == "head" else elastic.power_state(
+            slurm_states.get(plan.name), plan.kind
+        )  # fmt: skip
+        nodes.append(NodeStatus(plan.name, plan.role, plan.group, plan.kind, addr, iid, run, power))
+    actions = elastic.recent_actions(state) if with_slurm else []
     return ClusterStatus(
         state.name, state.provider, state.status, state.created_at,
-        state.network.get("subnet"), nodes, view,
+        state.network.get("subnet"), nodes, view, actions,
     )  # fmt: skip
 
 
@@ -450,8 +487,9 @@ def ssh_argv(
     check_name(name)
     state = load_state(name)
     target = node or next((n.name for n in state.nodes.values() if n.role == "head"), None)
-    if target is None or target not in state.nodes:
-        known = ", ".join(sorted(state.nodes)) or "none yet"
+    planned = [n.name for n in plan_nodes(spec_of(state))] if state.spec else list(state.nodes)
+    if target is None or target not in planned:
+        known = ", ".join(planned) or "none yet"
         raise StateError(f"cluster {name!r} has no node {node!r}; its nodes: {known}")
     return ClusterTrust(name, state.dir).ssh_argv(target, command, batch=False, user=user)
 

@@ -9,6 +9,7 @@ kept under the cluster's ``ansible/`` directory (secrets are ``no_log`` in the r
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tarfile
@@ -24,11 +25,12 @@ import yaml
 import clusterkit
 from clusterkit import proc
 from clusterkit.errors import ConfigureError
-from clusterkit.nodetools import NODE_TOOLS
+from clusterkit.nodetools import NODE_TOOLS, entry_point
+from clusterkit.nodetools.cloud import LOCAL_SOCKET, ON_DEMAND, SPOT
 from clusterkit.plan import cluster_users, head_name, plan_nodes
 from clusterkit.render import render
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
-from clusterkit.spec import ClusterSpec
+from clusterkit.spec import ClusterSpec, GroupSpec
 from clusterkit.state import ClusterState, atomic_write
 from clusterkit.trust import ClusterTrust, TrustedNode, public_key
 
@@ -76,6 +78,18 @@ class ClusterFiles:
     def nodetools_archive(self) -> Path:
         return self.rendered / "nodetools.tar.gz"
 
+    @property
+    def prolog(self) -> Path:
+        return self.rendered / "prolog-slurmctld"
+
+    @property
+    def power_config(self) -> Path:
+        return self.rendered / "power.json"
+
+    @property
+    def cloud_config(self) -> Path:
+        return self.rendered / "cloud.json"
+
 
 def shared_type(spec: ClusterSpec) -> str:
     if spec.shared_storage.type != "auto":
@@ -113,8 +127,14 @@ def ansible_vars(spec: ClusterSpec, state: ClusterState, trust: ClusterTrust) ->
         "ck_slurm_conf_dir": str(paths.slurm_conf_dir),
         "ck_boot_script_src": str(paths.boot_script),
         "ck_nodetools_archive": str(paths.nodetools_archive),
-        "ck_node_tools": [{"name": n, "module": m} for n, m in NODE_TOOLS.items()],
+        "ck_node_tools": [
+            {"name": n, "module": entry_point(t)[0], "function": entry_point(t)[1]}
+            for n, t in NODE_TOOLS.items()
+        ],
         "ck_ready_marker": READY_MARKER,
+        "ck_power_config_src": str(paths.power_config),
+        "ck_prolog_src": str(paths.prolog),
+        "ck_cloud_config_src": str(paths.cloud_config),
         "ck_users": users,
     }
 
@@ -142,10 +162,19 @@ def write_nodetools_archive(path: Path) -> None:
     """The clusterkit package's node-side part as a tarball for shared storage.
 
     Node tools run with the node's system python3, so only modules free of the controller's
-    dependencies go in: the package marker, rendering, Slurm helpers, templates, nodetools.
+    dependencies go in: the package marker, errors, the subprocess helper, rendering, Slurm
+    helpers, templates, nodetools.
     """
     pkg = Path(clusterkit.__file__).parent
-    wanted = ["__init__.py", "errors.py", "render.py", "slurm.py", "nodetools", "templates"]
+    wanted = [
+        "__init__.py",
+        "errors.py",
+        "proc.py",
+        "render.py",
+        "slurm.py",
+        "nodetools",
+        "templates",
+    ]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in wanted:
@@ -231,10 +260,53 @@ def render_cluster_files(
         for n in plan_nodes(spec)
         if n.role == "compute"
     ]
-    for name, text in slurm_files(spec, head, addresses[head], computes).items():
+    files_ = slurm_files(spec, head, addresses[head], computes, include_dynamic=True)
+    for name, text in files_.items():
         atomic_write(files.slurm_conf_dir / name, text)
+    prolog = render(
+        "slurm/prolog-slurmctld.sh.j2", cluster=spec.name, resume_timeout=spec.slurm.resume_timeout
+    )
+    atomic_write(files.prolog, prolog, mode=0o755)
+    atomic_write(files.power_config, json.dumps(power_config(spec), indent=1) + "\n")
+    atomic_write(files.cloud_config, json.dumps(cloud_config(spec), indent=1) + "\n")
     atomic_write(files.boot_script, boot_script(spec), mode=0o700)
     write_nodetools_archive(files.nodetools_archive)
+
+
+def capacity_options(group: GroupSpec) -> list[dict[str, str]]:
+    """A group's ways to get capacity, in the order resume tries them: every instance type
+    as Spot first, then every type on demand, as the group's ``capacity`` allows."""
+    kinds = {
+        "spot": [SPOT],
+        "on-demand": [ON_DEMAND],
+        "spot-then-on-demand": [SPOT, ON_DEMAND],
+    }[group.capacity]
+    return [{"instance_type": t, "lifecycle": k} for k in kinds for t in group.instance_types]
+
+
+def power_config(spec: ClusterSpec) -> dict[str, Any]:
+    """``/etc/clusterkit/power.json``: what the head's power-saving programs need to know."""
+    nodes = [n for n in plan_nodes(spec) if n.role == "compute"]
+    return {
+        "cluster": spec.name,
+        "resume_timeout": spec.slurm.resume_timeout,
+        "retry_seconds": spec.slurm.resume_retry_seconds,
+        "groups": {
+            g.name: {
+                "options": capacity_options(g),
+                "static": [n.name for n in nodes if n.group == g.name and n.static],
+                "dynamic": [n.name for n in nodes if n.group == g.name and not n.static],
+            }
+            for g in spec.groups
+        },
+    }
+
+
+def cloud_config(spec: ClusterSpec) -> dict[str, Any]:
+    """``/etc/clusterkit/cloud.json``: which cloud API the head's programs call."""
+    if spec.provider == "local":
+        return {"kind": "local", "cluster": spec.name, "socket": LOCAL_SOCKET}
+    return {"kind": spec.provider, "cluster": spec.name}
 
 
 def boot_script(spec: ClusterSpec) -> str:
@@ -245,6 +317,7 @@ def boot_script(spec: ClusterSpec) -> str:
         node_key=NODE_KEY_ON_NODE,
         ready_marker=READY_MARKER,
         service_manager=service_manager(spec),
+        slurmd_flags=" -b" if spec.provider == "local" else "",
         users=cluster_users(spec),
         shared_dir=spec.shared_storage.mount_point,
         shared_type=shared_type(spec),

@@ -46,6 +46,22 @@ SCHEDULER_PARAMETERS = (
 )
 
 
+# SlurmctldParameters for power saving, always set (harmless without cloud nodes):
+#   idle_on_node_suspend     a node powered down after a failure comes back IDLE, ready to be
+#                            resumed again, instead of staying DOWN
+#   power_save_interval=1    look for nodes to suspend every second (the default 10 s would
+#                            add up to 10 s to every release)
+#   power_save_min_interval=0
+POWER_SAVE_PARAMETERS = (
+    "idle_on_node_suspend",
+    "power_save_interval=1",
+    "power_save_min_interval=0",
+)
+
+
+PROLOG_SLURMCTLD = "/etc/clusterkit/prolog-slurmctld"
+
+
 @dataclass(frozen=True)
 class SlurmNodeDef:
     """A compute node as slurm.conf declares it; ``address`` is None until it is known."""
@@ -131,6 +147,7 @@ def slurm_conf_values(
         "plugins": plugin_settings(spec),
         "jobs": job_settings(spec),
         "throughput": throughput_settings(),
+        "power": power_settings(spec, nodes),
         "nodes": [node_settings(spec, node) for node in nodes],
         "partitions": partition_settings(spec, nodes),
         "extra": list(spec.slurm.extra),
@@ -144,7 +161,7 @@ def controller_settings(spec: ClusterSpec, head_name: str, head_address: str) ->
         # slurmctld starts only on the host whose hostname is the one named here.
         "SlurmctldHost": f"{head_name}({head_address})",
         # Compute nodes fetch their configuration from slurmctld (slurmd --conf-server).
-        "SlurmctldParameters": "enable_configless",
+        "SlurmctldParameters": ",".join(["enable_configless", *POWER_SAVE_PARAMETERS]),
         "SlurmUser": "slurm",
         "AuthType": "auth/munge",
         "CredType": "cred/munge",
@@ -212,6 +229,9 @@ def throughput_settings() -> Settings:
         "MinJobAge": "5",
         # The guide: raise it "somewhat" from 10 s; local nodes share a few real cores.
         "MessageTimeout": "20",
+        # A node whose slurmd stops answering is DOWN after a minute (default 5), so the
+        # reconciler replaces it and its jobs are requeued soon.
+        "SlurmdTimeout": "60",
         # No accounting, no job completion log, no accounting sampling: less work per job.
         "AccountingStorageType": "accounting_storage/none",
         "JobAcctGatherType": "jobacct_gather/none",
@@ -219,6 +239,45 @@ def throughput_settings() -> Settings:
         # The guide: error or info; more detailed logging lowers throughput.
         "SlurmctldDebug": "info",
         "SlurmdDebug": "info",
+    }
+
+
+def tools_dir(spec: ClusterSpec) -> str:
+    """Where the playbooks install the node tools (on shared storage, so every node has them)."""
+    return f"{spec.shared_storage.mount_point}/clusterkit/bin"
+
+
+def power_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> Settings:
+    """Slurm power saving: dynamic nodes are powered up for jobs and released when idle.
+
+    Static nodes are excluded by name, so only ``State=CLOUD`` nodes are ever suspended.
+    Without dynamic nodes there is nothing to power save and no setting is written.
+    """
+    static = [n.name for n in nodes if not n.dynamic]
+    if not any(n.dynamic for n in nodes):
+        return {}
+    settings = {
+        "ResumeProgram": f"{tools_dir(spec)}/ck-resume",
+        "SuspendProgram": f"{tools_dir(spec)}/ck-suspend",
+        "ResumeFailProgram": f"{tools_dir(spec)}/ck-resume-fail",
+        "SuspendTime": str(spec.slurm.suspend_time),
+        "SuspendTimeout": str(spec.slurm.suspend_timeout),
+        "ResumeTimeout": str(spec.slurm.resume_timeout),
+        "ResumeRate": str(spec.slurm.resume_rate),
+        "SuspendRate": str(spec.slurm.suspend_rate),
+    }
+    if static:
+        settings["SuspendExcNodes"] = compress_hostlist(static)
+    # Starts a job as soon as its resumed nodes are up (see the script).
+    settings["PrologSlurmctld"] = PROLOG_SLURMCTLD
+    return settings | {
+        # Powered-down nodes stay visible to sinfo/squeue (and to clusterkit status).
+        "PrivateData": "cloud",
+        # Addresses change with every instance: look them up each time, never cache them.
+        "CommunicationParameters": "NoAddrCache",
+        # Messages go straight to each node: a fan-out tree would route through nodes that
+        # may be powered down.
+        "TreeWidth": "65533",
     }
 
 

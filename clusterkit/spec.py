@@ -121,6 +121,9 @@ class SlurmSpec(_Model):
     suspend_time: PosInt = Field(300, description="seconds idle before a dynamic node is released")
     resume_timeout: PosInt = Field(300, description="seconds a node may take to power up")
     suspend_timeout: PosInt = Field(120, description="seconds a node may take to power down")
+    resume_retry_seconds: NonNegInt = Field(
+        30, description="a job whose nodes could not be powered up is tried again after this"
+    )
     resume_rate: NonNegInt = Field(0, description="nodes powered up per minute (0: no limit)")
     suspend_rate: NonNegInt = Field(0, description="nodes powered down per minute (0: no limit)")
     max_array_size: PosInt = Field(100001, description="MaxArraySize")

@@ -6,10 +6,20 @@ and ``clusterkit.slurm`` (with ``clusterkit.errors``, which it raises) -- never 
 ``clusterkit.spec``. A unit test holds them to it.
 """
 
-# Commands installed on shared storage (``/shared/clusterkit/bin``): command -> module with a
-# ``main()``. One line per tool; the playbooks install every entry.
+# Commands installed on shared storage (``/shared/clusterkit/bin``): command -> ``module`` with
+# a ``main()``, or ``module:function``. One line per tool; the playbooks install every entry.
 NODE_TOOLS = {
     "ck-machinefile": "clusterkit.nodetools.machinefile",
     "ck-pack-run": "clusterkit.nodetools.packrun",
     "ck-pack": "clusterkit.nodetools.packstate",
+    "ck-resume": "clusterkit.nodetools.power:resume_main",
+    "ck-suspend": "clusterkit.nodetools.power:suspend_main",
+    "ck-resume-fail": "clusterkit.nodetools.power:resume_fail_main",
+    "ck-reconciler": "clusterkit.nodetools.reconciler",
 }
+
+
+def entry_point(target: str) -> tuple[str, str]:
+    """``(module, function)`` of a NODE_TOOLS value."""
+    module, _, function = target.partition(":")
+    return module, function or "main"

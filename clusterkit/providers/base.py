@@ -81,6 +81,9 @@ class Provider(ABC):
         for node, boot in nodes:
             yield self.launch(node, boot)
 
+    def start_services(self) -> None:  # noqa: B027 - optional: most providers need none
+        """Start what the cluster needs beside its nodes (idempotent); nothing by default."""
+
     @abstractmethod
     def running(self, node: NodeState) -> bool:
         """True when everything of the node that ``launch`` started is alive."""

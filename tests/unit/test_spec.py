@@ -82,6 +82,7 @@ def test_minimal_spec_gets_every_default() -> None:
             "suspend_time": 300,
             "resume_timeout": 300,
             "suspend_timeout": 120,
+            "resume_retry_seconds": 30,
             "resume_rate": 0,
             "suspend_rate": 0,
             "max_array_size": 100001,

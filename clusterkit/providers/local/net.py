@@ -148,8 +148,22 @@ def delete_node_net(cluster: str, node: str, index: int | None = None) -> None:
     """Remove the node's namespace (its veth pair goes with it) and any loose host end."""
     if netns_path(cluster, node).exists():
         proc.run(["ip", "netns", "delete", netns_name(cluster, node)])
-    if index is not None and veth_name(cluster, index) in {str(x["ifname"]) for x in links()}:
-        proc.run(["ip", "link", "delete", veth_name(cluster, index)])
+    if index is None:
+        return
+    veth = veth_name(cluster, index)
+    if veth not in link_names():
+        return
+    # The kernel may still be removing it along with the namespace: only a link that is
+    # still there after a failed delete is an error.
+    if (
+        proc.run(["ip", "link", "delete", veth], check=False).returncode != 0
+        and veth in link_names()
+    ):
+        proc.run(["ip", "link", "delete", veth])
+
+
+def link_names() -> set[str]:
+    return {str(x["ifname"]) for x in links()}
 
 
 def delete_cluster_net(cluster: str) -> None:

@@ -36,6 +36,7 @@ NODE_DIRS = {
     "lib/clusterkit": "/var/lib/clusterkit",
     "log/munge": "/var/log/munge",
     "log/slurm": "/var/log/slurm",
+    "log/clusterkit": "/var/log/clusterkit",
     "spool/slurmd": "/var/spool/slurmd",
     "spool/slurmctld": "/var/spool/slurmctld",
     # root's home: the host's /root (its shell start-up, its files) stays the host's own.

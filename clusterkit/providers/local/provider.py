@@ -17,7 +17,7 @@ from clusterkit.plan import (
     pick_subnet,
 )
 from clusterkit.providers.base import NodeBoot, Provider
-from clusterkit.providers.local import cgroups, net
+from clusterkit.providers.local import cgroups, cloud, net
 from clusterkit.providers.local.node import LocalNode, alive, pids_in_netns, stop_nodes
 from clusterkit.render import render
 from clusterkit.state import ClusterState, NodeState, atomic_write, list_states, locked
@@ -73,6 +73,7 @@ class LocalProvider(Provider):
                 self.state.save()  # recorded before any link exists, so `down` knows it
             net.create_bridge(self.state.name, network["gateway"])
         cgroups.create(self.state.name)
+        cloud.prepare_dir(self.state.name)
         # The shared mount point must exist on the host's file system to be mounted over in
         # the nodes; it stays empty on the host itself.
         Path(self.spec.shared_storage.mount_point).mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,8 @@ class LocalProvider(Provider):
         binds = [(sub, mount) for sub, mount in cgroups.create(self.state.name)]
         if head:
             binds.append((self.state.dir / "shared", Path(self.spec.shared_storage.mount_point)))
+            # The head's power-saving programs reach the cluster's cloud service here.
+            binds.append((cloud.socket_dir(self.state.name), cloud.IN_HEAD))
         root = self.state.dir / "nodes" / name
         return LocalNode(self.state.name, name, index, address, root, tuple(binds))
 
@@ -144,6 +147,10 @@ class LocalProvider(Provider):
         if boot.user_data is not None:
             atomic_write(node.root / "etc/clusterkit/user-data", boot.user_data, mode=0o700)
 
+    def start_services(self) -> None:
+        """The cluster's cloud service, which launches and ends dynamic nodes for the head."""
+        cloud.start(self.state)
+
     def running(self, node: NodeState) -> bool:
         path = net.netns_path(self.state.name, node.name)
         init, sshd = node.pids.get("init"), node.pids.get("sshd")
@@ -160,7 +167,8 @@ class LocalProvider(Provider):
 
     @classmethod
     def destroy(cls, name: str, state: ClusterState | None) -> list[str]:
-        removed: list[str] = []
+        # The cloud service goes first: it must not launch nodes while they are removed.
+        removed: list[str] = cloud.stop(name)
         namespaces = net.cluster_netns(name)
         stopped = stop_nodes([net.NETNS_DIR / ns for ns in namespaces])
         if stopped:

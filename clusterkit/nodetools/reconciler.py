@@ -1,0 +1,192 @@
+"""``ck-reconciler``: the head's watchdog over compute capacity, one pass every few seconds.
+
+Each pass compares Slurm's nodes with the provider's instances and fixes what disagrees:
+
+- a dynamic node powering up past ResumeTimeout, or whose instance vanished while it was
+  powering up, is failed (DOWN with a coded reason, then powered down) and its instance ended;
+- a dynamic node Slurm believes powered up whose instance is gone (killed, reclaimed) is
+  failed the same way, so its jobs are requeued at once and the node can be resumed again;
+- an instance whose node Slurm has powered down, or that no node of the cluster owns, or that
+  is an older duplicate of a node's instance, is an orphan and is terminated;
+- a static node whose instance is gone, or that Slurm has marked DOWN for not responding, is
+  replaced: jobs requeued, a fresh instance launched, its address given to Slurm.
+
+Deciding (``plan``) is separate from acting (``apply``), so the rules are tested on plain
+data. Every action is an event in the head's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from clusterkit.nodetools import events
+from clusterkit.nodetools.cloud import Cloud, Instance, cloud_from_config, load_config
+from clusterkit.nodetools.power import PowerConfig, Scontrol, launch_group
+from clusterkit.slurm import SlurmNode, SlurmReader
+
+INTERVAL_SECONDS = 3.0
+ORPHAN_GRACE_SECONDS = 10.0  # an instance this young may belong to a resume still running
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # fail | terminate | replace
+    nodes: tuple[str, ...] = ()
+    instances: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass
+class Reconciler:
+    config: PowerConfig
+    powering_up_since: dict[str, float] = field(default_factory=dict)
+    seen_instance: set[str] = field(default_factory=set)  # nodes powering up with an instance
+
+    def plan(
+        self, nodes: Sequence[SlurmNode], instances: Sequence[Instance], now: float
+    ) -> list[Action]:
+        live = [i for i in instances if i.alive]
+        newest = _newest_by_node(live)
+        actions = self._orphans(nodes, live, newest, now)
+        for node in nodes:
+            if node.name not in self.config.node_group:
+                continue
+            mine = newest.get(node.name)
+            if node.name in self.config.static:
+                actions += self._static(node, mine)
+            else:
+                actions += self._dynamic(node, mine, now)
+        return actions
+
+    def _orphans(
+        self, nodes: Sequence[SlurmNode], live: Sequence[Instance],
+        newest: dict[str, Instance], now: float,
+    ) -> list[Action]:  # fmt: skip
+        by_name = {n.name: n for n in nodes}
+        actions = []
+        for inst in live:
+            node = by_name.get(inst.node)
+            if inst.node not in self.config.node_group:
+                why = "no node of this cluster owns it"
+            elif newest[inst.node].instance_id != inst.instance_id:
+                why = f"an older duplicate of {newest[inst.node].instance_id}"
+            elif (
+                node is not None
+                and node.is_powered_down
+                and "POWERING_UP" not in node.flags
+                and now - inst.launched_at > ORPHAN_GRACE_SECONDS
+            ):
+                why = "its node is powered down"
+            else:
+                continue
+            actions.append(Action("terminate", (inst.node,), (inst.instance_id,), why))
+        return actions
+
+    def _dynamic(self, node: SlurmNode, inst: Instance | None, now: float) -> list[Action]:
+        flags = set(node.flags)
+        if "POWERING_UP" in flags:
+            since = self.powering_up_since.setdefault(node.name, now)
+            if inst is not None:
+                self.seen_instance.add(node.name)
+            ids = (inst.instance_id,) if inst else ()
+            if inst is None and node.name in self.seen_instance:
+                return [self._fail(node.name, ids, "(Code:InstanceLost) gone while powering up")]
+            if now - since > self.config.resume_timeout:
+                timeout = self.config.resume_timeout
+                return [self._fail(node.name, ids, f"(Code:ResumeTimeout) not up in {timeout}s")]
+            return []
+        self.powering_up_since.pop(node.name, None)
+        self.seen_instance.discard(node.name)
+        if flags & {"POWERED_DOWN", "POWERING_DOWN"} or inst is not None:
+            return []
+        return [self._fail(node.name, (), "(Code:InstanceLost) instance gone")]
+
+    def _fail(self, node: str, ids: tuple[str, ...], reason: str) -> Action:
+        self.powering_up_since.pop(node, None)
+        self.seen_instance.discard(node)
+        return Action("fail", (node,), ids, reason)
+
+    def _static(self, node: SlurmNode, inst: Instance | None) -> list[Action]:
+        if inst is None:
+            return [Action("replace", (node.name,), (), "(Code:InstanceLost) instance gone")]
+        if node.state == "DOWN" and "not responding" in node.reason.lower():
+            return [Action("replace", (node.name,), (inst.instance_id,),
+                           "(Code:NotResponding) slurmd not responding")]  # fmt: skip
+        return []
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def apply(self, actions: Sequence[Action], cloud: Cloud, slurm: Scontrol) -> None:
+        for action in actions:
+            start = time.monotonic()
+            jobs = slurm.jobs_on(action.nodes) if action.kind != "terminate" else []
+            if action.instances:
+                cloud.terminate(action.instances)
+            if action.kind == "fail":
+                slurm.fail(action.nodes, action.reason)
+            elif action.kind == "replace":
+                self._replace(action, cloud, slurm)
+            # Requeued jobs go again soon, not after Slurm's fixed 121 s.
+            slurm.retry_jobs(jobs, self.config.retry_seconds)
+            events.record(
+                "reconciler", action.kind, nodes=list(action.nodes),
+                instances=list(action.instances), reason=action.reason, jobs=jobs,
+                seconds=round(time.monotonic() - start, 3),
+            )  # fmt: skip
+
+    def _replace(self, action: Action, cloud: Cloud, slurm: Scontrol) -> None:
+        # DOWN first: the node's jobs are requeued now, not after SlurmdTimeout.
+        slurm.update(action.nodes, state="DOWN", reason=action.reason)
+        for group, members in self.config.by_group(action.nodes).items():
+            made, error = launch_group(cloud, group, members, self.config.options[group])
+            slurm.set_addresses(made)
+            if error is not None:
+                events.record("reconciler", "replace failed", nodes=members, error=error.code,
+                              detail=error.message)  # fmt: skip
+
+
+def _newest_by_node(instances: Sequence[Instance]) -> dict[str, Instance]:
+    newest: dict[str, Instance] = {}
+    for inst in instances:
+        if inst.node not in newest or inst.launched_at > newest[inst.node].launched_at:
+            newest[inst.node] = inst
+    return newest
+
+
+def _run(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ck-reconciler", description=__doc__.splitlines()[0])
+    parser.add_argument("--interval", type=float, default=INTERVAL_SECONDS)
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    args = parser.parse_args(argv)
+    reconciler = Reconciler(PowerConfig.load())
+    cloud = cloud_from_config(load_config())
+    slurm = Scontrol()
+    reader = SlurmReader.create(_run, local=True)
+    events.record("reconciler", "started", interval=args.interval)
+    last_error = ""
+    while True:
+        try:
+            actions = reconciler.plan(reader.nodes(), cloud.describe(), time.time())
+            reconciler.apply(actions, cloud, slurm)
+            last_error = ""
+        except Exception as exc:  # noqa: BLE001 - a watchdog logs and tries again
+            error = f"{type(exc).__name__}: {exc}"[-500:]
+            if error != last_error:  # once, not every pass, while it lasts
+                events.record("reconciler", "error", detail=error)
+            last_error = error
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
