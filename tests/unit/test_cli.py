@@ -344,3 +344,23 @@ def test_the_installed_command(ck_home: Path, tmp_path: Path) -> None:
     )
     assert failed.returncode == 1
     assert ANSI.sub("", failed.stderr).startswith(f"error: {bad}: nodes: unknown key; valid keys:")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("c7i.large", "expected TYPE[:KIND]=N"),
+        ("c7i.large=lots", "expected TYPE[:KIND]=N"),
+        ("c7i.large:cheap=2", "KIND is spot or on-demand"),
+    ],
+)
+def test_cloud_capacity_names_the_bad_value(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], value: str, problem: str
+) -> None:
+    code, _, err = run(["cloud", "demo", "--capacity", value], capsys)
+    assert code == 2 and problem in err and value in err
+
+
+def test_cloud_of_an_unknown_cluster(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["cloud", "nosuch"], capsys)
+    assert code == 1 and "nosuch" in err
