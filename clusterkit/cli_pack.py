@@ -112,13 +112,14 @@ def pack() -> None:
     "--name", "pack_name", default=None,
     help="The pack's name, its directory ~/ck-pack/NAME (default: a timestamp).",
 )  # fmt: skip
+@click.option("--hold", is_flag=True, help="Submit held; `scontrol release JOBID` starts it.")
 @user_option
 @json_option
 def submit(  # noqa: PLR0917 - click passes every option as an argument
     name: str, tasks: Path, template: str | None, cpus: int, memory_mb: int | None,
     time_s: float | None, estimate_s: float | None, chunk: int | None,
     max_concurrent: int | None, retries: int, partition: str | None, chdir: str | None,
-    pack_name: str | None, user: str | None, output: str,
+    pack_name: str | None, hold: bool, user: str | None, output: str,
 ) -> None:  # fmt: skip
     """Submit the tasks of TASKS to cluster NAME as one job array; prints its job id.
 
@@ -132,7 +133,7 @@ def submit(  # noqa: PLR0917 - click passes every option as an argument
     options = lib.PackOptions(
         cpus=cpus, memory_mb=memory_mb, time_s=time_s, estimate_s=estimate_s, chunk=chunk,
         max_concurrent=max_concurrent, retries=retries, partition=partition, chdir=chdir,
-        name=pack_name, user=user,
+        name=pack_name, user=user, hold=hold,
     )  # fmt: skip
     done = lib.submit(name, commands, options)
     if output == "json":
@@ -208,7 +209,8 @@ def _print_status(st: lib.PackStatus) -> None:
     out.print(table)
     if st.failures:
         kinds = ", ".join(f"{k} {v}" for k, v in st.failures.items())
-        out.print(f"failed: {kinds}  (lost: its element ended before running it)")
+        lost = "  (lost: its element ended before running it)" if "lost" in st.failures else ""
+        out.print(f"failed: {kinds}{lost}")
     for run in st.runs:
         what = "submit" if run["run"] == 0 else f"retry {run['run']}"
         live = f", {run['live']} queued or running" if run["live"] else ""

@@ -218,6 +218,7 @@ class PackOptions:
     chdir: str | None = None  # the tasks' working directory; None: the user's home
     name: str | None = None  # the pack's name; None: a timestamp
     user: str | None = None  # the cluster user; None: the spec's first user
+    hold: bool = False  # submit held (``scontrol release JOBID`` starts it)
 
     def check(self) -> None:
         for label, value in (("--cpus", self.cpus), ("--chunk", self.chunk),
@@ -443,7 +444,7 @@ def run_spec(
     )
 
 
-def job_script(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> str:
+def job_script(bin_dir: str, pack: str, spec: RunSpec, options: PackOptions) -> str:
     """The job script of run ``spec.run`` (values computed here; the template places them)."""
     array = f"0-{spec.elements - 1}"
     if options.max_concurrent:
@@ -461,14 +462,15 @@ def job_script(where: Target, pack: str, spec: RunSpec, options: PackOptions) ->
         memory_mb=options.memory_mb,
         time_minutes=element_time_limit(spec.chunk, options),
         partition=options.partition,
-        runner=shlex.quote(f"{where.bin_dir}/ck-pack-run"),
+        hold=options.hold,
+        runner=shlex.quote(f"{bin_dir}/ck-pack-run"),
     )
 
 
 def run_files(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> dict[str, bytes]:
     files = {
         f"runs/{spec.run}.json": json.dumps(spec.to_json(), indent=2).encode(),
-        f"runs/{spec.run}.sh": job_script(where, pack, spec, options).encode(),
+        f"runs/{spec.run}.sh": job_script(where.bin_dir, pack, spec, options).encode(),
     }
     if spec.ids is not None:
         files[f"runs/{spec.run}.ids"] = "".join(f"{t}\n" for t in spec.ids).encode()
@@ -582,7 +584,7 @@ def retry(
     info = json.loads(where.remote(f"cat {ROOT_NAME}/{shlex.quote(before.pack)}/pack.json"))
     known = PackOptions.__dataclass_fields__
     saved = {k: v for k, v in info.get("options", {}).items() if k in known}
-    options = PackOptions(**{**saved, **(changes or {}), "user": where.user})
+    options = PackOptions(**{**saved, **(changes or {}), "user": where.user, "hold": False})
     options.check()
     run = len(before.runs)
     chunking = plan_chunks(where, len(ids), options)

@@ -76,7 +76,8 @@ def oom_counter_files(proc_cgroup: str, root: Path = CGROUP_ROOT) -> list[Path]:
         if (leaf / name).exists():
             files = []
             while True:
-                files.append(leaf / name)
+                if (leaf / name).exists():
+                    files.append(leaf / name)
                 if leaf == base:
                     return files
                 leaf = leaf.parent
@@ -130,9 +131,11 @@ class Outcome:
         return what
 
 
-def _child_setup() -> None:
-    """In the task's process: be the OOM killer's first choice, before the runner."""
-    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as fh:
+def _be_first_to_go(pid: int) -> None:
+    """Make the task the OOM killer's first choice, before the runner (raising one's own
+    processes' ``oom_score_adj`` needs no privilege). Done from the runner just after the
+    spawn, not in a ``preexec_fn``, which would make Python fork instead of vfork."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as fh:
         fh.write("1000")
 
 
@@ -172,6 +175,7 @@ class Runner:
         ran = 0
         try:
             with open(path, "a", encoding="utf-8") as manifest:
+                _end_cut_line(manifest)
                 for task in todo:
                     before = previous.get(task)
                     attempt = int(before["attempt"]) + 1 if before else 1
@@ -249,8 +253,8 @@ class Runner:
             cwd=self.cwd,
             env=env,
             start_new_session=True,
-            preexec_fn=_child_setup,  # noqa: PLW1509 - the runner has one thread
         )
+        _be_first_to_go(self.child.pid)
         timed_out = False
         try:
             returncode = self.child.wait(timeout=self.spec.time_s)
@@ -296,6 +300,16 @@ class Runner:
                 files[stream] = None
             path.unlink()
         return files
+
+
+def _end_cut_line(manifest: IO[str]) -> None:
+    """End a last line cut short (the element died mid-write), so the next record is whole."""
+    if manifest.tell() == 0:
+        return
+    with open(manifest.name, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) != b"\n":
+            manifest.write("\n")
 
 
 def _append(manifest: IO[str], record: Record) -> None:

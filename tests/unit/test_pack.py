@@ -1,0 +1,242 @@
+"""clusterkit pack, host side: reading tasks, options, chunking, the job script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clusterkit.nodetools.packstate import RunSpec
+from clusterkit.pack import (
+    PackError,
+    PackOptions,
+    auto_chunk,
+    cluster_slots,
+    command_lines,
+    element_time_limit,
+    fixed_chunk,
+    job_script,
+    load_tasks,
+    parse_duration,
+    parse_memory,
+    placeholders,
+)
+from clusterkit.slurm import SlurmNode
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+
+
+def test_one_command_per_line_skips_blanks_and_comments(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.txt", "# sweep\necho a\n\n   \n  echo b  \n#x\nsleep 1; echo c\n")
+    assert load_tasks(path) == ["echo a", "echo b", "sleep 1; echo c"]
+
+
+def test_command_lines_keeps_order_of_a_large_file() -> None:
+    text = "".join(f"run {i}\n" for i in range(100_000))
+    lines = command_lines(text)
+    assert len(lines) == 100_000
+    assert lines[99_999] == "run 99999"
+
+
+def test_a_template_filled_from_csv_quotes_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.csv", "seed,name\n1,plain\n2,two words\n3,it's\n")
+    commands = load_tasks(path, "sim --seed {seed} --out {name}.dat {{literal}}")
+    assert commands == [
+        "sim --seed 1 --out plain.dat {literal}",
+        "sim --seed 2 --out 'two words'.dat {literal}",
+        "sim --seed 3 --out 'it'\"'\"'s'.dat {literal}",
+    ]
+
+
+def test_a_template_filled_from_jsonl(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.jsonl", '{"x": 1, "y": "a"}\n\n{"x": 2.5, "y": true}\n')
+    assert load_tasks(path, "f {x} {y}") == ["f 1 a", "f 2.5 true"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "template", "message"),
+    [
+        ("t.txt", "", None, "t.txt: no tasks in it"),
+        ("t.txt", "# only a comment\n", None, "t.txt: no tasks in it"),
+        ("t.txt", b"echo a\necho \xff\n", None, "t.txt line 2: not UTF-8 text"),
+        ("p.csv", "a,b\n1,2\n", "f {c}", "p.csv: no column 'c' for placeholder {c}"),
+        ("p.csv", "a,b\n1,2\n3\n", "f {a}", "p.csv line 3: 2 columns expected, as in the header"),
+        ("p.csv", 'a\n"x\ny"\n', "f {a}", "p.csv line 3: a value holds a line break"),
+        ("p.jsonl", '{"a": 1}\n{"b": 2}\n', "f {a}", "p.jsonl line 2: no key 'a' for"),
+        ("p.jsonl", '{"a": 1}\n{"a": \n', "f {a}", "p.jsonl line 2: not JSON"),
+        ("p.jsonl", "[1, 2]\n", "f {a}", "p.jsonl line 1: a JSON object expected"),
+        ("p.jsonl", '{"a": [1]}\n', "f {a}", "p.jsonl line 1: 'a' is list"),
+        ("p.txt", "a\n", "f {a}", "p.txt: with --template, TASKS must be a .csv or .jsonl"),
+        ("p.csv", "a\n1\n", "f a", "--template: no {name} placeholder"),
+        ("p.csv", "a\n1\n", "f {a} }", "--template: a lone '}' at column 7"),
+    ],
+)  # fmt: skip
+def test_bad_tasks_are_one_line_naming_file_and_line(
+    tmp_path: Path, name: str, text: str | bytes, template: str | None, message: str
+) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(PackError) as info:
+        load_tasks(path, template)
+    assert str(info.value).startswith(message if message[0] == "-" else f"{tmp_path}/{message}")
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_tasks_file(tmp_path: Path) -> None:
+    with pytest.raises(PackError, match=r"nope\.txt: no such file"):
+        load_tasks(tmp_path / "nope.txt")
+
+
+def test_placeholders_in_order() -> None:
+    assert placeholders("a {x} {{b}} {y_2} {x}") == ["x", "y_2", "x"]
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("1.5m", 90), ("2h", 7200), ("1d", 86400), ("1:30", 90),
+     ("1:00:00", 3600), ("0.5", 0.5)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "5x", "1:2:3:4", "a:b"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(PackError, match=r"^--time '.*': give seconds"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"), [("512", 512), ("512M", 512), ("2G", 2048), ("2gb", 2048), ("1T", 1 << 20)]
+)
+def test_memory(text: str, mib: int) -> None:
+    assert parse_memory(text) == mib
+
+
+@pytest.mark.parametrize("text", ["0", "2X", "G", "-5M", "1.5G"])
+def test_bad_memory(text: str) -> None:
+    with pytest.raises(PackError, match=r"^--mem"):
+        parse_memory(text)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (PackOptions(cpus=0), "--cpus 0: must be at least 1"),
+        (PackOptions(chunk=0), "--chunk 0: must be at least 1"),
+        (PackOptions(max_concurrent=0), "--max-concurrent 0: must be at least 1"),
+        (PackOptions(retries=-1), "--retries -1: must be 0 or more"),
+        (PackOptions(name="../x"), "--name '../x': letters, digits"),
+    ],
+)
+def test_bad_options(options: PackOptions, message: str) -> None:
+    with pytest.raises(PackError) as info:
+        options.check()
+    assert str(info.value).startswith(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# chunking
+
+
+def node(name: str, cpus: int = 8, memory_mb: int = 4096, partitions: tuple[str, ...] = ("all",
+         "compute")) -> SlurmNode:  # fmt: skip
+    return SlurmNode(
+        name=name, state="IDLE", flags=(), cpus=cpus, alloc_cpus=0, memory_mb=memory_mb,
+        alloc_memory_mb=0, partitions=partitions, reason="", address="", hostname=name,
+    )  # fmt: skip
+
+
+def test_slots_count_cpus_and_memory_of_the_partition() -> None:
+    nodes = [node("c1"), node("c2"), node("g1", cpus=4, partitions=("all", "gpu")),
+             node("head", partitions=())]  # fmt: skip
+    assert cluster_slots(nodes, None, 1, None) == 20
+    assert cluster_slots(nodes, "compute", 1, None) == 16
+    assert cluster_slots(nodes, "compute", 3, None) == 4
+    assert cluster_slots(nodes, "compute", 1, 1024) == 8  # memory bounds it: 4 per node
+    assert cluster_slots(nodes, "nope", 1, None) == 0
+
+
+def test_the_benchmark_workload_is_one_wave_of_one_element_per_core() -> None:
+    c = auto_chunk(4000, 32, 0.5, 100_001)
+    assert (c.chunk, c.elements, c.waves) == (125, 32, 1)
+
+
+def test_few_short_tasks_still_fill_every_slot() -> None:
+    c = auto_chunk(100, 32, 0.5, 100_001)
+    assert c.chunk == 4
+    assert c.elements == 25  # 100 tasks cannot give 32 elements of 4; every element runs
+
+
+def test_long_work_is_cut_into_waves_of_target_length() -> None:
+    c = auto_chunk(100_000, 32, 10.0, 100_001)  # 31,250 s of work per slot
+    assert c.waves == 447  # ceil(14,286 elements / 32 slots)
+    assert c.chunk == 7
+    assert c.chunk * 10.0 >= 60  # each element runs at least the target
+    assert c.elements == 14_286
+
+
+def test_very_long_tasks_get_one_task_per_element() -> None:
+    c = auto_chunk(5000, 32, 600.0, 100_001)
+    assert (c.chunk, c.elements) == (1, 5000)
+
+
+def test_the_array_limit_caps_the_element_count() -> None:
+    c = auto_chunk(1_000_000, 32, 600.0, 100_001)
+    assert c.elements <= 100_001
+    assert c.chunk == 10
+
+
+def test_a_fixed_chunk_over_the_array_limit_says_what_fits() -> None:
+    assert fixed_chunk(1000, 10, 32, 1001).elements == 100
+    with pytest.raises(PackError, match=r"--chunk 1: 2000 elements .* use --chunk 2 or more"):
+        fixed_chunk(2000, 1, 32, 1001)
+
+
+def test_element_time_limit_covers_every_attempt() -> None:
+    assert element_time_limit(10, PackOptions()) is None
+    # 10 tasks x 2 attempts x (60 s + 5 s grace) + 120 s slack = 1420 s -> 24 minutes
+    assert element_time_limit(10, PackOptions(time_s=60, retries=1)) == 24
+
+
+# ---------------------------------------------------------------------------------------------
+# the job script
+
+
+def test_the_job_script_asks_for_one_task_per_element() -> None:
+    spec = RunSpec(run=0, chunk=125, elements=32, count=4000)
+    options = PackOptions(cpus=2, memory_mb=1024, time_s=30, max_concurrent=8, partition="p")
+    text = job_script("/shared/clusterkit/bin", "sweep", spec, options)
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for line in ("#SBATCH --array=0-31%8", "#SBATCH --cpus-per-task=2", "#SBATCH --mem=1024M",
+                 "#SBATCH --time=75", "#SBATCH --partition=p", "#SBATCH --requeue",
+                 "#SBATCH --output=logs/0-%a.log", "#SBATCH --job-name=pack-sweep",
+                 '/shared/clusterkit/bin/ck-pack-run "$SLURM_SUBMIT_DIR" 0'):  # fmt: skip
+        assert any(line in ln for ln in lines), line
+    assert "--hold" not in text
+
+
+def test_the_job_script_leaves_unset_options_to_slurm() -> None:
+    spec = RunSpec(run=2, chunk=1, elements=3, count=3, ids=(4, 9, 11))
+    text = job_script("/s/bin", "p", spec, PackOptions(hold=True))
+    assert "--mem" not in text
+    assert "--time" not in text
+    assert "--partition" not in text
+    assert "#SBATCH --array=0-2\n" in text
+    assert "#SBATCH --hold\n" in text
+    assert text.rstrip().endswith('exec /s/bin/ck-pack-run "$SLURM_SUBMIT_DIR" 2')

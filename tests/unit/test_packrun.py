@@ -1,0 +1,325 @@
+"""clusterkit pack, node side: the pack directory, the element runner, the manifest, status."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clusterkit.nodetools.packrun import Runner, oom_counter_files, oom_kills
+from clusterkit.nodetools.packstate import (
+    PackDir,
+    RunSpec,
+    array_indexes,
+    collect,
+    element_states,
+    failed_tasks,
+    pack_status,
+    read_records,
+    task_files,
+)
+from clusterkit.slurm import SlurmJob
+
+
+def make_pack(root: Path, commands: list[str], spec: RunSpec, job_id: int | None = 7) -> PackDir:
+    """A pack directory as ``clusterkit pack submit`` writes it."""
+    for d in ("runs", "manifest", "out", "logs"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    txt, idx = task_files(commands)
+    (root / "tasks.txt").write_bytes(txt)
+    (root / "tasks.idx").write_bytes(idx)
+    (root / "pack.json").write_text(json.dumps({"pack": root.name, "tasks": len(commands)}))
+    pack = PackDir(root)
+    add_run(pack, spec, job_id)
+    return pack
+
+
+def add_run(pack: PackDir, spec: RunSpec, job_id: int | None) -> None:
+    pack.run_path(spec.run, "json").write_text(json.dumps(spec.to_json()))
+    if spec.ids is not None:
+        pack.run_path(spec.run, "ids").write_text("".join(f"{i}\n" for i in spec.ids))
+    if job_id is not None:
+        pack.run_path(spec.run, "job").write_text(f"{job_id}\n")
+
+
+def env(tmp_path: Path, element: int = 0, restart: int = 0) -> dict[str, str]:
+    return {
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "TMPDIR": str(tmp_path),
+        "SLURM_ARRAY_JOB_ID": "7",
+        "SLURM_ARRAY_TASK_ID": str(element),
+        "SLURM_RESTART_COUNT": str(restart),
+        "SLURMD_NODENAME": "compute-st-1",
+    }
+
+
+def job(element: int | None, state: str, pending: str = "", job_id: int = 7) -> SlurmJob:
+    return SlurmJob(
+        job_id=100 + (element or 0), array_job_id=job_id, array_task_id=element,
+        array_task_string=pending, name="pack", user="ckuser", state=state, partition="all",
+        nodes="", reason="", restart_count=0, exit_code=None, signal=None, raw_exit_code=None,
+        submit_time=None, start_time=None, end_time=None,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# layout
+
+
+def test_commands_are_read_by_offset(tmp_path: Path) -> None:
+    commands = ["echo 0", "echo ünïcode", "", "x" * 5000, "last"]
+    pack = make_pack(tmp_path / "p", commands, RunSpec(run=0, chunk=2, elements=3, count=5))
+    assert pack.commands([4, 1, 3]) == {4: "last", 1: "echo ünïcode", 3: "x" * 5000}
+
+
+def test_element_tasks_cover_every_task_once() -> None:
+    spec = RunSpec(run=0, chunk=3, elements=4, count=10)
+    chunks = [spec.element_tasks(e) for e in range(spec.elements)]
+    assert chunks == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    retry = RunSpec(run=1, chunk=2, elements=2, count=3, ids=(4, 8, 9))
+    assert [retry.element_tasks(e) for e in range(2)] == [[4, 8], [9]]
+
+
+def test_runs_round_trip_through_their_files(tmp_path: Path) -> None:
+    spec = RunSpec(run=0, chunk=2, elements=2, count=4, retries=1, time_s=3.0, chdir="/x")
+    pack = make_pack(tmp_path / "p", ["a"] * 4, spec)
+    add_run(pack, RunSpec(run=1, chunk=1, elements=2, count=2, ids=(1, 3)), 9)
+    assert pack.runs() == [spec, RunSpec(run=1, chunk=1, elements=2, count=2, ids=(1, 3))]
+    assert [pack.job_id(0), pack.job_id(1), pack.job_id(2)] == [7, 9, None]
+
+
+@pytest.mark.parametrize(
+    ("expr", "indexes"),
+    [("3", {3}), ("0-3", {0, 1, 2, 3}), ("0-3,7", {0, 1, 2, 3, 7}), ("4-31%8", set(range(4, 32))),
+     ("1-9:4", {1, 5, 9}), ("", set())],
+)  # fmt: skip
+def test_array_indexes(expr: str, indexes: set[int]) -> None:
+    assert array_indexes(expr) == indexes
+
+
+def test_element_states_of_one_array() -> None:
+    jobs = [
+        job(0, "RUNNING"),
+        job(1, "COMPLETED"),
+        job(2, "REQUEUED"),
+        job(None, "PENDING", pending="5-7%4"),
+        job(0, "RUNNING", job_id=8),  # another array
+    ]
+    assert element_states(jobs, 7) == {0: "RUNNING", 2: "PENDING", 5: "PENDING", 6: "PENDING",
+                                       7: "PENDING"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+
+def run_element(pack: PackDir, tmp_path: Path, element: int = 0, restart: int = 0) -> Runner:
+    spec = pack.runs()[-1]
+    runner = Runner(pack, spec, element, env(tmp_path, element, restart))
+    runner.run()
+    return runner
+
+
+def test_an_element_runs_its_chunk_and_records_every_task(tmp_path: Path) -> None:
+    commands = [
+        "echo out $CK_PACK_TASK $CK_PACK_ATTEMPT; echo err >&2",
+        "exit 3",
+        "kill -KILL $$",
+        "pwd",
+    ]
+    pack = make_pack(tmp_path / "p", commands, RunSpec(run=0, chunk=4, elements=1, count=4))
+    run_element(pack, tmp_path)
+    records = read_records(pack.manifest(0, 0))
+    assert [r["task"] for r in records] == [0, 1, 2, 3]
+    assert [r["state"] for r in records] == ["done", "failed", "failed", "done"]
+    assert [(r["exit"], r["signal"]) for r in records] == [(0, None), (3, None), (None, 9),
+                                                            (0, None)]  # fmt: skip
+    assert records[1]["reason"] == "exit 3"
+    assert records[2]["reason"] == "killed by signal 9"
+    first = records[0]
+    assert (first["node"], first["job"], first["attempt"], first["restart"]) == (
+        "compute-st-1", "7_0", 1, 0)  # fmt: skip
+    assert (tmp_path / "p" / first["out"]).read_text() == "out 0 1\n"
+    assert (tmp_path / "p" / first["err"]).read_text() == "err\n"
+    assert records[1]["out"] is None and records[1]["err"] is None
+    assert (tmp_path / "p" / records[3]["out"]).read_text() == f"{tmp_path}\n"  # home
+    assert not list(tmp_path.glob("ck-pack-*"))  # scratch removed
+
+
+def test_a_task_over_its_time_is_recorded_as_timeout(tmp_path: Path) -> None:
+    spec = RunSpec(run=0, chunk=2, elements=1, count=2, time_s=0.3)
+    pack = make_pack(tmp_path / "p", ["sleep 30", "echo next"], spec)
+    run_element(pack, tmp_path)
+    slow, fast = read_records(pack.manifest(0, 0))
+    assert slow["state"] == "timeout"
+    assert slow["reason"] == "over its time limit of 0.3 s"
+    assert 0.3 <= slow["runtime"] < 5
+    assert fast["state"] == "done"
+
+
+def test_retries_run_inside_the_element_and_are_recorded(tmp_path: Path) -> None:
+    flaky = f"test -e {tmp_path}/seen || {{ touch {tmp_path}/seen; exit 1; }}"
+    spec = RunSpec(run=0, chunk=2, elements=1, count=2, retries=2)
+    pack = make_pack(tmp_path / "p", [flaky, "exit 5"], spec)
+    run_element(pack, tmp_path)
+    records = read_records(pack.manifest(0, 0))
+    assert [(r["task"], r["attempt"], r["state"]) for r in records] == [
+        (0, 1, "failed"), (0, 2, "done"),
+        (1, 1, "failed"), (1, 2, "failed"), (1, 3, "failed"),
+    ]  # fmt: skip
+
+
+def test_a_restarted_element_skips_what_it_finished(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    commands = [f"echo {i} >> {log}" for i in range(4)]
+    spec = RunSpec(run=0, chunk=4, elements=1, count=4, retries=1)
+    pack = make_pack(tmp_path / "p", commands, spec)
+    # The first run finished task 0, and task 1 failed once; then it was requeued.
+    manifest = pack.manifest(0, 0)
+    manifest.write_text(
+        json.dumps({"task": 0, "attempt": 1, "state": "done"}) + "\n"
+        + json.dumps({"task": 1, "attempt": 1, "state": "failed"}) + "\n"
+        + '{"task": 2, "attem'  # cut short by the node's end
+    )  # fmt: skip
+    run_element(pack, tmp_path, restart=1)
+    assert log.read_text().split() == ["1", "2", "3"]
+    records = read_records(manifest)
+    assert [(r["task"], r["attempt"], r.get("restart")) for r in records] == [
+        (0, 1, None), (1, 1, None), (1, 2, 1), (2, 1, 1), (3, 1, 1)]  # fmt: skip
+
+
+def test_a_stopped_runner_records_nothing_for_its_task(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path / "p", ["echo a", "echo b"], RunSpec(0, 2, 1, 2))
+    runner = Runner(pack, pack.runs()[0], 0, env(tmp_path))
+    runner.stop = True
+    runner.run()
+    assert read_records(pack.manifest(0, 0)) == []
+
+
+def test_the_runner_command_outside_slurm(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path / "p", ["echo a"], RunSpec(0, 1, 1, 1))
+    code = "from clusterkit.nodetools.packrun import main; raise SystemExit(main())"
+    no_job = subprocess.run(
+        [sys.executable, "-c", code, str(pack.root), "0"], capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin"}, cwd=Path(__file__).parents[2], check=False,
+    )  # fmt: skip
+    assert no_job.returncode == 2
+    assert "SLURM_ARRAY_TASK_ID is not set" in no_job.stderr
+    ok = subprocess.run(
+        [sys.executable, "-c", code, str(pack.root), "0"], capture_output=True, text=True,
+        env=env(tmp_path), cwd=Path(__file__).parents[2], check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert read_records(pack.manifest(0, 0))[0]["state"] == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# the cgroup's OOM counter
+
+
+def test_oom_counter_files_v1_under_a_mounted_subtree(tmp_path: Path) -> None:
+    # /proc/self/cgroup names the path from the hierarchy's root; the node mounts a subtree.
+    step = tmp_path / "memory" / "slurm_n1" / "uid_1" / "job_5" / "step_batch" / "task_0"
+    step.mkdir(parents=True)
+    for d in [step, *step.parents][:6]:
+        (d / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+    (step / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    proc = "5:freezer:/x\n4:memory:/clusterkit/c1/slurm_n1/uid_1/job_5/step_batch/task_0\n"
+    files = oom_counter_files(proc, tmp_path)
+    assert files[0] == step / "memory.oom_control"
+    assert files[-1] == tmp_path / "memory" / "memory.oom_control"
+    assert oom_kills(files) == 2
+
+
+def test_oom_counter_files_v2(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("memory\n")
+    leaf = tmp_path / "system.slice" / "job_5"
+    leaf.mkdir(parents=True)
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    files = oom_counter_files("0::/system.slice/job_5\n", tmp_path)
+    assert files == [leaf / "memory.events"]
+    assert oom_kills(files) == 1
+
+
+def test_no_memory_cgroup_means_no_counter(tmp_path: Path) -> None:
+    assert oom_counter_files("1:cpu:/x\n", tmp_path) == []
+    assert oom_kills([tmp_path / "missing"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# status and collect
+
+
+def record(task: int, state: str, attempt: int = 1, **extra: object) -> str:
+    rec = {"task": task, "attempt": attempt, "state": state, "start": 100.0 + task,
+           "runtime": 1.0, "node": "n1", **extra}  # fmt: skip
+    return json.dumps(rec) + "\n"
+
+
+def test_status_of_a_pack_in_flight(tmp_path: Path) -> None:
+    spec = RunSpec(run=0, chunk=3, elements=4, count=12, retries=1)
+    pack = make_pack(tmp_path / "p", [f"t{i}" for i in range(12)], spec)
+    # element 0 ended: done, failed twice (final), never ran task 2 (lost)
+    pack.manifest(0, 0).write_text(record(0, "done") + record(1, "oom") + record(1, "oom", 2))
+    # element 1 runs: task 3 done, task 4 failed once (a retry is due), task 5 waits
+    pack.manifest(0, 1).write_text(record(3, "done") + record(4, "failed"))
+    # element 2 ended with a timeout; element 3 is pending
+    pack.manifest(0, 2).write_text(
+        "".join(record(t, "done") for t in (6, 7)) + record(8, "timeout") + record(8, "timeout", 2)
+    )
+    jobs = [job(1, "RUNNING"), job(None, "PENDING", pending="3")]
+    status = pack_status(pack, jobs)
+    states = {v.task: v.state for v in status.views}
+    assert states == {0: "done", 1: "oom", 2: "lost", 3: "done", 4: "running", 5: "pending",
+                      6: "done", 7: "done", 8: "timeout", 9: "pending", 10: "pending",
+                      11: "pending"}  # fmt: skip
+    summary = status.summary()
+    assert (summary["done"], summary["running"], summary["failed"], summary["pending"]) == (
+        4, 1, 3, 4)  # fmt: skip
+    assert summary["failures"] == {"timeout": 1, "oom": 1, "lost": 1}
+    assert not summary["finished"]
+    assert failed_tasks(status) == [1, 2, 8]
+
+
+def test_a_retry_run_supersedes_the_first(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path / "p", ["a", "b", "c"], RunSpec(0, 3, 1, 3))
+    pack.manifest(0, 0).write_text(record(0, "done") + record(1, "failed") + record(2, "oom"))
+    add_run(pack, RunSpec(run=1, chunk=1, elements=2, count=2, ids=(1, 2)), 8)
+    pack.manifest(1, 0).write_text(record(1, "done", out="out/1.out"))
+    status = pack_status(pack, [job(1, "RUNNING", job_id=8)])
+    assert [v.state for v in status.views] == ["done", "done", "running"]
+    assert status.views[1].run == 1
+    final = pack_status(pack, [])
+    assert [v.state for v in final.views] == ["done", "done", "lost"]
+    assert final.summary()["finished"]
+
+
+def test_collect_writes_a_row_per_task_and_a_summary(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path / "p", ["echo a", "exit 2"], RunSpec(0, 2, 1, 2))
+    pack.manifest(0, 0).write_text(
+        record(0, "done", exit=0, out="out/0.out") + record(1, "failed", exit=2)
+    )
+    summary = collect(pack, pack_status(pack, []))
+    assert (summary["done"], summary["failed"], summary["task_seconds"]) == (1, 1, 1.0)
+    assert summary["nodes"] == {"n1": 1}
+    assert json.loads((pack.root / "summary.json").read_text()) == summary
+    with open(pack.root / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["task"], r["state"], r["exit"], r["out"], r["command"]) for r in rows] == [
+        ("0", "done", "0", "out/0.out", "echo a"), ("1", "failed", "2", "", "exit 2")]  # fmt: skip
+
+
+def test_the_node_tools_do_not_import_pydantic() -> None:
+    code = (
+        "import sys, clusterkit.nodetools.packrun, clusterkit.nodetools.packstate; "
+        "assert 'pydantic' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
