@@ -1,0 +1,159 @@
+"""clusterkit pack on a real cluster (head + 1 compute declaring 4 CPUs): elements packed on
+one node, the manifest, failures that stay with their task (exit, OOM, time limit), a
+requeued element that does not redo finished work, retry of failed tasks only, collect.
+The tests share one cluster and run in file order."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Clusterkit
+
+NAME = "pkit"
+USER = "ckuser"
+LEAK = "python3 -c 'x = bytearray(300 * 1024 * 1024); print(len(x))'"
+# Three elements of three tasks: every element holds a failure between two that succeed.
+TASKS = [
+    "echo zero", "exit 3", "sleep 1; echo two",
+    LEAK, "sleep 1; echo four", "sleep 5; echo five",
+    "echo six >&2", "sleep 1; echo seven", "echo eight",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(ck: Clusterkit) -> str:
+    spec = ck.home / f"{NAME}.yaml"
+    spec.write_text(json.dumps({
+        "name": NAME,
+        "groups": [{"name": "compute", "min": 1, "max": 1, "cpus": 4, "memory_mb": 2048}],
+    }))  # fmt: skip
+    ck.run("up", "-f", str(spec), timeout=600)
+    return NAME
+
+
+def pack_dir(ck: Clusterkit, pack: str) -> Path:
+    """The pack's directory as the head stores it (the head's /shared is the cluster dir's)."""
+    return ck.cluster_dir(NAME) / "shared" / "home" / USER / "ck-pack" / pack
+
+
+def records(ck: Clusterkit, pack: str, run: int | None = None) -> list[dict[str, Any]]:
+    pattern = "*.jsonl" if run is None else f"{run}-*.jsonl"
+    return [
+        json.loads(line)
+        for path in sorted((pack_dir(ck, pack) / "manifest").glob(pattern))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def submit(ck: Clusterkit, tasks_file: Path, *options: str) -> dict[str, Any]:
+    out = ck.run("pack", "submit", NAME, str(tasks_file), *options, "-o", "json").stdout
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def wait(ck: Clusterkit, pack: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return ck.run("pack", "status", NAME, pack, "--wait", "--interval", "0.5", "-o", "json",
+                  check=False, timeout=timeout)  # fmt: skip
+
+
+def test_a_pack_runs_and_failures_stay_with_their_task(ck: Clusterkit, cluster: str) -> None:
+    tasks = ck.home / "tasks.txt"
+    tasks.write_text("\n".join(TASKS) + "\n")
+    sub = submit(ck, tasks, "--name", "mixed", "--chunk", "3", "--mem", "100M", "--time", "3")
+    assert (sub["pack"], sub["tasks"], sub["chunking"]["elements"]) == ("mixed", 9, 3)
+    done = wait(ck, "mixed")
+    assert done.returncode == 1  # some tasks failed
+    assert "3 task(s) of pack mixed failed" in done.stderr
+    status = json.loads(done.stdout)
+    assert (status["done"], status["failed"], status["running"], status["pending"]) == (6, 3, 0, 0)
+    assert status["failures"] == {"failed": 1, "timeout": 1, "oom": 1}
+
+    by_task = {r["task"]: r for r in records(ck, "mixed")}
+    assert sorted(by_task) == list(range(9))
+    states = [by_task[t]["state"] for t in range(9)]
+    assert states == ["done", "failed", "done", "oom", "done", "timeout", "done", "done", "done"]
+    assert by_task[1]["exit"] == 3
+    assert by_task[3]["signal"] == 9 and "memory limit" in by_task[3]["reason"]
+    assert by_task[5]["reason"] == "over its time limit of 3 s"
+    assert 3 <= by_task[5]["runtime"] < 5
+    assert {r["node"] for r in by_task.values()} == {"compute-st-1"}
+    assert {r["job"] for r in by_task.values()} == {f"{sub['job_id']}_{e}" for e in range(3)}
+    home = pack_dir(ck, "mixed")
+    assert (home / by_task[2]["out"]).read_text() == "two\n"
+    assert (home / by_task[6]["err"]).read_text() == "six\n"
+    assert by_task[1]["out"] is None
+    # The elements shared the node at the same time (cons_tres packs them).
+    spans: dict[int, tuple[float, float]] = {}
+    for r in by_task.values():
+        lo, hi = spans.get(r["element"], (r["start"], r["start"]))
+        spans[r["element"]] = (min(lo, r["start"]), max(hi, r["start"] + r["runtime"]))
+    assert max(lo for lo, _ in spans.values()) < min(hi for _, hi in spans.values())
+
+
+def test_a_requeued_element_does_not_redo_finished_tasks(ck: Clusterkit, cluster: str) -> None:
+    tasks = ck.home / "slow.txt"
+    tasks.write_text("".join(f"sleep 1; echo {i}\n" for i in range(6)))
+    sub = submit(ck, tasks, "--name", "requeue", "--chunk", "6")
+    manifest = pack_dir(ck, "requeue") / "manifest" / "0-0.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    element = f"{sub['job_id']}_0"
+    ck.run("ssh", NAME, "--", f"scontrol requeue {element}")
+    # Slurm holds a requeued batch job back (BeginTime); let it start again at once.
+    for _ in range(30):
+        if ck.run("ssh", NAME, "--", f"scontrol update jobid={element} starttime=now",
+                  check=False).returncode == 0:  # fmt: skip
+            break
+        time.sleep(0.5)
+    assert wait(ck, "requeue").returncode == 0
+    recs = records(ck, "requeue")
+    assert sorted(r["task"] for r in recs) == list(range(6))  # each task ran to its end once
+    restarts = [r["restart"] for r in sorted(recs, key=lambda r: r["task"])]
+    assert restarts[:2] == [0, 0]
+    assert restarts[-1] == 1
+    assert restarts == sorted(restarts)
+
+
+def test_retry_runs_only_the_failed_tasks(ck: Clusterkit, cluster: str) -> None:
+    before = {r["task"] for r in records(ck, "mixed", run=0)}
+    out = ck.run("pack", "retry", NAME, "mixed", "--mem", "400M", "--time", "30", "-o", "json")
+    retried = json.loads(out.stdout)
+    assert retried["submitted"]["tasks"] == 3
+    wait(ck, "mixed")
+    again = records(ck, "mixed", run=1)
+    assert sorted(r["task"] for r in again) == [1, 3, 5]
+    assert {r["task"] for r in records(ck, "mixed", run=0)} == before  # run 0 untouched
+    final = json.loads(ck.run("pack", "status", NAME, "mixed", "-o", "json").stdout)
+    assert (final["done"], final["failed"]) == (8, 1)  # the leak fits 400M; exit 3 stays
+    assert final["failures"] == {"failed": 1}
+    assert [r["run"] for r in final["runs"]] == [0, 1]
+    assert final["runs"][1]["job_id"] == retried["submitted"]["job_id"]
+    packs = json.loads(ck.run("pack", "list", NAME, "-o", "json").stdout)
+    assert [p["pack"] for p in packs] == ["mixed", "requeue"]
+
+
+def test_collect_gathers_results_and_outputs(ck: Clusterkit, cluster: str, tmp_path: Path) -> None:
+    out = ck.run("pack", "collect", NAME, "mixed", "-d", str(tmp_path), "-o", "json")
+    summary = json.loads(out.stdout)
+    assert (summary["tasks"], summary["done"], summary["failed"]) == (9, 8, 1)
+    assert summary["nodes"] == {"compute-st-1": 8}
+    local = tmp_path / "mixed"
+    with open(local / "results.csv", newline="") as fh:
+        rows = {int(r["task"]): r for r in csv.DictReader(fh)}
+    assert sorted(rows) == list(range(9))
+    assert rows[1]["state"] == "failed" and rows[1]["exit"] == "3" and rows[1]["run"] == "1"
+    assert rows[3]["state"] == "done" and rows[3]["run"] == "1"
+    assert rows[0]["command"] == "echo zero"
+    assert (local / "out" / "0.out").read_text() == "zero\n"
+    assert (local / "out" / "3.out").read_text() == f"{300 * 1024 * 1024}\n"
+    assert json.loads((local / "summary.json").read_text())["done"] == 8
