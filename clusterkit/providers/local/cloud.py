@@ -196,6 +196,9 @@ class CloudService:
         with ThreadPoolExecutor(max_workers=8) as pool:
             started = list(pool.map(lambda r: self._start(r, boots[r.node]), new))
         with self.lock:
+            for rec in started:
+                if rec.state != "running":
+                    self.records.pop(rec.instance_id, None)
             self._save_records()
         self._note_static([r for r in started if r.state == "running"])
         reply: dict[str, Any] = {"instances": [r.public() for r in started if r.state == "running"]}
@@ -265,7 +268,10 @@ class CloudService:
         try:
             self.provider.terminate(rec.node_state(plan.kind))  # whatever was left of the node
             launched = self.provider.launch(plan, boot)
-        except ClusterkitError:
+        except ClusterkitError as exc:
+            # The caller sees the node missing from the launch; the reason goes to the log.
+            print(f"{time.strftime('%FT%T')} launch of {rec.node} failed: {exc}", file=sys.stderr,
+                  flush=True)  # fmt: skip
             rec.state = "terminated"
             return rec
         rec.pids = dict(launched.pids)
@@ -299,7 +305,11 @@ class CloudService:
     def describe(self) -> list[Record]:
         """Live instances; one found dead (its processes killed) is cleaned up and left out."""
         with self.lock:
-            dead = [r for r in self.records.values() if not self._alive(r.pids)]
+            # A pending record is still being launched: it has no processes yet.
+            dead = [
+                r for r in self.records.values()
+                if r.state != "pending" and not self._alive(r.pids)
+            ]  # fmt: skip
             for rec in dead:
                 del self.records[rec.instance_id]
             if dead:
