@@ -148,7 +148,7 @@ def _print_dry_run(spec: ClusterSpec, plan: DryRun) -> None:
     if plan.cost is not None:
         c = plan.cost
         out.print(
-            f"hourly cost: {c.low:.4f} to {c.high:.4f} {c.currency} "
+            f"hourly cost: {c.low:.6f} to {c.high:.6f} {c.currency} "
             f"(static nodes at their cheapest .. every node at its dearest; {c.basis})"
         )
     for note in plan.notes:

@@ -361,6 +361,8 @@ def target(name: str, user: str | None = None) -> Target:
         raise StateError(f"cluster {name!r} has no Slurm (made with --no-configure)")
     spec = spec_of(state)
     users = [u.name for u in cluster_users(spec)]
+    if not users and user is None:
+        raise PackError(f"cluster {name!r} has no users; packs run as a cluster user (spec: users)")
     chosen = user or users[0]
     if chosen not in users:
         raise PackError(f"--user {chosen!r} is not a user of cluster {name}: {', '.join(users)}")
@@ -504,9 +506,12 @@ def _upload_and_submit(
         else f'[ ! -e {directory}/runs/{run}.json ] || {{ echo "run {run} of pack {pack} '
         f'already exists (a retry at the same time?)" >&2; exit 3; }}'
     )
+    # A refused sbatch leaves nothing behind: the pack (or the run) is removed again.
+    undo = f"cd && rm -rf {directory}" if fresh else f"rm -f runs/{run}.*"
     script = (
         f"set -e -o pipefail; umask 022; {guard}; cd {directory}; base64 -d | tar -xzf -; "
-        f"sbatch --parsable runs/{run}.sh > runs/{run}.job; cat runs/{run}.job"
+        f"sbatch --parsable runs/{run}.sh > runs/{run}.job || {{ {undo}; exit 1; }}; "
+        f"cat runs/{run}.job"
     )
     dirs = ["manifest", "out", "logs"] if fresh else []
     out = where.remote(script, stdin=_tarball(files, dirs), timeout=SUBMIT_TIMEOUT_S)

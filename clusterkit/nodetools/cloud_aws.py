@@ -84,6 +84,9 @@ class AwsCloud(Cloud):
         self.cluster = cluster
         self.groups = groups
         self.sleep = sleep
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - lazily
+
+        self._aws_errors = (BotoCoreError, ClientError)
         if ec2 is None:
             import boto3  # noqa: PLC0415 - lazily: node tools import without boto3
             from botocore.config import Config  # noqa: PLC0415
@@ -103,7 +106,7 @@ class AwsCloud(Cloud):
             try:
                 reply: dict[str, Any] = getattr(self.ec2, operation)(**params)
                 return reply
-            except Exception as exc:  # botocore's ClientError (boto3 may be absent), mapped below
+            except self._aws_errors as exc:
                 code = client_error_code(exc)
                 if code is None:
                     raise CloudError("Unavailable", f"{operation}: {exc}") from exc

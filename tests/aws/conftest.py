@@ -100,9 +100,13 @@ class Aws:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [CK, *args], env=dict(os.environ), capture_output=True, text=True, timeout=300,
+            [CK, *args],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=300,
             check=False,
-        )  # fmt: skip
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"clusterkit {' '.join(args)} exited {proc.returncode}\n"

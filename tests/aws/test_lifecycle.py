@@ -124,8 +124,14 @@ def _check_iam(aws: Aws) -> None:
         RoleName="clusterkit-awa-compute", PolicyName="clusterkit-awa-compute"
     )["PolicyDocument"]
     actions = {a for s in compute["Statement"] for a in _list(s["Action"])}
-    assert actions == {"ssm:GetParameter", "ssm:GetParameters", "s3:ListBucket",
-                       "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}  # fmt: skip
+    assert actions == {
+        "ssm:GetParameter",
+        "ssm:GetParameters",
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+    }
 
 
 def _list(value: str | list[str]) -> list[str]:
@@ -146,9 +152,10 @@ def _check_bucket_queue_rules(aws: Aws, bucket: str, queue_url: str) -> None:
     assert policy["Principal"] == {"Service": "events.amazonaws.com"}
     sources = policy["Condition"]["ArnEquals"]["aws:SourceArn"]
     assert sorted(s.rsplit("/", 1)[1] for s in sources) == [
-        "clusterkit-awa-rebalance", "clusterkit-awa-spot-interruption",
+        "clusterkit-awa-rebalance",
+        "clusterkit-awa-spot-interruption",
         "clusterkit-awa-state-change",
-    ]  # fmt: skip
+    ]
     events = aws.client("events")
     queue_arn = attrs["QueueArn"]
     for name in ("spot-interruption", "rebalance", "state-change"):

@@ -240,3 +240,33 @@ def test_the_job_script_leaves_unset_options_to_slurm() -> None:
     assert "#SBATCH --array=0-2\n" in text
     assert "#SBATCH --hold\n" in text
     assert text.rstrip().endswith('exec /s/bin/ck-pack-run "$SLURM_SUBMIT_DIR" 2')
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def test_pack_help_teaches_the_commands() -> None:
+    from click.testing import CliRunner
+
+    from clusterkit.cli import cli
+
+    result = CliRunner().invoke(cli, ["pack", "--help"])
+    assert result.exit_code == 0
+    for text in ("submit", "status", "retry", "collect", "--template", "manifest"):
+        assert text in result.output
+    submit = CliRunner().invoke(cli, ["pack", "submit", "--help"])
+    for text in ("--mem", "--time", "--estimate", "--chunk", "--max-concurrent", "--retries",
+                 "--partition", "CK_PACK_TASK"):  # fmt: skip
+        assert text in submit.output
+
+
+def test_a_bad_chunk_is_a_usage_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from clusterkit.cli import cli
+
+    tasks = write(tmp_path, "t.txt", "true\n")
+    result = CliRunner().invoke(cli, ["pack", "submit", "demo", str(tasks), "--chunk", "lots"])
+    assert result.exit_code == 2
+    assert "a number of tasks per element (1 or more), or auto" in result.output

@@ -104,4 +104,4 @@ def cost_range(aws: Aws, spec: ClusterSpec) -> tuple[CostRange, list[str]]:
             f"on-demand prices are {table.region}'s of {table.as_of}; {aws.region} may differ"
         )
     basis = f"Spot: {aws.region} price history now; on-demand: list prices of {table.as_of}"
-    return CostRange(round(low, 4), round(high, 4), table.currency, basis), notes
+    return CostRange(round(low, 6), round(high, 6), table.currency, basis), notes

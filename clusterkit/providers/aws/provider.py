@@ -9,6 +9,7 @@ program uses (``nodetools.cloud_aws``), trying the group's options in order.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -59,7 +60,7 @@ class AwsProvider(Provider):
             self._aws = Aws(self.spec.aws.region)
         return self._aws
 
-    @property
+    @functools.cached_property
     def resources(self) -> ClusterResources:
         return ClusterResources(self.aws, self.spec, self.state.network, self.state.save)
 

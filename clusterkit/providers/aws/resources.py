@@ -46,9 +46,13 @@ class ClusterResources:
         self.name = spec.name
         self.record = record
         self.save = save
+        # What this object made or found: recorded ids are only trusted once checked here,
+        # so an `up` after resources vanished (or a crash) makes them again.
+        self.done: set[str] = set()
 
     def _set(self, key: str, value: str) -> str:
         self.record[key] = value
+        self.done.add(key)
         self.save()
         return value
 
@@ -75,7 +79,7 @@ class ClusterResources:
     def vpc(self) -> str:
         if self.spec.aws.vpc_id:
             return self._set("vpc_id", self.spec.aws.vpc_id)
-        if "vpc_id" in self.record:
+        if "vpc_id" in self.done:
             return self.record["vpc_id"]
         ec2 = self.aws.ec2
         found = aws_call(
@@ -116,7 +120,7 @@ class ClusterResources:
             self._set("vpc_id", vpcs.pop())
             self._set("head_subnet_cidr", _first(got, ids)["CidrBlock"])
             return self._subnets_set(ids)
-        if "subnet_ids" in self.record:
+        if "subnet_ids" in self.done:
             return self.record["subnet_ids"].split(",")
         vpc = self.vpc()
         found = aws_call(
@@ -175,7 +179,7 @@ class ClusterResources:
 
     def internet_route(self) -> None:
         """An internet gateway and a default route, in a VPC clusterkit made."""
-        if self.spec.aws.vpc_id or self.spec.aws.subnet_ids or "igw_id" in self.record:
+        if self.spec.aws.vpc_id or self.spec.aws.subnet_ids or "igw_id" in self.done:
             return
         ec2 = self.aws.ec2
         vpc = self.vpc()
@@ -228,7 +232,7 @@ class ClusterResources:
         self._set("igw_id", igw)
 
     def security_group(self) -> str:
-        if "security_group_id" in self.record:
+        if "security_group_id" in self.done:
             return self.record["security_group_id"]
         ec2 = self.aws.ec2
         vpc = self.vpc()
@@ -278,7 +282,7 @@ class ClusterResources:
     def key_pair(self, public_key: str) -> str:
         """The cluster's SSH key as an EC2 key pair (the image's default user gets it)."""
         name = names.prefix(self.name)
-        if self.record.get("key_pair") == name:
+        if "key_pair" in self.done:
             return name
         try:
             aws_call(
@@ -310,7 +314,7 @@ class ClusterResources:
 
     def _role(self, role: str, policy: str) -> None:
         key = f"{role}_profile"
-        if key in self.record:
+        if key in self.done:
             return
         iam = self.aws.client("iam")
         name = names.role_name(self.name, role)
@@ -374,7 +378,7 @@ class ClusterResources:
 
     def bucket(self) -> None:
         """A private, encrypted bucket with a lifecycle rule, unless the spec names one."""
-        if self.spec.aws.checkpoint_bucket or "bucket" in self.record:
+        if self.spec.aws.checkpoint_bucket or "bucket" in self.done:
             return
         s3 = self.aws.client("s3")
         name = self.bucket_name()
@@ -435,7 +439,7 @@ class ClusterResources:
         self._set("bucket", name)
 
     def queue(self) -> str:
-        if "queue_url" in self.record:
+        if "queue_url" in self.done:
             return self.record["queue_url"]
         sqs = self.aws.client("sqs")
         name = names.queue_name(self.name)
@@ -454,7 +458,7 @@ class ClusterResources:
         return self._set("queue_url", str(url))
 
     def event_rules(self) -> None:
-        if "event_rules" in self.record:
+        if "event_rules" in self.done:
             return
         events = self.aws.client("events")
         queue_arn = self.scope().queue
@@ -512,7 +516,7 @@ class ClusterResources:
     def image(self) -> str:
         if self.spec.aws.image_id:
             return self.spec.aws.image_id
-        if "image_id" in self.record:
+        if "image_id" in self.done:
             return self.record["image_id"]
         try:
             value = aws_call(
@@ -530,7 +534,7 @@ class ClusterResources:
 
     def launch_template(self, group: str, user_data: str) -> str:
         key = f"template:{group}"
-        if key in self.record:
+        if key in self.done:
             return self.record[key]
         name = names.template_name(self.name, group)
         ec2 = self.aws.ec2

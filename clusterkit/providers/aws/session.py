@@ -27,28 +27,37 @@ CLIENT_CONFIG = Config(
 )
 
 
+@functools.cache
+def _shared_session() -> boto3.session.Session:
+    """One session per process: its loader parses each service's model once (a quarter of
+    a second per client otherwise). Regions are given per client, never set on it."""
+    return boto3.session.Session()
+
+
 class Aws:
     """The clients of one region, made on first use and shared."""
 
     def __init__(self, region: str | None = None) -> None:
         try:
-            self.session = boto3.session.Session(region_name=region)
+            self.session = _shared_session()
         except BotoCoreError as exc:
             raise ProviderError(f"AWS session: {exc}; check your AWS profile settings") from None
-        if self.session.region_name is None:
+        self._region = region or self.session.region_name
+        if not self._region:
             raise ProviderError(
                 "no AWS region: set aws.region in the spec, AWS_DEFAULT_REGION, or a profile region"
             )
-        for name, handler in EVENT_HOOKS:
-            self.session.events.register(name, handler)
 
     @property
     def region(self) -> str:
-        return str(self.session.region_name)
+        return str(self._region)
 
     @functools.cache  # noqa: B019 - one client per service for the life of this object
     def client(self, service: str) -> Any:
-        return self.session.client(service, config=CLIENT_CONFIG)
+        client = self.session.client(service, region_name=self._region, config=CLIENT_CONFIG)
+        for name, handler in EVENT_HOOKS:
+            client.meta.events.register(name, handler)
+        return client
 
     @property
     def ec2(self) -> Any:
