@@ -29,8 +29,20 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     assert found["launch-template"] == ["clusterkit-awa-compute"]
     assert found["key-pair"] == ["clusterkit-awa"]
     assert len(found["rule"]) == 3 and len(found["queue"]) == 1 and len(found["bucket"]) == 1
-    # A secret per planned node (dynamic ones included) and the node key.
-    assert len(found["parameter"]) == 1 + 5
+    # Every planned node's host key (dynamic ones included), packed, and the node key.
+    ssm = aws.client("ssm")
+    shards = ssm.get_parameters_by_path(Path="/clusterkit/awa/host-keys", WithDecryption=True)
+    keys: dict[str, str] = {}
+    for p in shards["Parameters"]:
+        assert p["Type"] == "SecureString"
+        keys.update(json.loads(p["Value"]))
+    planned = ["awa-head", "compute-st-1", "compute-st-2", "compute-dy-1", "compute-dy-2"]
+    assert sorted(keys) == sorted(planned)
+    hosts = aws.home / "clusters" / "awa" / "keys" / "hosts"
+    assert all(keys[n] == (hosts / n).read_text() for n in planned)
+    assert sorted(found["parameter"]) == sorted(
+        ["/clusterkit/awa/node-key", *(p["Name"] for p in shards["Parameters"])]
+    )
 
     state = _state(aws, "awa")
     nodes = state["nodes"]
@@ -127,6 +139,7 @@ def _check_iam(aws: Aws) -> None:
     assert actions == {
         "ssm:GetParameter",
         "ssm:GetParameters",
+        "ssm:GetParametersByPath",
         "s3:ListBucket",
         "s3:GetObject",
         "s3:PutObject",

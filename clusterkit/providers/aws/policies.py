@@ -56,6 +56,12 @@ class Scope:
         return f"arn:aws:ssm:{self.region}:{self.account}:parameter{root}/*"
 
     @property
+    def host_keys(self) -> str:
+        """The path parameter GetParametersByPath names (the shards are below it)."""
+        path = names.host_keys_path(self.cluster)
+        return f"arn:aws:ssm:{self.region}:{self.account}:parameter{path}"
+
+    @property
     def own_tag(self) -> dict[str, str]:
         return {names.TAG_CLUSTER: self.cluster}
 
@@ -69,8 +75,8 @@ def _secrets_and_bucket(s: Scope) -> list[dict[str, Any]]:
         {
             "Sid": "ReadClusterSecrets",
             "Effect": "Allow",
-            "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-            "Resource": s.params,
+            "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+            "Resource": [s.params, s.host_keys],
             "Condition": {"StringEquals": {f"ssm:ResourceTag/{names.TAG_CLUSTER}": s.cluster}},
         },
         {

@@ -118,26 +118,20 @@ class AwsProvider(Provider):
 
     def _publish(self, boot: NodeBoot) -> None:
         """Secrets to SSM (every planned node's host key: dynamic nodes boot later), then a
-        launch template per group. Once per ``up``; parameters already there are kept."""
+        launch template per group. Once per ``up``."""
         if self._published:
             return
         res = self.resources
-        ssm = self.aws.client("ssm")
-        pages = ssm.get_paginator("describe_parameters").paginate(
-            ParameterFilters=[{"Key": f"tag:{names.TAG_CLUSTER}", "Values": [self.state.name]}]
-        )
-        have = {
-            p["Name"]
-            for page in aws_call("ssm DescribeParameters", "the cluster's secrets", list, pages)
-            for p in page["Parameters"]
-        }
+        have = res.secret_names()
         host_keys = boot.host_key.parent  # every node's key pair lives beside this one
-        wanted = {names.node_key_param(self.state.name): ClusterFiles(self.state.dir).node_key}
-        wanted |= {
-            names.host_key_param(self.state.name, n.name): host_keys / n.name
-            for n in plan_nodes(self.spec)
+        keys = {
+            n.name: (host_keys / n.name).read_text(encoding="utf-8") for n in plan_nodes(self.spec)
         }
-        res.secrets({k: p.read_text(encoding="utf-8") for k, p in wanted.items() if k not in have})
+        shards = names.host_key_shards(self.state.name, keys)
+        node_key = ClusterFiles(self.state.dir).node_key.read_text(encoding="utf-8")
+        res.secrets({names.node_key_param(self.state.name): node_key, **shards}, have)
+        prefix = names.host_keys_path(self.state.name) + "/"
+        res.delete_secrets(sorted(n for n in have if n.startswith(prefix) and n not in shards))
         compute = self._user_data("compute", boot, with_boot_script=True)
         for group in self.spec.groups:
             res.launch_template(group.name, compute)
@@ -150,7 +144,7 @@ class AwsProvider(Provider):
             role=role,
             cluster=cluster,
             node_tag=names.TAG_NODE,
-            host_key_root=f"{names.param_root(cluster)}/host-keys",
+            host_keys_path=names.host_keys_path(cluster),
             node_key=NODE_KEY_ON_NODE if role == "compute" else "",
             node_key_param=names.node_key_param(cluster),
             authorized_keys=boot.authorized_keys.strip(),

@@ -485,33 +485,42 @@ class ClusterResources:
 
     # -- secrets and launch templates (once keys exist) ------------------------------------
 
-    def secrets(self, params: dict[str, str]) -> None:
-        """SecureString parameters, tagged (the instance roles' condition reads the tag)."""
+    def secret_names(self) -> set[str]:
+        """The cluster's parameters, found by its tag."""
+        pages = (
+            self.aws.client("ssm")
+            .get_paginator("describe_parameters")
+            .paginate(ParameterFilters=[{"Key": f"tag:{names.TAG_CLUSTER}", "Values": [self.name]}])
+        )
+        return {
+            p["Name"]
+            for page in aws_call("ssm DescribeParameters", "the cluster's secrets", list, pages)
+            for p in page["Parameters"]
+        }
+
+    def secrets(self, params: dict[str, str], have: set[str]) -> None:
+        """SecureString parameters, tagged (the instance roles' condition reads the tag);
+        those in ``have`` are overwritten (they keep their tags: none can go with Overwrite)."""
         ssm = self.aws.client("ssm")
         for name, value in params.items():
-            try:
-                aws_call(
-                    "ssm PutParameter",
-                    name,
-                    ssm.put_parameter,
-                    Name=name,
-                    Value=value,
-                    Type="SecureString",
-                    Tags=names.tags(self.name),
-                )
-            except AwsError as exc:
-                if exc.code != "ParameterAlreadyExists":
-                    raise
-                # Tags cannot go with Overwrite; the parameter keeps the ones it has.
-                aws_call(
-                    "ssm PutParameter",
-                    name,
-                    ssm.put_parameter,
-                    Name=name,
-                    Value=value,
-                    Type="SecureString",
-                    Overwrite=True,
-                )
+            extra: dict[str, Any] = (
+                {"Overwrite": True} if name in have else {"Tags": names.tags(self.name)}
+            )
+            aws_call(
+                "ssm PutParameter",
+                name,
+                ssm.put_parameter,
+                Name=name,
+                Value=value,
+                Type="SecureString",
+                **extra,
+            )
+
+    def delete_secrets(self, doomed: list[str]) -> None:
+        ssm = self.aws.client("ssm")
+        for start in range(0, len(doomed), 10):  # ten names a call
+            batch = doomed[start : start + 10]
+            aws_call("ssm DeleteParameters", ", ".join(batch), ssm.delete_parameters, Names=batch)
 
     def image(self) -> str:
         if self.spec.aws.image_id:
