@@ -6,7 +6,7 @@ CK := $(VENV)/bin/clusterkit
 SPEC ?= examples/local.yaml
 NAME ?= ck
 
-.PHONY: up down test setup host venv lint typecheck unit integration bench golden clean
+.PHONY: up down test setup host venv lint typecheck unit integration aws bench golden clean
 
 up: setup
 	$(CK) up -f $(SPEC)
@@ -16,7 +16,7 @@ down: venv
 	$(CK) down $(NAME)
 
 test: setup lint typecheck
-	$(VENV)/bin/pytest tests/unit tests/integration
+	$(VENV)/bin/pytest tests/unit tests/integration tests/aws
 
 setup: host venv
 
@@ -44,6 +44,9 @@ unit: venv
 
 integration: setup
 	$(VENV)/bin/pytest tests/integration
+
+aws: venv
+	$(VENV)/bin/pytest tests/aws
 
 bench: setup
 	$(VENV)/bin/python bench/updown.py

@@ -47,10 +47,13 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 class RichProgress:
     """Draws each library step as a spinner, then a tick (or cross) with its duration."""
 
+    def __init__(self, provider: str = "local") -> None:
+        self.labels = {**STEP_LABELS, **PROVIDER_STEP_LABELS.get(provider, {})}
+
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
         start = time.monotonic()
-        label = STEP_LABELS.get(title, title)
+        label = self.labels.get(title, title)
         try:
             with err.status(f"{label} ...", spinner="dots"):
                 yield
@@ -69,6 +72,14 @@ STEP_LABELS = {
     "configure": "Head configured (Ansible: munge, users, storage, slurmctld)",
     "boot": "Compute nodes booted (munge, shared storage, slurmd)",
     "verify": "Verified on every node (testinfra)",
+}
+
+# Where a provider's steps do other work than the local provider's.
+PROVIDER_STEP_LABELS = {
+    "aws": {
+        "network": "VPC, security group, key pair, IAM, bucket, queue, event rules",
+        "nodes": "Secrets, launch templates, head and Spot fleets",
+    }
 }
 
 output_option = click.option(
@@ -131,7 +142,7 @@ def up(path: Path | None, no_configure: bool, dry_run: bool) -> None:
         f"static compute node(s)"
     )
     start = time.monotonic()
-    lib.up(spec, RichProgress(), configure=not no_configure)
+    lib.up(spec, RichProgress(spec.provider), configure=not no_configure)
     err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
     _print_status(lib.status(spec.name, with_slurm=not no_configure))
     user = spec.users[0].name if spec.users else "root"

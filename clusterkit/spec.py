@@ -171,7 +171,7 @@ class AwsSpec(_Model):
     admin_cidr: str | None = Field(None, description="who may SSH to the head (required on aws)")
     vpc_id: str | None = Field(None, description="use this VPC instead of creating one")
     subnet_ids: tuple[str, ...] = Field((), description="use these subnets (one per AZ)")
-    image_id: str | None = Field(None, description="node image (from `clusterkit image build`)")
+    image_id: str | None = Field(None, description="node image (AMI); default: Debian 12's")
     checkpoint_bucket: str | None = Field(None, description="defaults to a bucket per cluster")
 
     @field_validator("admin_cidr")

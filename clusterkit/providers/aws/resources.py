@@ -537,7 +537,7 @@ class ClusterResources:
         except AwsError as exc:
             raise ProviderError(
                 f"aws.image_id: not set, and the default Debian 12 image is not published in "
-                f"{self.aws.region} ({exc.code}); set aws.image_id (see `clusterkit image build`)"
+                f"{self.aws.region} ({exc.code}); set aws.image_id to a Debian 12 based image"
             ) from None
         return self._set("image_id", str(value["Parameter"]["Value"]))
 
