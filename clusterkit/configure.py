@@ -268,7 +268,8 @@ def render_cluster_files(
     )
     atomic_write(files.prolog, prolog, mode=0o755)
     atomic_write(files.power_config, json.dumps(power_config(spec), indent=1) + "\n")
-    atomic_write(files.cloud_config, json.dumps(cloud_config(spec), indent=1) + "\n")
+    cloud = cloud_config(spec, state.network)
+    atomic_write(files.cloud_config, json.dumps(cloud, indent=1) + "\n")
     atomic_write(files.boot_script, boot_script(spec), mode=0o700)
     write_nodetools_archive(files.nodetools_archive)
 
@@ -302,11 +303,23 @@ def power_config(spec: ClusterSpec) -> dict[str, Any]:
     }
 
 
-def cloud_config(spec: ClusterSpec) -> dict[str, Any]:
-    """``/etc/clusterkit/cloud.json``: which cloud API the head's programs call."""
+def cloud_config(spec: ClusterSpec, network: dict[str, str] | None = None) -> dict[str, Any]:
+    """``/etc/clusterkit/cloud.json``: which cloud API the head's programs call. On aws,
+    ``network`` (the state's) holds what the provider made: templates, subnets, region."""
     if spec.provider == "local":
         return {"kind": "local", "cluster": spec.name, "socket": LOCAL_SOCKET}
-    return {"kind": spec.provider, "cluster": spec.name}
+    net = network or {}
+    subnets = [s for s in net.get("subnet_ids", "").split(",") if s]
+    return {
+        "kind": spec.provider,
+        "cluster": spec.name,
+        "region": net.get("region"),
+        "endpoint_url": net.get("endpoint_url") or None,
+        "groups": {
+            g.name: {"launch_template_id": net.get(f"template:{g.name}"), "subnets": subnets}
+            for g in spec.groups
+        },
+    }
 
 
 def boot_script(spec: ClusterSpec) -> str:

@@ -7,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 
+from clusterkit.nodetools.cloud import SPOT, Option, cloud_from_config
 from tests.aws.conftest import ADMIN_CIDR, Aws
 
 
@@ -53,6 +54,14 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     assert f"HostName {nodes['compute-st-1']['address']}" in ssh_config  # known after launch
     slurm_conf = (aws.home / "clusters" / "awa" / "rendered" / "slurm" / "slurm.conf").read_text()
     assert f"SlurmctldHost=awa-head({nodes['awa-head']['address']})" in slurm_conf
+
+    # The head's programs launch and see compute nodes through cloud.json, as rendered.
+    config = json.loads((aws.home / "clusters" / "awa" / "rendered" / "cloud.json").read_text())
+    backend = cloud_from_config(config)
+    assert sorted(i.node for i in backend.describe()) == ["compute-st-1", "compute-st-2"]
+    resumed = backend.launch("compute", ["compute-dy-1"], Option("c6i.2xlarge", SPOT))
+    assert [i.node for i in resumed.instances] == ["compute-dy-1"]
+    backend.terminate([i.instance_id for i in resumed.instances])
 
     _check_instances(aws, nodes)
     _check_security_group(aws, found["security-group"][0])

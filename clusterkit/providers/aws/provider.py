@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from clusterkit.configure import NODE_KEY_ON_NODE, ClusterFiles, boot_script
-from clusterkit.nodetools.cloud import CAPACITY_CODES, ON_DEMAND, SPOT, Instance, Option
+from clusterkit.configure import NODE_KEY_ON_NODE, ClusterFiles, boot_script, capacity_options
+from clusterkit.nodetools.cloud import CAPACITY_CODES, Instance, Option
 from clusterkit.nodetools.cloud_aws import AwsCloud
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
 from clusterkit.providers.aws import names, pricing, teardown
@@ -34,14 +34,8 @@ PROFILE_WAIT_SECONDS = 60.0
 
 
 def group_options(group: GroupSpec) -> list[Option]:
-    """The group's ways to get capacity, in the order they are tried: each instance type as
-    Spot, then (where allowed) each as on-demand."""
-    kinds = {
-        "spot": [SPOT],
-        "on-demand": [ON_DEMAND],
-        "spot-then-on-demand": [SPOT, ON_DEMAND],
-    }[group.capacity]
-    return [Option(t, kind) for kind in kinds for t in group.instance_types]
+    """The group's ways to get capacity, in the order the head's resume program tries them."""
+    return [Option(**o) for o in capacity_options(group)]
 
 
 class AwsProvider(Provider):
@@ -75,28 +69,14 @@ class AwsProvider(Provider):
         trust = ClusterTrust(self.state.name, self.state.dir)
         trust.ensure_user_key()
         res = self.resources
+        # What the head's cloud.json needs besides the resources' ids (configure.cloud_config).
+        self.state.network["region"] = self.aws.region
+        self.state.network["endpoint_url"] = self.aws.endpoint_url or ""
         res.prepare()
         res.key_pair(public_key(trust.user_key))
 
     def address(self, node: NodePlan) -> str | None:
         return self.resources.head_address() if node.role == "head" else None
-
-    def cloud_config(self) -> dict[str, Any]:
-        """The head's ``/etc/clusterkit/cloud.json``: what its resume program launches with."""
-        subnets = self.state.network["subnet_ids"].split(",")
-        return {
-            "kind": "aws",
-            "cluster": self.state.name,
-            "region": self.aws.region,
-            "endpoint_url": self.aws.endpoint_url,
-            "groups": {
-                g.name: {
-                    "launch_template_id": self.state.network[f"template:{g.name}"],
-                    "subnets": subnets,
-                }
-                for g in self.spec.groups
-            },
-        }
 
     # -- nodes -----------------------------------------------------------------------------
 
