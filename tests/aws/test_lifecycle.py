@@ -37,12 +37,19 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     for p in shards["Parameters"]:
         assert p["Type"] == "SecureString"
         keys.update(json.loads(p["Value"]))
-    planned = ["awa-head", "compute-st-1", "compute-st-2", "compute-dy-1", "compute-dy-2"]
-    assert sorted(keys) == sorted(planned)
+    computes = ["compute-st-1", "compute-st-2", "compute-dy-1", "compute-dy-2"]
+    assert sorted(keys) == sorted(computes)
     hosts = aws.home / "clusters" / "awa" / "keys" / "hosts"
-    assert all(keys[n] == (hosts / n).read_text() for n in planned)
+    assert all(keys[n] == (hosts / n).read_text() for n in computes)
+    # The head's key apart: only the head's role may read it.
+    head_key = ssm.get_parameter(Name="/clusterkit/awa/head-host-key", WithDecryption=True)
+    assert head_key["Parameter"]["Value"] == (hosts / "awa-head").read_text()
     assert sorted(found["parameter"]) == sorted(
-        ["/clusterkit/awa/node-key", *(p["Name"] for p in shards["Parameters"])]
+        [
+            "/clusterkit/awa/node-key",
+            "/clusterkit/awa/head-host-key",
+            *(p["Name"] for p in shards["Parameters"]),
+        ]
     )
 
     state = _state(aws, "awa")
@@ -144,6 +151,16 @@ def _check_iam(aws: Aws) -> None:
     compute = iam.get_role_policy(
         RoleName="clusterkit-awa-compute", PolicyName="clusterkit-awa-compute"
     )["PolicyDocument"]
+    readable = [
+        r
+        for s in compute["Statement"]
+        if "ssm:GetParameter" in s["Action"]
+        for r in _list(s["Resource"])
+    ]
+    assert readable and not any("head-host-key" in r for r in readable)
+    assert statements["ReadOwnHostKey"]["Resource"] == [
+        "arn:aws:ssm:eu-west-1:123456789012:parameter/clusterkit/awa/head-host-key"
+    ]
     actions = {a for s in compute["Statement"] for a in _list(s["Action"])}
     assert actions == {
         "ssm:GetParameter",

@@ -101,5 +101,9 @@ def host_key_shards(cluster: str, keys: dict[str, str]) -> dict[str, str]:
     return {f"{host_keys_path(cluster)}/{i}": json.dumps(s) for i, s in enumerate(shards)}
 
 
+def head_key_param(cluster: str) -> str:
+    return f"{param_root(cluster)}/head-host-key"
+
+
 def node_key_param(cluster: str) -> str:
     return f"{param_root(cluster)}/node-key"

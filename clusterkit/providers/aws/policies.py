@@ -50,16 +50,9 @@ class Scope:
         path = names.iam_path(self.cluster)
         return f"arn:aws:iam::{self.account}:role{path}{names.role_name(self.cluster, role)}"
 
-    @property
-    def params(self) -> str:
-        root = names.param_root(self.cluster)
-        return f"arn:aws:ssm:{self.region}:{self.account}:parameter{root}/*"
-
-    @property
-    def host_keys(self) -> str:
-        """The path parameter GetParametersByPath names (the shards are below it)."""
-        path = names.host_keys_path(self.cluster)
-        return f"arn:aws:ssm:{self.region}:{self.account}:parameter{path}"
+    def param(self, name: str) -> str:
+        """The ARN of parameter ``name`` (``/clusterkit/...``); a path's too."""
+        return f"arn:aws:ssm:{self.region}:{self.account}:parameter{name}"
 
     @property
     def own_tag(self) -> dict[str, str]:
@@ -70,15 +63,18 @@ def _doc(*statements: dict[str, Any]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def _secrets_and_bucket(s: Scope) -> list[dict[str, Any]]:
+def _secrets(s: Scope, sid: str, resources: list[str]) -> dict[str, Any]:
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+        "Resource": resources,
+        "Condition": {"StringEquals": {f"ssm:ResourceTag/{names.TAG_CLUSTER}": s.cluster}},
+    }
+
+
+def _bucket(s: Scope) -> list[dict[str, Any]]:
     return [
-        {
-            "Sid": "ReadClusterSecrets",
-            "Effect": "Allow",
-            "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
-            "Resource": [s.params, s.host_keys],
-            "Condition": {"StringEquals": {f"ssm:ResourceTag/{names.TAG_CLUSTER}": s.cluster}},
-        },
         {
             "Sid": "ListCheckpointBucket",
             "Effect": "Allow",
@@ -186,12 +182,16 @@ def head_policy(s: Scope) -> str:
             ],
             "Resource": s.queue,
         },
-        *_secrets_and_bucket(s),
+        # The head reads its own host key only: compute nodes never see it.
+        _secrets(s, "ReadOwnHostKey", [s.param(names.head_key_param(s.cluster))]),
+        *_bucket(s),
     )
 
 
 def compute_policy(s: Scope) -> str:
-    return _doc(*_secrets_and_bucket(s))
+    keys = names.host_keys_path(s.cluster)
+    readable = [s.param(names.node_key_param(s.cluster)), s.param(keys), s.param(f"{keys}/*")]
+    return _doc(_secrets(s, "ReadComputeSecrets", readable), *_bucket(s))
 
 
 def queue_policy(s: Scope) -> str:

@@ -107,9 +107,18 @@ class AwsProvider(Provider):
         keys = {
             n.name: (host_keys / n.name).read_text(encoding="utf-8") for n in plan_nodes(self.spec)
         }
+        # The head's key apart, readable by the head's role only; compute keys packed.
+        head_key = keys.pop(head_name(self.state.name))
         shards = names.host_key_shards(self.state.name, keys)
         node_key = ClusterFiles(self.state.dir).node_key.read_text(encoding="utf-8")
-        res.secrets({names.node_key_param(self.state.name): node_key, **shards}, have)
+        res.secrets(
+            {
+                names.head_key_param(self.state.name): head_key,
+                names.node_key_param(self.state.name): node_key,
+                **shards,
+            },
+            have,
+        )
         prefix = names.host_keys_path(self.state.name) + "/"
         res.delete_secrets(sorted(n for n in have if n.startswith(prefix) and n not in shards))
         compute = self._user_data("compute", boot, with_boot_script=True)
@@ -125,6 +134,7 @@ class AwsProvider(Provider):
             cluster=cluster,
             node_tag=names.TAG_NODE,
             host_keys_path=names.host_keys_path(cluster),
+            head_key_param=names.head_key_param(cluster) if role == "head" else "",
             node_key=NODE_KEY_ON_NODE if role == "compute" else "",
             node_key_param=names.node_key_param(cluster),
             authorized_keys=boot.authorized_keys.strip(),
@@ -273,6 +283,7 @@ class AwsProvider(Provider):
         ]
         if mine:
             aws_call("ec2 TerminateInstances", node.name, ec2.terminate_instances, InstanceIds=mine)
+        if mine and node.role == "head":
             # The head's fixed address is free again only once its instance is gone.
             aws_call(
                 "ec2 DescribeInstances (wait)",
