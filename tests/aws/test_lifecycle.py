@@ -7,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 
+from clusterkit import proc
 from clusterkit.nodetools.cloud import SPOT, Option, cloud_from_config
 from tests.aws.conftest import ADMIN_CIDR, Aws
 
@@ -30,27 +31,7 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     assert found["launch-template"] == ["clusterkit-awa-compute"]
     assert found["key-pair"] == ["clusterkit-awa"]
     assert len(found["rule"]) == 3 and len(found["queue"]) == 1 and len(found["bucket"]) == 1
-    # Every planned node's host key (dynamic ones included), packed, and the node key.
-    ssm = aws.client("ssm")
-    shards = ssm.get_parameters_by_path(Path="/clusterkit/awa/host-keys", WithDecryption=True)
-    keys: dict[str, str] = {}
-    for p in shards["Parameters"]:
-        assert p["Type"] == "SecureString"
-        keys.update(json.loads(p["Value"]))
-    computes = ["compute-st-1", "compute-st-2", "compute-dy-1", "compute-dy-2"]
-    assert sorted(keys) == sorted(computes)
-    hosts = aws.home / "clusters" / "awa" / "keys" / "hosts"
-    assert all(keys[n] == (hosts / n).read_text() for n in computes)
-    # The head's key apart: only the head's role may read it.
-    head_key = ssm.get_parameter(Name="/clusterkit/awa/head-host-key", WithDecryption=True)
-    assert head_key["Parameter"]["Value"] == (hosts / "awa-head").read_text()
-    assert sorted(found["parameter"]) == sorted(
-        [
-            "/clusterkit/awa/node-key",
-            "/clusterkit/awa/head-host-key",
-            *(p["Name"] for p in shards["Parameters"]),
-        ]
-    )
+    _check_secrets(aws, found["parameter"])
 
     state = _state(aws, "awa")
     nodes = state["nodes"]
@@ -82,8 +63,39 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     assert not (aws.home / "clusters" / "awa").exists()
 
 
+def _check_secrets(aws: Aws, parameters: list[str]) -> None:
+    # Every planned node's host key (dynamic ones included), packed, and the node key.
+    ssm = aws.client("ssm")
+    shards = ssm.get_parameters_by_path(Path="/clusterkit/awa/host-keys", WithDecryption=True)
+    keys: dict[str, str] = {}
+    for p in shards["Parameters"]:
+        assert p["Type"] == "SecureString"
+        keys.update(json.loads(p["Value"]))
+    computes = ["compute-st-1", "compute-st-2", "compute-dy-1", "compute-dy-2"]
+    assert sorted(keys) == sorted(computes)
+    hosts = aws.home / "clusters" / "awa" / "keys" / "hosts"
+    assert all(keys[n] == (hosts / n).read_text() for n in computes)
+    # The head's key apart: only the head's role may read it.
+    head_key = ssm.get_parameter(Name="/clusterkit/awa/head-host-key", WithDecryption=True)
+    assert head_key["Parameter"]["Value"] == (hosts / "awa-head").read_text()
+    assert sorted(parameters) == sorted(
+        [
+            "/clusterkit/awa/node-key",
+            "/clusterkit/awa/head-host-key",
+            *(p["Name"] for p in shards["Parameters"]),
+        ]
+    )
+
+
 def _check_instances(aws: Aws, nodes: dict) -> None:  # type: ignore[type-arg]
     ec2 = aws.client("ec2")
+    head_data = ec2.describe_instance_attribute(
+        InstanceId=nodes["awa-head"]["instance_id"], Attribute="userData"
+    )["UserData"]["Value"]
+    head_script = base64.b64decode(head_data).decode()
+    assert "/clusterkit/awa/head-host-key" in head_script and "PRIVATE KEY" not in head_script
+    proc.run(["bash", "-n"], input=head_script)
+
     ids = [n["instance_id"] for n in nodes.values()]
     described = {
         i["InstanceId"]: i
@@ -127,6 +139,7 @@ def _check_launch_template(aws: Aws, cluster_dir: Path) -> None:
         body = secret.read_bytes()
         assert body[40:100].decode(errors="replace") not in user_data
     assert "slurmd" in user_data  # the same boot script as a local node's
+    proc.run(["bash", "-n"], input=user_data)  # valid bash, or CommandError with bash's words
     known_hosts = (cluster_dir / "ssh" / "known_hosts").read_text().splitlines()
     assert all(line.split(",")[0].split()[0] in user_data for line in known_hosts)
 

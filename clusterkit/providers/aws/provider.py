@@ -146,7 +146,10 @@ class AwsProvider(Provider):
 
     def _launch_head(self, node: NodePlan, boot: NodeBoot) -> NodeState:
         res = self.resources
-        data = res.instance_data("head", self._user_data("head", boot, with_boot_script=False))
+        script = self._user_data("head", boot, with_boot_script=False)
+        data = res.instance_data("head", script)
+        # RunInstances takes user-data as text (botocore encodes it); a template, in base64.
+        data["UserData"] = script
         interface = {
             **data.pop("NetworkInterfaces")[0],
             "SubnetId": self.state.network["subnet_ids"].split(",")[0],
