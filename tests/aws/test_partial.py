@@ -68,3 +68,12 @@ def test_up_twice_keeps_what_exists(aws: Aws) -> None:
     assert aws.tagged("awt") == first  # same instances, same everything: nothing duplicated
     aws.run("down", "awt")
     assert aws.tagged("awt") == {}
+
+
+def test_down_looks_in_the_region_up_used(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = aws.spec("awr", static=1, dynamic=0)
+    aws.run("up", "-f", str(spec), "--no-configure")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")  # the default moved on since
+    aws.run("down", "awr")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert aws.tagged("awr") == {}

@@ -301,7 +301,10 @@ class AwsProvider(Provider):
 
     @classmethod
     def destroy(cls, name: str, state: ClusterState | None) -> list[str]:
-        region = ((state.spec.get("aws") or {}).get("region") if state else None) or None
+        # The region `up` used (recorded), so `down` looks there whatever the default is now.
+        region = None
+        if state is not None:
+            region = state.network.get("region") or (state.spec.get("aws") or {}).get("region")
         return teardown.destroy(Aws(region), name)
 
     @classmethod
