@@ -94,15 +94,7 @@ class ClusterResources:
             CidrBlock=names.VPC_CIDR,
             TagSpecifications=names.tag_spec("vpc", self.name, names.prefix(self.name)),
         )["Vpc"]["VpcId"]
-        self._set("vpc_id", str(vpc))
-        aws_call(
-            "ec2 ModifyVpcAttribute",
-            vpc,
-            ec2.modify_vpc_attribute,
-            VpcId=vpc,
-            EnableDnsHostnames={"Value": True},
-        )
-        return str(vpc)
+        return self._set("vpc_id", str(vpc))
 
     def subnets(self) -> list[str]:
         ec2 = self.aws.ec2
@@ -154,15 +146,6 @@ class ClusterResources:
                     "subnet", self.name, f"{names.prefix(self.name)}-{zone}"
                 ),
             )["Subnet"]
-            # Nodes reach AWS's APIs (SSM, S3) and package mirrors through the gateway; the
-            # security group admits nothing from outside but SSH from the admin CIDR.
-            aws_call(
-                "ec2 ModifySubnetAttribute",
-                subnet["SubnetId"],
-                ec2.modify_subnet_attribute,
-                SubnetId=subnet["SubnetId"],
-                MapPublicIpOnLaunch={"Value": True},
-            )
             made.append(subnet)
         ids = [s["SubnetId"] for s in made]
         self._set("head_subnet_cidr", made[0]["CidrBlock"])
@@ -573,6 +556,9 @@ class ClusterResources:
                 f"the {role} user-data is {len(encoded)} bytes, over AWS's 16 KiB: fewer nodes "
                 "in the spec (known_hosts grows with them)"
             )
+        # Every node gets a public address (its interface asks for one, so the subnets need
+        # no setting): nodes reach AWS's APIs (SSM, S3) and package mirrors through the
+        # gateway, and the security group admits nothing from outside but the admin's SSH.
         return {
             "ImageId": self.image(),
             "KeyName": self.record.get("key_pair", names.prefix(self.name)),
