@@ -42,6 +42,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,8 @@ PARALLEL_SCRIPT = """#!/bin/bash
 # (c): GNU parallel over the job's machinefile, one SSH session per task.
 mf=$(ck-machinefile)
 grep -v '^#' "$mf" | awk '{split($2, a, "="); print a[2] "/" $1}' > "$HOME/sl.$SLURM_JOB_ID"
-seq {tasks} | parallel --will-cite --joblog "$HOME/par-ssh.joblog" \\
+# -N0: each input line starts one task but is not appended to its command.
+seq {tasks} | parallel --will-cite -N0 --joblog "$HOME/par-ssh.joblog" \\
   --sshloginfile "$HOME/sl.$SLURM_JOB_ID" 'sleep {task_s}'
 """
 PARALLEL_SRUN_SCRIPT = """#!/bin/bash
@@ -84,7 +86,7 @@ PARALLEL_SRUN_SCRIPT = """#!/bin/bash
 # No CPU binding: a local node declares more CPUs than the machine has.
 srun --cpu-bind=none -N{nodes} -n{nodes} -c{cpus} bash -c \\
   'seq {tasks} | awk -v n={nodes} -v i=$SLURM_NODEID "NR % n == i" | \\
-   parallel --will-cite -j{cpus} --joblog $HOME/par-srun.joblog.$SLURM_NODEID "sleep {task_s}"'
+   parallel --will-cite -N0 -j{cpus} --joblog $HOME/par-srun.joblog.$SLURM_NODEID "sleep {task_s}"'
 """
 
 
@@ -173,9 +175,13 @@ def variant_c(tasks: int, srun: bool) -> Variant:
         v = on_head("c2", "(c2) parallel -j8 per node via srun (info)", submit)
     else:
         v = on_head("c", "(c) GNU parallel over the machinefile (ssh)", submit)
-    count = as_user(f"cat {name}.joblog* | awk 'NR > 1 && $7 == 0' | wc -l", timeout=60)
-    done = int(count.stdout.strip() or 0) if count.rc == 0 else 0
-    v.note = f"{done} of {tasks} tasks done"
+    # Successful tasks' runtimes from the joblog(s): their count, and a check that each task
+    # was the workload's sleep and nothing else.
+    log = as_user(f"cat {name}.joblog* | awk '$7 == \"0\" {{print $4}}'", timeout=60)
+    runtimes = [float(x) for x in log.stdout.split()] if log.rc == 0 else []
+    done = len(runtimes)
+    median = statistics.median(runtimes) if runtimes else 0.0
+    v.note = f"{done} of {tasks} tasks done, median task runtime {median:.3f} s"
     if v.seconds is not None and 0 < done < tasks:
         v.note += (
             f" when the {C_LIMIT_MIN} min limit ended it; at that rate all would take "
