@@ -252,41 +252,51 @@ def _converge_nodes(
         provider.terminate(state.nodes[name])
         del state.nodes[name]
         state.save()
-    pending: list[tuple[NodePlan, NodeBoot]] = []
+    stale = []
     for node in wanted.values():
         current = state.nodes.get(node.name)
         expected = provider.address(node)  # None: the provider assigns it at launch
         if current and expected in (None, current.address) and provider.running(current):
             continue
-        boot = node_boot(spec, trust, trusted, node, configure=configure)
         _record_launching(state, provider, node, current)
-        pending.append((node, boot))
+        stale.append(node)
+    boots = node_boots(spec, trust, trusted, stale, configure=configure)
+    pending = [(node, boots[node.name]) for node in stale]
     # Launched together where the provider's API allows it; each is recorded as it comes.
     for launched in provider.launch_all(pending):
         state.nodes[launched.name] = launched
         state.save()
 
 
-def node_boot(
+def node_boots(
     spec: ClusterSpec,
     trust: ClusterTrust,
     trusted: list[TrustedNode],
-    node: NodePlan,
+    nodes: list[NodePlan],
     *,
     configure: bool = True,
-) -> NodeBoot:
-    """What ``node`` boots with: its host key, the cluster's trust and, for a compute node
-    of a configured cluster, the key that reads from the head and the boot script."""
-    compute = node.role == "compute"
-    return NodeBoot(
-        host_key=host_key_path(trust, node.name),
-        authorized_keys=public_key(trust.user_key) + "\n",
-        known_hosts=trust.known_hosts.read_text(encoding="utf-8"),
-        hosts=render("hosts.j2", cluster=spec.name, nodes=trusted),
-        users=tuple(cluster_users(spec)),
-        node_key=ClusterFiles(trust.root).node_key if compute else None,
-        user_data=boot_script(spec) if compute and configure else None,
-    )
+) -> dict[str, NodeBoot]:
+    """What each of ``nodes`` boots with: its host key, the cluster's trust and, for a compute
+    node of a configured cluster, the key that reads from the head and the boot script.
+    What all nodes share is read and rendered once."""
+    authorized = public_key(trust.user_key) + "\n"
+    known_hosts = trust.known_hosts.read_text(encoding="utf-8")
+    hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
+    users = tuple(cluster_users(spec))
+    node_key = ClusterFiles(trust.root).node_key
+    user_data = boot_script(spec) if configure else None
+    return {
+        node.name: NodeBoot(
+            host_key=host_key_path(trust, node.name),
+            authorized_keys=authorized,
+            known_hosts=known_hosts,
+            hosts=hosts,
+            users=users,
+            node_key=node_key if node.role == "compute" else None,
+            user_data=user_data if node.role == "compute" else None,
+        )
+        for node in nodes
+    }
 
 
 def trusted_nodes(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> list[TrustedNode]:

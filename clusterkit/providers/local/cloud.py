@@ -249,19 +249,14 @@ class CloudService:
 
     def _boots(self, plans: list[NodePlan]) -> dict[str, NodeBoot]:
         """What each node boots with: what ``up`` gives a static node, plus the boot delay."""
-        from clusterkit.cluster import node_boot, trusted_nodes  # noqa: PLC0415 - cycle
+        from clusterkit.cluster import node_boots, trusted_nodes  # noqa: PLC0415 - cycle
 
         trust = ClusterTrust(self.state.name, self.state.dir)
-        trusted = trusted_nodes(self.spec, self.provider, trust)
-        boots = {}
-        for plan in plans:
-            boot = node_boot(self.spec, trust, trusted, plan)
-            if boot.user_data and self.simulation.boot_delay > 0:
-                shebang, rest = boot.user_data.split("\n", 1)
-                delay = f"sleep {self.simulation.boot_delay:g}  # simulated boot time\n"
-                boot = dataclasses.replace(boot, user_data=f"{shebang}\n{delay}{rest}")
-            boots[plan.name] = boot
-        return boots
+        boots = node_boots(self.spec, trust, trusted_nodes(self.spec, self.provider, trust), plans)
+        delay = self.simulation.boot_delay
+        if delay <= 0:
+            return boots
+        return {name: _delayed(boot, delay) for name, boot in boots.items()}
 
     def _start(self, rec: Record, boot: NodeBoot) -> Record:
         plan = self.plans[rec.node]
@@ -364,6 +359,15 @@ class CloudService:
                 sim.boot_delay = boot_delay
             self._save_simulation()
             return asdict(sim)
+
+
+def _delayed(boot: NodeBoot, delay: float) -> NodeBoot:
+    """``boot`` whose boot script first waits ``delay`` seconds, as a slow instance would."""
+    if not boot.user_data:
+        return boot
+    shebang, rest = boot.user_data.split("\n", 1)
+    sleep = f"sleep {delay:g}  # simulated boot time\n"
+    return dataclasses.replace(boot, user_data=f"{shebang}\n{sleep}{rest}")
 
 
 class _Handler(socketserver.StreamRequestHandler):
