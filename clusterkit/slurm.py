@@ -493,8 +493,8 @@ class _PyslurmReader(SlurmReader):  # pragma: no cover
 
 # --- hostlist expressions -----------------------------------------------------------------
 
-_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
-_TRAILING_DIGITS = re.compile(r"(.*?)(\d+)")
+_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_TRAILING_DIGITS = re.compile(r"(.*?)([0-9]+)")
 _FORBIDDEN_IN_NAME = re.compile(r"[\[\],\s]")
 
 
