@@ -27,7 +27,7 @@ from clusterkit import proc
 from clusterkit.errors import ConfigureError
 from clusterkit.nodetools import NODE_TOOLS, entry_point
 from clusterkit.nodetools.cloud import LOCAL_SOCKET, ON_DEMAND, SPOT
-from clusterkit.plan import cluster_users, head_name, plan_nodes
+from clusterkit.plan import cluster_users, head_name, home_root, plan_nodes
 from clusterkit.render import render
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec, GroupSpec
@@ -90,6 +90,14 @@ class ClusterFiles:
     def cloud_config(self) -> Path:
         return self.rendered / "cloud.json"
 
+    @property
+    def spot_config(self) -> Path:
+        return self.rendered / "spot.json"
+
+    @property
+    def task_prolog(self) -> Path:
+        return self.rendered / "task-prolog"
+
 
 def shared_type(spec: ClusterSpec) -> str:
     if spec.shared_storage.type != "auto":
@@ -135,6 +143,8 @@ def ansible_vars(spec: ClusterSpec, state: ClusterState, trust: ClusterTrust) ->
         "ck_power_config_src": str(paths.power_config),
         "ck_prolog_src": str(paths.prolog),
         "ck_cloud_config_src": str(paths.cloud_config),
+        "ck_spot_config_src": str(paths.spot_config),
+        "ck_task_prolog_src": str(paths.task_prolog),
         "ck_users": users,
     }
 
@@ -270,6 +280,9 @@ def render_cluster_files(
     atomic_write(files.power_config, json.dumps(power_config(spec), indent=1) + "\n")
     cloud = cloud_config(spec, state.network)
     atomic_write(files.cloud_config, json.dumps(cloud, indent=1) + "\n")
+    spot = spot_config(spec)
+    atomic_write(files.spot_config, json.dumps(spot, indent=1) + "\n")
+    atomic_write(files.task_prolog, task_prolog(spec, spot["checkpoint_dir"]), mode=0o755)
     atomic_write(files.boot_script, boot_script(spec), mode=0o700)
     write_nodetools_archive(files.nodetools_archive)
 
@@ -301,6 +314,33 @@ def power_config(spec: ClusterSpec) -> dict[str, Any]:
             for g in spec.groups
         },
     }
+
+
+def spot_config(spec: ClusterSpec) -> dict[str, Any]:
+    """``SHARED/clusterkit/etc/spot.json``: what every node's Spot agent needs to know.
+
+    ``checkpoint_dir`` names a job's checkpoints: ``{user}`` and ``{job}`` are filled in per
+    job (by the agent here, by the TaskProlog in the job's environment).
+    """
+    shared = spec.shared_storage.mount_point
+    return {
+        "cluster": spec.name,
+        "checkpoint_dir": f"{home_root(spec)}/{{user}}/checkpoints/{spec.name}/{{job}}",
+        "events_dir": f"{shared}/clusterkit/events",
+        "signal": spec.spot.checkpoint_signal,
+        "signal_jobs": spec.spot.signal_jobs,
+        "grace_seconds": spec.spot.grace_seconds,
+        "requeue_margin_seconds": spec.spot.requeue_margin_seconds,
+        "max_restarts": spec.slurm.max_restarts,
+    }
+
+
+def task_prolog(spec: ClusterSpec, checkpoint_dir: str) -> str:
+    as_shell = checkpoint_dir.replace("{user}", "${SLURM_JOB_USER}").replace("{job}", "${job}")
+    return render(
+        "slurm/task-prolog.sh.j2", cluster=spec.name, checkpoint_dir=as_shell,
+        max_restarts=spec.slurm.max_restarts,
+    )  # fmt: skip
 
 
 def cloud_config(spec: ClusterSpec, network: dict[str, str] | None = None) -> dict[str, Any]:

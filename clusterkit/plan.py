@@ -49,10 +49,14 @@ class ClusterUser:
     home: str
 
 
+def home_root(spec: ClusterSpec) -> str:
+    return f"{spec.shared_storage.mount_point}/home"
+
+
 def cluster_users(spec: ClusterSpec) -> list[ClusterUser]:
-    home_root = f"{spec.shared_storage.mount_point}/home"
+    homes = home_root(spec)
     return [
-        ClusterUser(u.name, u.uid, u.gid if u.gid is not None else u.uid, f"{home_root}/{u.name}")
+        ClusterUser(u.name, u.uid, u.gid if u.gid is not None else u.uid, f"{homes}/{u.name}")
         for u in spec.users
     ]
 

@@ -211,6 +211,9 @@ def job_settings(spec: ClusterSpec) -> Settings:
         "JobRequeue": "1",
         # A node that was DOWN for any reason returns to service when its slurmd registers.
         "ReturnToService": "2",
+        # Gives every task CK_CHECKPOINT_DIR and CK_MAX_RESTARTS (a shell script: it runs
+        # before every task, so it must cost next to nothing).
+        "TaskProlog": task_prolog_path(spec),
         "MaxArraySize": str(spec.slurm.max_array_size),
         "MaxJobCount": str(spec.slurm.max_job_count),
     }
@@ -240,6 +243,10 @@ def throughput_settings() -> Settings:
         "SlurmctldDebug": "info",
         "SlurmdDebug": "info",
     }
+
+
+def task_prolog_path(spec: ClusterSpec) -> str:
+    return f"{spec.shared_storage.mount_point}/clusterkit/etc/task-prolog"
 
 
 def tools_dir(spec: ClusterSpec) -> str:

@@ -27,6 +27,8 @@ from clusterkit.errors import SpecError
 
 # DNS-label-like names: they become host names (NAME-head, GROUP-st-N) and file names.
 NAME_PATTERN = r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$"
+# Signals a job may catch to checkpoint (not ones that stop or kill it).
+CHECKPOINT_SIGNALS = ("USR1", "USR2", "HUP", "URG", "WINCH")
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=24)]
 GroupName = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=16)]
 PosInt = Annotated[int, Field(strict=True, ge=1)]
@@ -132,6 +134,30 @@ class SlurmSpec(_Model):
     extra: tuple[str, ...] = Field((), description="raw lines appended to slurm.conf")
 
 
+class SpotSpec(_Model):
+    """What the Spot agent does on an interruption notice (README: Spot interruptions)."""
+
+    checkpoint_signal: str = Field("USR1", description="signal asking jobs to checkpoint")
+    signal_jobs: Literal["ck-run", "all", "none"] = Field(
+        "ck-run",
+        description="ck-run: jobs run under ck-run; all: every job (scancel --full); none",
+    )
+    grace_seconds: PosInt = Field(
+        60, description="longest wait for checkpoints before requeueing (bounded by the notice)"
+    )
+    requeue_margin_seconds: NonNegInt = Field(
+        5, description="jobs are requeued at least this long before the instance ends"
+    )
+
+    @field_validator("checkpoint_signal")
+    @classmethod
+    def _signal(cls, v: str) -> str:
+        name = v.upper().removeprefix("SIG")
+        if name not in CHECKPOINT_SIGNALS:
+            raise ValueError(f"must be one of {', '.join(CHECKPOINT_SIGNALS)}")
+        return name
+
+
 class UserSpec(_Model):
     """A cluster user: same uid/gid on every node, home on shared storage."""
 
@@ -202,6 +228,7 @@ class ClusterSpec(_Model):
     groups: tuple[GroupSpec, ...] = Field(default_factory=_default_groups, min_length=1)
     shared_storage: SharedStorageSpec = Field(default_factory=SharedStorageSpec)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    spot: SpotSpec = Field(default_factory=SpotSpec)
     users: tuple[UserSpec, ...] = Field(default_factory=_default_users)
     local: LocalSpec = Field(default_factory=LocalSpec)
     aws: AwsSpec = Field(default_factory=AwsSpec)

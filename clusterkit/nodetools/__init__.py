@@ -16,6 +16,9 @@ NODE_TOOLS = {
     "ck-suspend": "clusterkit.nodetools.power:suspend_main",
     "ck-resume-fail": "clusterkit.nodetools.power:resume_fail_main",
     "ck-reconciler": "clusterkit.nodetools.reconciler",
+    "ck-spot-agent": "clusterkit.nodetools.spot",
+    "ck-checkpoint": "clusterkit.nodetools.checkpoint",
+    "ck-run": "clusterkit.nodetools.ckrun",
 }
 
 

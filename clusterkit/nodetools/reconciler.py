@@ -12,7 +12,8 @@ Each pass compares Slurm's nodes with the provider's instances and fixes what di
   replaced: jobs requeued, a fresh instance launched, its address given to Slurm.
 
 Deciding (``plan``) is separate from acting (``apply``), so the rules are tested on plain
-data. Every action is an event in the head's log.
+data. Every action is an event in the head's log. Each pass also follows the jobs that Spot
+agents requeued until they end (``jobwatch``), since Slurm soon forgets finished jobs.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from clusterkit.nodetools import events
+from clusterkit.nodetools import events, jobwatch
 from clusterkit.nodetools.cloud import Cloud, Instance, cloud_from_config, load_config
 from clusterkit.nodetools.power import PowerConfig, Scontrol, launch_group
+from clusterkit.nodetools.spot import CONFIG as SPOT_CONFIG
+from clusterkit.nodetools.spot import SpotConfig
 from clusterkit.slurm import SlurmNode, SlurmReader
 
 INTERVAL_SECONDS = 3.0
@@ -162,21 +166,32 @@ def _run(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
 
 
+def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
+    """Record what became of the jobs Spot agents requeued (one ``scontrol`` when any)."""
+    watch.follow(watch.new_events(events_dir))
+    if watch.following:
+        for found in watch.observe(jobwatch.snapshot()):
+            events.record("reconciler", found.pop("action"), **found)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ck-reconciler", description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=INTERVAL_SECONDS)
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--spot-config", type=Path, default=SPOT_CONFIG)
     args = parser.parse_args(argv)
     reconciler = Reconciler(PowerConfig.load())
     cloud = cloud_from_config(load_config())
     slurm = Scontrol()
     reader = SlurmReader.create(_run, local=True)
+    watch = jobwatch.JobWatch()
     events.record("reconciler", "started", interval=args.interval)
     last_error = ""
     while True:
         try:
             actions = reconciler.plan(reader.nodes(), cloud.describe(), time.time())
             reconciler.apply(actions, cloud, slurm)
+            follow_jobs(watch, Path(SpotConfig.load(args.spot_config).events_dir))
             last_error = ""
         except Exception as exc:  # noqa: BLE001 - a watchdog logs and tries again
             error = f"{type(exc).__name__}: {exc}"[-500:]

@@ -29,7 +29,7 @@ from clusterkit.spec import (
 
 REPO = Path(__file__).resolve().parents[2]
 
-TOP_KEYS = "name, provider, head, groups, shared_storage, slurm, users, local, aws"
+TOP_KEYS = "name, provider, head, groups, shared_storage, slurm, spot, users, local, aws"
 GROUP_KEYS = "name, instance_types, capacity, min, max, cpus, memory_mb, gpus, features, weight"
 
 
@@ -89,6 +89,12 @@ def test_minimal_spec_gets_every_default() -> None:
             "max_job_count": 200000,
             "max_restarts": 3,
             "extra": (),
+        },
+        "spot": {
+            "checkpoint_signal": "USR1",
+            "signal_jobs": "ck-run",
+            "grace_seconds": 60,
+            "requeue_margin_seconds": 5,
         },
         "users": ({"name": "ckuser", "uid": 2001, "gid": None, "ssh_public_keys": ()},),
         "local": {"subnet": "auto", "spot_notice_seconds": 10, "boot_delay_seconds": 0},

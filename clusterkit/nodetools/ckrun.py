@@ -1,0 +1,143 @@
+"""``ck-run``: run a job's program so that an interruption costs little and never loops.
+
+    ck-run [--max-restarts N] [--checkpoint-every SECONDS] [--signal USR1] -- PROGRAM ARGS...
+
+- On a restart (``SLURM_RESTART_COUNT`` > 0) it copies the job's newest checkpoint into the
+  working directory before the program starts (``--no-restore`` to leave that to the program)
+  and tells the program where it came from in ``CK_RESTORED_FROM``.
+- A job restarted more than N times (default: the cluster's ``slurm.max_restarts``) ends for
+  good: ck-run exits 3 without running the program, says why on stderr and in the job's
+  comment, and Slurm records the job FAILED.
+- The checkpoint signal (from the Spot agent on a notice, and every ``--checkpoint-every``
+  seconds) is passed on to the program's process group; so are SIGTERM and SIGINT.
+- It exits with the program's exit status (128 + N for a program ended by signal N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import FrameType
+
+from clusterkit.nodetools.checkpoint import CheckpointError, Checkpoints
+
+GAVE_UP_EXIT = 3
+DEFAULT_MAX_RESTARTS = 3
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ck-run",
+        description="Run PROGRAM with checkpoint signals forwarded, its newest checkpoint "
+        "restored on restart, and a limit on restarts.",
+        epilog="Example (batch script): exec ck-run --max-restarts 3 --checkpoint-every 60 "
+        "-- python3 simulate.py. PROGRAM saves a checkpoint when it gets the signal.",
+    )
+    parser.add_argument(
+        "--max-restarts", type=int, default=None,
+        help="restarts allowed before the job fails for good "
+        "(default: $CK_MAX_RESTARTS, the cluster's slurm.max_restarts)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-every", type=float, default=0.0, metavar="SECONDS",
+        help="also send the checkpoint signal every SECONDS (0: never)",
+    )  # fmt: skip
+    parser.add_argument("--signal", default="USR1", help="the checkpoint signal (default USR1)")
+    parser.add_argument(
+        "--no-restore", action="store_true",
+        help="do not copy the newest checkpoint into the working directory",
+    )  # fmt: skip
+    parser.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
+    args = parser.parse_args(argv)
+    if args.program[:1] == ["--"]:
+        args.program = args.program[1:]
+    if not args.program:
+        parser.error("give the program to run after --")
+    if args.max_restarts is None:
+        args.max_restarts = int(os.environ.get("CK_MAX_RESTARTS", DEFAULT_MAX_RESTARTS))
+    if args.max_restarts < 0 or args.checkpoint_every < 0:
+        parser.error("--max-restarts and --checkpoint-every must not be negative")
+    try:
+        args.signum = signal.Signals[f"SIG{args.signal.upper().removeprefix('SIG')}"]
+    except KeyError:
+        parser.error(f"--signal {args.signal}: not a signal name (for example USR1)")
+    return args
+
+
+def say(message: str) -> None:
+    print(f"ck-run: {message}", file=sys.stderr, flush=True)
+
+
+def give_up(restarts: int, limit: int) -> int:
+    job = os.environ.get("SLURM_JOB_ID", "")
+    reason = f"ck-run: restarted {restarts} times, more than the limit of {limit}; not run again"
+    say(reason.removeprefix("ck-run: "))
+    if job:
+        # Shown by squeue/scontrol; the head's watcher records it with the job's end.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["scontrol", "update", f"jobid={job}", f"comment={reason}"],
+                           capture_output=True, check=False, timeout=30)  # fmt: skip
+    return GAVE_UP_EXIT
+
+
+def restore(env: dict[str, str]) -> None:
+    try:
+        found = Checkpoints().restore(".")
+    except CheckpointError as exc:
+        say(f"no checkpoint restored: {exc}")
+        return
+    if found is None:
+        say("restart with no checkpoint yet: starting from scratch")
+        return
+    env["CK_RESTORED_FROM"] = found.location
+    say(f"restored checkpoint {found.seq} from {found.location}")
+
+
+def run(args: argparse.Namespace) -> int:
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if restarts > args.max_restarts:
+        return give_up(restarts, args.max_restarts)
+    env = dict(os.environ)
+    if restarts > 0 and not args.no_restore:
+        restore(env)
+    try:
+        child = subprocess.Popen(args.program, env=env, start_new_session=True)
+    except OSError as exc:
+        say(f"cannot start {args.program[0]}: {exc.strerror}")
+        return 127
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    for signum in {args.signum, signal.SIGTERM, signal.SIGINT}:
+        signal.signal(signum, forward)
+    stop = threading.Event()
+    if args.checkpoint_every > 0:
+        threading.Thread(
+            target=_every, args=(args.checkpoint_every, child.pid, args.signum, stop), daemon=True
+        ).start()
+    status = child.wait()
+    stop.set()
+    return status if status >= 0 else 128 - status
+
+
+def _every(seconds: float, pgid: int, signum: int, stop: threading.Event) -> None:
+    while not stop.wait(seconds):
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
