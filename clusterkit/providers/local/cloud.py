@@ -8,11 +8,21 @@ reconciler reach it over a Unix socket (``/var/lib/clusterkit/cloud/cloud.sock``
 - ``terminate`` {instance_ids} -> {}
 - ``describe`` -> {instances}: the cluster's live compute instances, static ones included
 - ``simulate`` {capacity?, fail?, boot_delay?} -> {simulation}: what ``clusterkit cloud`` sets
+- ``interrupt`` {node, instance_action, in_seconds} -> {node, instance_id, action, time}: a
+  simulated Spot interruption notice (``terminate|stop|hibernate``: the instance ends
+  ``in_seconds`` later) or a rebalance recommendation (``rebalance``), what ``clusterkit
+  interrupt`` sends (``instance_action``, EC2's word: ``action`` names the request)
 
 Like EC2 it can refuse: a capacity per instance type (and capacity kind) and a number of
 launches to fail with a given error code make the failure paths real. A boot delay holds each
 new node's boot script back, as a real instance takes time to boot. It launches nodes through
 ``LocalProvider``, so a dynamic node is exactly what ``up`` makes of a static one.
+
+It is also the cluster's instance metadata service (``imds``): on ``169.254.169.254:80`` on
+the cluster's bridge each node reads its own instance's metadata, and the notices sent by
+``interrupt``. Notices are kept with the instances, so a restarted service still shows them
+and still ends an instance whose time has come. Interruptions are logged, as the head logs
+its actions, in ``cloud/events.jsonl`` of the cluster's state directory.
 """
 
 from __future__ import annotations
@@ -34,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import ClusterkitError, ProviderError, StateError
+from clusterkit.nodetools import events
 from clusterkit.nodetools.cloud import LocalCloud
-from clusterkit.plan import NodePlan, plan_nodes
+from clusterkit.plan import NodePlan, head_name, plan_nodes
 from clusterkit.providers.base import NodeBoot
+from clusterkit.providers.local import imds, net
 from clusterkit.providers.local.node import alive, kill_pids
 from clusterkit.state import (
     ClusterState,
@@ -52,6 +64,10 @@ SOCKET_ROOT = Path("/run/clusterkit/cloud")
 IN_HEAD = Path("/var/lib/clusterkit/cloud")  # where the head sees the socket's directory
 MODULE = "clusterkit.providers.local.cloud"
 START_TIMEOUT_SECONDS = 10.0
+NOTICE_ACTIONS = ("terminate", "stop", "hibernate")  # what spot/instance-action may say
+REBALANCE = "rebalance"
+MAX_NOTICE_SECONDS = 86400.0
+EVENT_SOURCE = "cloud"
 
 
 def socket_dir(cluster: str) -> Path:
@@ -111,6 +127,21 @@ class Record:
         )  # fmt: skip
 
 
+@dataclass
+class Notice:
+    """What has been sent to one instance: an interruption notice, a rebalance recommendation.
+
+    Keyed by instance id, not node: a node launched again is a new instance, and the notice
+    (and the termination it announces) stays with the old one.
+    """
+
+    instance_id: str
+    node: str
+    action: str | None = None  # terminate | stop | hibernate, once a notice is sent
+    at: float | None = None  # when the instance ends
+    rebalance_at: float | None = None  # when a rebalance recommendation was sent
+
+
 class Refused(Exception):
     """A request the service turns down with an EC2-style error code."""
 
@@ -137,7 +168,9 @@ class CloudService:
         self.dir.mkdir(exist_ok=True)
         self.lock = threading.Lock()
         self.records: dict[str, Record] = self._load_records()
+        self.notices: dict[str, Notice] = self._load_notices()
         self.simulation = self._load_simulation()
+        self.events = self.dir / "events.jsonl"
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -147,9 +180,18 @@ class CloudService:
             return {}
         return {k: Record(**v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
 
+    def _load_notices(self) -> dict[str, Notice]:
+        path = self.dir / "notices.json"
+        if not path.exists():
+            return {}
+        return {k: Notice(**v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
     def _save_records(self) -> None:
+        """The instances and the notices sent to them (called with ``self.lock`` held)."""
         data = {k: asdict(v) for k, v in self.records.items()}
         atomic_write(self.dir / "instances.json", json.dumps(data, indent=1))
+        notices = {k: asdict(v) for k, v in self.notices.items()}
+        atomic_write(self.dir / "notices.json", json.dumps(notices, indent=1))
 
     def _load_simulation(self) -> Simulation:
         path = self.dir / "simulation.json"
@@ -173,6 +215,8 @@ class CloudService:
             return {"instances": [r.public() for r in self.describe()]}
         if action == "simulate":
             return {"simulation": self.simulate(**request)}
+        if action == "interrupt":
+            return self.interrupt(**request)
         raise Refused("InvalidAction", f"unknown action {action!r}")
 
     def launch(
@@ -189,6 +233,7 @@ class CloudService:
             old = [r for r in self.records.values() if r.node in {p.name for p in chosen}]
             for rec in old:
                 del self.records[rec.instance_id]
+                self.notices.pop(rec.instance_id, None)
             new = [self._reserve(p, instance_type, lifecycle) for p in chosen]
             self._save_records()
         self._stop([r.node_state("dynamic") for r in old])
@@ -287,6 +332,8 @@ class CloudService:
     def terminate(self, ids: list[str]) -> None:
         with self.lock:
             gone = [self.records.pop(i) for i in ids if i in self.records]
+            for i in ids:
+                self.notices.pop(i, None)
             self._save_records()
         statics = {n.instance_id: n for n in self._static_states()}
         self._stop(
@@ -312,18 +359,37 @@ class CloudService:
             mine = list(self.records.values())
         self._stop([r.node_state("dynamic") for r in dead])
         taken = {r.node for r in mine}
-        return mine + [self._static_record(n) for n in self._static_states() if n.name not in taken]
+        found = mine + [
+            self._static_record(n) for n in self._static_states() if n.name not in taken
+        ]
+        self._forget_notices({r.instance_id for r in found})
+        return found
 
-    def _static_states(self) -> list[NodeState]:
+    def _forget_notices(self, live: set[str]) -> None:
+        """Drop what was sent to instances gone by other means; a pending end stays: its
+        timer drops it."""
+        with self.lock:
+            stale = [i for i, n in self.notices.items() if i not in live and n.at is None]
+            for iid in stale:
+                del self.notices[iid]
+            if stale:
+                self._save_records()
+
+    def _static_states(self, state: ClusterState | None = None) -> list[NodeState]:
         """Static computes ``up`` launched, alive (from the cluster's state, read fresh)."""
-        try:
-            state = load_state(self.state.name)
-        except StateError:
+        state = state or self._fresh_state()
+        if state is None:
             return []
         return [
             n for n in state.nodes.values()
             if n.role == "compute" and n.instance_id and self._alive(n.pids)
         ]  # fmt: skip
+
+    def _fresh_state(self) -> ClusterState | None:
+        try:
+            return load_state(self.state.name)
+        except StateError:
+            return None
 
     def _static_record(self, node: NodeState) -> Record:
         group = next(g for g in self.spec.groups if g.name == node.group)
@@ -360,6 +426,152 @@ class CloudService:
             self._save_simulation()
             return asdict(sim)
 
+    # -- metadata and interruptions --------------------------------------------------------
+
+    def metadata(self, source: str) -> imds.InstanceMetadata | None:
+        """What the node at address ``source`` reads in its metadata; None: no node there."""
+        rec = self._instance_at(source)
+        if rec is None:
+            return None
+        with self.lock:
+            notice = self.notices.get(rec.instance_id)
+        action = None
+        if notice is not None and notice.action is not None and notice.at is not None:
+            action = (notice.action, notice.at)
+        return imds.InstanceMetadata(
+            instance_id=rec.instance_id, instance_type=rec.instance_type,
+            local_ipv4=rec.address, hostname=rec.node, lifecycle=rec.lifecycle,
+            instance_action=action, rebalance_at=notice.rebalance_at if notice else None,
+        )  # fmt: skip
+
+    def _instance_at(self, address: str) -> Record | None:
+        """The instance at ``address``: the service's own, else a static one, else the head."""
+        with self.lock:
+            mine = next((r for r in self.records.values() if r.address == address), None)
+        if mine is not None:
+            return mine
+        state = self._fresh_state()
+        if state is None:
+            return None
+        static = next((n for n in self._static_states(state) if n.address == address), None)
+        if static is not None:
+            return self._static_record(static)
+        head = state.nodes.get(head_name(self.state.name))
+        if head is not None and head.address == address and head.instance_id:
+            return self._head_record(head)
+        return None
+
+    def _head_record(self, node: NodeState) -> Record:
+        head = self.spec.head
+        return Record(
+            instance_id=node.instance_id or "", node=node.name, group="",
+            address=node.address or "", instance_type=head.instance_type,
+            lifecycle="spot" if head.capacity == "spot" else "on-demand",
+            launched_at=0.0, state="running", pids=node.pids, index=node.index,
+        )  # fmt: skip
+
+    def interrupt(self, node: str, instance_action: str, in_seconds: float = 0.0) -> dict[str, Any]:
+        """Send ``node``'s instance a Spot interruption notice, or a rebalance recommendation.
+
+        A notice ends the instance ``in_seconds`` later, as ``terminate`` would: by instance
+        id, so a node launched again meanwhile (a new instance) is left alone.
+        """
+        action = instance_action
+        rec = self._interruptible(node, action, in_seconds)
+        now = time.time()
+        with self.lock:
+            notice = self.notices.get(rec.instance_id) or Notice(rec.instance_id, node)
+            if action == REBALANCE:
+                notice.rebalance_at = now
+            elif notice.action is not None and notice.at is not None:
+                raise Refused(
+                    "IncorrectInstanceState",
+                    f"{node} ({rec.instance_id}) has a notice already: "
+                    f"{notice.action} at {imds.rfc3339(notice.at)}",
+                )
+            else:
+                notice.action, notice.at = action, now + in_seconds
+            self.notices[rec.instance_id] = notice
+            self._save_records()
+        if action == REBALANCE:
+            self._log("rebalance-sent", notice, REBALANCE)
+            return {"node": node, "instance_id": rec.instance_id, "action": action,
+                    "time": imds.rfc3339(now)}  # fmt: skip
+        self._log("spot-notice-sent", notice, action, action_time=imds.rfc3339(now + in_seconds))
+        self._schedule(notice)
+        return {"node": node, "instance_id": rec.instance_id, "action": action,
+                "time": imds.rfc3339(now + in_seconds), "in_seconds": in_seconds}  # fmt: skip
+
+    def _interruptible(self, node: str, action: str, in_seconds: float) -> Record:
+        """``node``'s running instance, if it may be interrupted so; else ``Refused``."""
+        if action not in (*NOTICE_ACTIONS, REBALANCE):
+            expected = ", ".join((*NOTICE_ACTIONS, REBALANCE))
+            raise Refused("InvalidParameterValue", f"action {action!r}: expected {expected}")
+        number = isinstance(in_seconds, int | float) and not isinstance(in_seconds, bool)
+        if not number or not 0 <= in_seconds <= MAX_NOTICE_SECONDS:
+            raise Refused(
+                "InvalidParameterValue",
+                f"in_seconds {in_seconds!r}: expected 0 to {MAX_NOTICE_SECONDS:g}",
+            )
+        if node == head_name(self.state.name):
+            raise Refused("UnsupportedOperation", f"{node} is the head node: never interrupted")
+        if node not in self.plans:
+            raise Refused(
+                "InvalidParameterValue", f"{node} is not a compute node of {self.state.name}"
+            )
+        rec = self._running_instance(node)
+        if rec is None:
+            raise Refused(
+                "IncorrectInstanceState",
+                f"{node} has no running instance (a powered-down node has none)",
+            )
+        return rec
+
+    def _running_instance(self, node: str) -> Record | None:
+        with self.lock:
+            mine = next((r for r in self.records.values() if r.node == node), None)
+        if mine is not None:
+            return mine if mine.state == "running" and self._alive(mine.pids) else None
+        static = next((n for n in self._static_states() if n.name == node), None)
+        return self._static_record(static) if static is not None else None
+
+    def resume_interruptions(self) -> None:
+        """Every notice sent before a restart still ends its instance (at once if overdue)."""
+        with self.lock:
+            pending = [n for n in self.notices.values() if n.at is not None]
+        for notice in pending:
+            self._schedule(notice)
+
+    def _schedule(self, notice: Notice) -> None:
+        delay = max(0.0, (notice.at or 0.0) - time.time())
+        timer = threading.Timer(delay, self._carry_out, args=(notice.instance_id,))
+        timer.daemon = True
+        timer.start()
+
+    def _carry_out(self, instance_id: str) -> None:
+        """End an instance whose notice has run out, exactly as ``terminate`` does."""
+        with self.lock:
+            notice = self.notices.get(instance_id)
+            live = instance_id in self.records
+        if notice is None or notice.action is None:
+            return  # ended by other means meanwhile (terminate dropped the notice)
+        live = live or any(n.instance_id == instance_id for n in self._static_states())
+        try:
+            self.terminate([instance_id])
+        except ClusterkitError as exc:
+            # It stays noted: the next start of the service tries again.
+            print(f"{time.strftime('%FT%T')} interruption of {instance_id} failed: {exc}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return
+        if live:
+            self._log("spot-terminated", notice, notice.action)
+
+    def _log(self, event: str, notice: Notice, action: str, **fields: Any) -> None:
+        events.record(
+            EVENT_SOURCE, event, path=self.events, node=notice.node,
+            instance_id=notice.instance_id, instance_action=action, **fields,
+        )  # fmt: skip
+
 
 def _delayed(boot: NodeBoot, delay: float) -> NodeBoot:
     """``boot`` whose boot script first waits ``delay`` seconds, as a slow instance would."""
@@ -395,11 +607,30 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 def serve(name: str) -> None:
     """Run cluster ``name``'s service until killed."""
     service = CloudService(name)
+    # The metadata service first: if it cannot listen, the service fails to start (and
+    # `up` says so) rather than answering on its socket without it.
+    metadata = _metadata_server(service)
+    threading.Thread(target=metadata.serve_forever, name="imds", daemon=True).start()
     path = socket_path(name)
     path.unlink(missing_ok=True)
     server = _Server(str(path), service)
     _share_with_slurm(path)
+    service.resume_interruptions()
     server.serve_forever()
+
+
+def _metadata_server(service: CloudService) -> imds.MetadataServer:
+    bridge = net.bridge_name(service.state.name)
+    try:
+        return imds.MetadataServer(
+            (imds.METADATA_ADDRESS, imds.METADATA_PORT), service.metadata, device=bridge
+        )
+    except OSError as exc:
+        raise ProviderError(
+            f"the metadata service of {service.state.name} cannot listen on "
+            f"{imds.METADATA_ADDRESS}:{imds.METADATA_PORT} on {bridge} ({exc}); "
+            f"`clusterkit up` puts the address on the bridge"
+        ) from exc
 
 
 def _share_with_slurm(path: Path) -> None:
@@ -500,7 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print(f"usage: python -m {MODULE} CLUSTER", file=sys.stderr)
         return 2
-    serve(args[0])
+    try:
+        serve(args[0])
+    except ClusterkitError as exc:
+        print(f"{time.strftime('%FT%T')} {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -9,12 +9,15 @@ The bridge's alias names its cluster, so a hash clash is refused instead of shar
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 from pathlib import Path
 
 from clusterkit import proc
 from clusterkit.errors import ProviderError
+from clusterkit.plan import gateway_address
+from clusterkit.providers.local.imds import METADATA_ADDRESS
 
 NETNS_DIR = Path("/run/netns")
 
@@ -96,7 +99,11 @@ def taken_networks() -> list[str]:
 
 
 def create_bridge(cluster: str, gateway: str) -> str:
-    """Create (or adopt, if it is this cluster's) the bridge with the gateway address."""
+    """Create (or adopt, if it is this cluster's) the bridge with the gateway address.
+
+    The bridge also holds the metadata service's address: the cluster's cloud service
+    listens there, bound to this bridge, so each cluster has its own metadata service.
+    """
     br = bridge_name(cluster)
     existing = {str(link["ifname"]): link for link in links()}
     if br in existing:
@@ -109,12 +116,17 @@ def create_bridge(cluster: str, gateway: str) -> str:
         proc.run(["ip", "link", "add", br, "type", "bridge"])
         proc.run(["ip", "link", "set", br, "alias", alias(cluster)])
     proc.run(["ip", "addr", "replace", f"{gateway}/24", "dev", br])
+    proc.run(["ip", "addr", "replace", f"{METADATA_ADDRESS}/32", "dev", br])
     proc.run(["ip", "link", "set", br, "up"])
     return br
 
 
 def create_node_net(cluster: str, node: str, index: int, address: str) -> None:
-    """A network namespace for ``node`` with ``eth0`` on the cluster bridge and ``lo`` up."""
+    """A network namespace for ``node`` with ``eth0`` on the cluster bridge and ``lo`` up.
+
+    Its only routes are the cluster's /24 and the metadata service's address, through the
+    bridge's gateway address: a node reaches its cluster and its metadata, nothing else.
+    """
     ns = netns_name(cluster, node)
     veth = veth_name(cluster, index)
     delete_node_net(cluster, node, index)  # a half-made node from a killed run starts over
@@ -142,6 +154,8 @@ def create_node_net(cluster: str, node: str, index: int, address: str) -> None:
     proc.run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
     proc.run(["ip", "-n", ns, "link", "set", "eth0", "up"])
     proc.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    gateway = gateway_address(str(ipaddress.ip_interface(f"{address}/24").network))
+    proc.run(["ip", "-n", ns, "route", "replace", f"{METADATA_ADDRESS}/32", "via", gateway])
 
 
 def delete_node_net(cluster: str, node: str, index: int | None = None) -> None:
