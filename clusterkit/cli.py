@@ -334,6 +334,64 @@ def _capacity(text: str) -> tuple[str, int | None]:
     return key, None if value == "unlimited" else int(value)
 
 
+@cli.command("interrupt")
+@click.argument("name")
+@click.argument("node")
+@click.option(
+    "--action", type=click.Choice(["terminate", "stop", "hibernate"]), default=None,
+    help="What the notice announces  [default: terminate]. Locally every one ends the "
+    "instance: a namespace cannot be stopped.",
+)  # fmt: skip
+@click.option(
+    "--in", "in_seconds", type=click.FloatRange(min=0, max=86400), default=None,
+    metavar="SECONDS", help="Lead time before the instance ends (EC2 gives 120 s)  "
+    "[default: the spec's local.spot_notice_seconds].",
+)  # fmt: skip
+@click.option(
+    "--rebalance", is_flag=True,
+    help="Send a rebalance recommendation instead: a warning only; nothing ends.",
+)  # fmt: skip
+@output_option
+def interrupt(  # noqa: PLR0917 - one parameter per option, as click passes them
+    name: str, node: str, action: str | None, in_seconds: float | None, rebalance: bool,
+    output: str,
+) -> None:  # fmt: skip
+    """Simulate a Spot interruption of compute NODE of local cluster NAME.
+
+    \b
+    What the node sees: its instance metadata (IMDSv2 at http://169.254.169.254) answers
+      /latest/meta-data/spot/instance-action
+    with {"action": "terminate", "time": "<when it ends>"} instead of 404, as EC2 warns a
+    Spot instance (EC2 gives 2 minutes; here the lead time is yours to choose).
+    \b
+    At the end of the lead time the instance is terminated, as EC2 reclaims it: its
+    processes are killed and its namespaces removed. Slurm then sees the node gone; the
+    head's reconciler replaces a static node with a new instance, and fails a dynamic one
+    so its jobs are requeued and it powers up again on fresh capacity when needed.
+    \b
+    With --rebalance the node sees /latest/meta-data/events/recommendations/rebalance
+    ({"noticeTime": ...}) instead, and nothing ends. The head cannot be interrupted.
+    \b
+      clusterkit interrupt demo compute-st-1 --in 5
+      clusterkit interrupt demo compute-dy-1 --action stop
+      clusterkit interrupt demo compute-st-1 --rebalance
+    Each notice is logged in the cluster's cloud/events.jsonl (under $CLUSTERKIT_HOME).
+    """
+    if rebalance and (action is not None or in_seconds is not None):
+        raise click.UsageError("--rebalance takes neither --action nor --in: nothing ends")
+    what = elastic.REBALANCE if rebalance else action or "terminate"
+    sent = elastic.interrupt(name, node, what, in_seconds)
+    if output == "json":
+        click.echo(json.dumps(dataclasses.asdict(sent), indent=2))
+    elif rebalance:
+        out.print(f"{sent.node} ({sent.instance_id}): rebalance recommendation sent at {sent.time}")
+    else:
+        out.print(
+            f"{sent.node} ({sent.instance_id}): spot notice '{sent.action}' sent; the instance "
+            f"ends at {sent.time} (in {sent.in_seconds:g} s)"
+        )
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("node", required=False)

@@ -364,3 +364,132 @@ def test_cloud_capacity_names_the_bad_value(
 def test_cloud_of_an_unknown_cluster(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["cloud", "nosuch"], capsys)
     assert code == 1 and "nosuch" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupt
+
+
+def write_cluster(name: str, provider: str = "local") -> None:
+    """A state as `up` leaves it, without any node or service (nothing answers)."""
+    from clusterkit.spec import parse_spec
+    from clusterkit.state import ClusterState
+
+    spec = parse_spec({"name": name, "groups": [{"name": "compute", "min": 1, "max": 2}]})
+    ClusterState(name=name, provider=provider, spec=spec.model_dump(mode="json")).save()
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--rebalance", "--action", "stop"], "--rebalance takes neither --action nor --in"),
+        (["--rebalance", "--in", "5"], "--rebalance takes neither --action nor --in"),
+        (["--in", "-1"], "--in"),
+        (["--in", "soon"], "--in"),
+        (["--action", "reboot"], "--action"),
+    ],
+)
+def test_interrupt_refuses_bad_arguments(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], args: list[str], problem: str
+) -> None:
+    code, _, err = run(["interrupt", "demo", "compute-st-1", *args], capsys)
+    assert code == 2 and problem in err
+
+
+def test_interrupt_needs_a_node(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["interrupt", "demo"], capsys)
+    assert code == 2 and "NODE" in err
+
+
+@pytest.mark.parametrize(
+    ("provider", "node", "message"),
+    [
+        ("local", "compute-st-9", "cluster 'demo' has no compute node 'compute-st-9'; "
+         "its computes: compute-st-1, compute-dy-1"),
+        ("local", "demo-head", "demo-head is the head of demo: only compute nodes"),
+        ("aws", "compute-st-1", "cluster 'demo' is on aws: only local clusters are interrupted"),
+        ("local", "compute-st-1", "the cloud service of demo did not answer"),
+    ],
+)  # fmt: skip
+def test_interrupt_errors_are_one_line(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], provider: str, node: str, message: str
+) -> None:
+    write_cluster("demo", provider)
+    code, out, err = run(["interrupt", "demo", node], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_interrupt_of_an_unknown_cluster(ck_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["interrupt", "nosuch", "compute-st-1"], capsys)
+    assert code == 1 and "nosuch" in err
+
+
+class FakeCloud:
+    """The cloud service's client: records calls, answers as the service does."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    def call(self, action: str, **params: object) -> dict[str, object]:
+        self.calls.append({"action": action, **params})
+        return {
+            "node": params["node"], "instance_id": "i-0abc", "action": params["instance_action"],
+            "time": "2026-11-22T12:00:00Z",
+        }  # fmt: skip
+
+
+@pytest.fixture
+def fake_cloud(monkeypatch: pytest.MonkeyPatch) -> FakeCloud:
+    from clusterkit.providers.local import cloud
+
+    fake = FakeCloud()
+    monkeypatch.setattr(cloud, "client", lambda name: fake)
+    return fake
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ([], {"instance_action": "terminate", "in_seconds": 10.0},
+         "compute-st-1 (i-0abc): spot notice 'terminate' sent; the instance ends at "
+         "2026-11-22T12:00:00Z (in 10 s)"),
+        (["--action", "hibernate", "--in", "2.5"], {"instance_action": "hibernate",
+         "in_seconds": 2.5}, "spot notice 'hibernate' sent; the instance ends at "
+         "2026-11-22T12:00:00Z (in 2.5 s)"),
+        (["--rebalance"], {"instance_action": "rebalance"},
+         "compute-st-1 (i-0abc): rebalance recommendation sent at 2026-11-22T12:00:00Z"),
+    ],
+)  # fmt: skip
+def test_interrupt_sends_and_prints_the_instance_and_time(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], fake_cloud: FakeCloud,
+    case: tuple[list[str], dict[str, object], str],
+) -> None:  # fmt: skip
+    args, sent, printed = case  # arguments, what the service gets, what is printed
+    write_cluster("demo")
+    code, out, err = run(["interrupt", "demo", "compute-st-1", *args], capsys)
+    assert code == 0, err
+    [call] = fake_cloud.calls
+    assert call["action"] == "interrupt" and call["node"] == "compute-st-1"
+    assert sent.items() <= call.items()
+    assert printed in out
+
+
+def test_interrupt_json(
+    ck_home: Path, capsys: pytest.CaptureFixture[str], fake_cloud: FakeCloud
+) -> None:
+    write_cluster("demo")
+    code, out, _ = run(["interrupt", "demo", "compute-dy-1", "--in", "3", "-o", "json"], capsys)
+    assert code == 0
+    assert json.loads(out) == {
+        "node": "compute-dy-1", "instance_id": "i-0abc", "action": "terminate",
+        "time": "2026-11-22T12:00:00Z", "in_seconds": 3.0,
+    }  # fmt: skip
+
+
+def test_interrupt_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["interrupt", "--help"], capsys)
+    assert code == 0
+    for words in ("spot/instance-action", "169.254.169.254", "processes are killed",
+                  "events/recommendations/rebalance", "local.spot_notice_seconds"):  # fmt: skip
+        assert words in " ".join(out.split()), words
