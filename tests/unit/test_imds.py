@@ -387,3 +387,14 @@ def test_a_node_launched_again_meanwhile_is_left_alone(ck_home: Path, service: S
     assert service.service.notices == {}
     seen = service.service.metadata(f"{SUBNET}.3")
     assert seen is not None and seen.instance_id == "i-new" and seen.instance_action is None
+
+
+def test_a_launch_that_fails_unexpectedly_leaves_no_pending_record(service: Service) -> None:
+    def broken(plans: object) -> None:
+        raise ImportError("half-installed")
+
+    service.service._boots = broken  # type: ignore[method-assign,assignment]
+    with pytest.raises(ImportError):
+        service.service.launch("compute", ["compute-dy-1"], "c7i.large", "spot")
+    assert service.service.records == {}
+    assert service.service.metadata(f"{SUBNET}.4") is None

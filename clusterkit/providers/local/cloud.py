@@ -237,9 +237,13 @@ class CloudService:
             new = [self._reserve(p, instance_type, lifecycle) for p in chosen]
             self._save_records()
         self._stop([r.node_state("dynamic") for r in old])
-        boots = self._boots(chosen)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            started = list(pool.map(lambda r: self._start(r, boots[r.node]), new))
+        try:
+            boots = self._boots(chosen)
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                started = list(pool.map(lambda r: self._start(r, boots[r.node]), new))
+        except BaseException:
+            self._unreserve(new)
+            raise
         with self.lock:
             for rec in started:
                 if rec.state != "running":
@@ -291,6 +295,14 @@ class CloudService:
         )  # fmt: skip
         self.records[rec.instance_id] = rec
         return rec
+
+    def _unreserve(self, records: list[Record]) -> None:
+        """Forget records a failed launch left pending: ``describe`` would show them forever."""
+        with self.lock:
+            for rec in records:
+                if rec.state == "pending":
+                    self.records.pop(rec.instance_id, None)
+            self._save_records()
 
     def _boots(self, plans: list[NodePlan]) -> dict[str, NodeBoot]:
         """What each node boots with: what ``up`` gives a static node, plus the boot delay."""
@@ -593,7 +605,9 @@ class _Handler(socketserver.StreamRequestHandler):
             reply = {"error": {"code": exc.code, "message": exc.message}}
         except Exception as exc:  # noqa: BLE001 - the caller gets the error, the service lives
             reply = {"error": {"code": "InternalError", "message": f"{type(exc).__name__}: {exc}"}}
-        self.wfile.write(json.dumps(reply).encode())
+        # ``start`` only checks that the socket answers: it leaves without reading.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(json.dumps(reply).encode())
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
