@@ -37,6 +37,7 @@ class JobInfo:
     restarts: int
     nodes: str
     comment: str = ""
+    reason: str = ""
 
 
 @dataclass
@@ -68,6 +69,13 @@ class JobWatch:
                               "restarts": info.restarts})  # fmt: skip
                 self.following[job_id] = info.restarts
         return found
+
+    def held(self, jobs: dict[str, JobInfo]) -> list[str]:
+        """Followed jobs Slurm holds after their requeue (the agent could not release them)."""
+        return [
+            j for j in self.following
+            if j in jobs and jobs[j].state == "PENDING" and jobs[j].reason == "BeginTime"
+        ]  # fmt: skip
 
     def new_events(self, directory: Path) -> list[dict[str, Any]]:
         """Events appended to the agents' files since the last call."""
@@ -106,6 +114,7 @@ def parse_jobs(text: str) -> dict[str, JobInfo]:
         jobs[job_id] = JobInfo(
             id=job_id, state=fields.get("JobState", ""), restarts=int(fields.get("Restarts", 0)),
             nodes=fields.get("NodeList", ""), comment=_comment(line),
+            reason=fields.get("Reason", ""),
         )  # fmt: skip
     return jobs
 

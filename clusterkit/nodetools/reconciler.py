@@ -149,6 +149,9 @@ class Reconciler:
         for group, members in self.config.by_group(action.nodes).items():
             made, error = launch_group(cloud, group, members, self.config.options[group])
             slurm.set_addresses(made)
+            # A fresh instance: whatever drained the old one (a Spot notice, the DOWN above)
+            # does not apply to it. Slurm keeps a drain across a new slurmd's registration.
+            slurm.update([i.node for i in made], state="RESUME")
             if error is not None:
                 events.record("reconciler", "replace failed", nodes=members, error=error.code,
                               detail=error.message)  # fmt: skip
@@ -169,9 +172,15 @@ def _run(argv: list[str]) -> str:
 def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
     """Record what became of the jobs Spot agents requeued (one ``scontrol`` when any)."""
     watch.follow(watch.new_events(events_dir))
-    if watch.following:
-        for found in watch.observe(jobwatch.snapshot()):
-            events.record("reconciler", found.pop("action"), **found)
+    if not watch.following:
+        return
+    jobs = jobwatch.snapshot()
+    for job in watch.held(jobs):
+        # Eligible now, not after Slurm's 121 s (a job whose agent died with its node).
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"],
+                       capture_output=True, check=False, timeout=30)  # fmt: skip
+    for found in watch.observe(jobs):
+        events.record("reconciler", found.pop("action"), **found)
 
 
 def main(argv: list[str] | None = None) -> int:

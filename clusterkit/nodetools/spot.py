@@ -146,12 +146,31 @@ class SlurmOps:
         proc.run(["scancel", "--full", f"--signal={signame}", job], check=False)
 
     def requeue(self, job: str) -> bool:
-        done = proc.run(["scontrol", "requeue", job], check=False)
-        if done.returncode != 0:
-            return False
-        # Eligible at once: Slurm would otherwise hold a requeued job for 121 s.
-        proc.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=False)
-        return True
+        return proc.run(["scontrol", "requeue", job], check=False).returncode == 0
+
+    def release(self, jobs: Sequence[str], timeout: float = 15.0) -> None:
+        """Make requeued jobs eligible at once: Slurm would hold them for 121 s.
+
+        ``scontrol requeue`` returns before the job is back in the queue, and an update of
+        its start time before then is lost: each job is released once it is PENDING.
+        """
+        waiting = set(jobs)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            out = proc.run(["squeue", "-h", "-j", ",".join(sorted(waiting)), "-o", "%i %T %r"],
+                           check=False).stdout  # fmt: skip
+            found = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line}
+            for job in list(waiting):
+                state = found.get(job)
+                if state is None or state[0] == "RUNNING":
+                    waiting.discard(job)  # ended, or already running again
+                elif state[0] == "PENDING":
+                    if state[1:] == ["BeginTime"]:
+                        proc.run(["scontrol", "update", f"jobid={job}", "starttime=now"],
+                                 check=False)  # fmt: skip
+                    waiting.discard(job)
+            if waiting:
+                time.sleep(0.2)
 
     def cancel(self, job: str) -> None:
         proc.run(["scancel", job], check=False)
@@ -283,6 +302,7 @@ class Handler:
         return newest.time if newest else None
 
     def _requeue(self, notice: Notice, saved: dict[str, float], base: dict[str, Any]) -> None:
+        requeued: list[str] = []
         for job in self.slurm.jobs_on(notice.node):
             if job.restarts >= self.config.max_restarts:
                 self.slurm.cancel(job.id)
@@ -294,11 +314,14 @@ class Handler:
             done_at = saved.get(job.id) or self._latest_checkpoint(job)
             # Work since the newest checkpoint of this run (or since it started) is lost.
             since = max(done_at or job.start, job.start)
-            requeued = self.slurm.requeue(job.id)
-            self.record("spot-agent", "requeued" if requeued else "requeue-failed", **base,
+            ok = self.slurm.requeue(job.id)
+            if ok:
+                requeued.append(job.id)
+            self.record("spot-agent", "requeued" if ok else "requeue-failed", **base,
                         job=job.id, restarts=job.restarts + 1, user=job.user,
                         checkpoint=events.utc(done_at) if done_at else None,
                         lost_seconds=round(max(0.0, now - since), 1))  # fmt: skip
+        self.slurm.release(requeued)
 
     def undrain_if_replaced(self, node: str, instance_id: str) -> bool:
         """Resume ``node`` if a notice for an earlier instance left it drained."""

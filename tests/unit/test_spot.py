@@ -45,6 +45,9 @@ class FakeSlurm:
         self.jobs = [j for j in self.jobs if j.id != job]
         return True
 
+    def release(self, jobs: list[str]) -> None:
+        self.calls.append(("release", *jobs))
+
     def cancel(self, job: str) -> None:
         self.calls.append(("cancel", job))
         self.jobs = [j for j in self.jobs if j.id != job]
@@ -102,7 +105,7 @@ def test_notice_drains_then_requeues_with_the_reason(config: SpotConfig) -> None
         "w-dy-1",
         f"spot:terminate at {spot._stamp(clock.now + 120)} (i-abc)",
     )
-    assert ("requeue", "7") in slurm.calls
+    assert slurm.calls[1:] == [("requeue", "7"), ("release", "7")]
     assert actions(recorded) == ["notice", "drained", "requeued", "handled"]
     requeued = recorded[2]
     # Nothing signalled (not under ck-run), no checkpoint: the whole run so far is lost.
@@ -284,6 +287,15 @@ def test_watch_records_restart_then_end() -> None:
     assert ended == [{"action": "failed", "job": "7", "state": "FAILED", "restarts": 1,
                       "comment": "ck-run: restarted 3 times, more than the limit"}]  # fmt: skip
     assert watch.following == {}
+
+
+def test_watch_finds_followed_jobs_slurm_still_holds() -> None:
+    watch = jobwatch.JobWatch()
+    watch.follow([{"action": "requeued", "job": "7", "restarts": 1}])
+    held = jobwatch.parse_jobs(SHOW_JOB.format(state="PENDING", restarts=1, comment="x")
+                               .replace("Reason=None", "Reason=BeginTime"))  # fmt: skip
+    assert watch.held(held) == ["7"]
+    assert watch.held(show("PENDING", 1)) == []
 
 
 def test_watch_notes_a_job_slurm_forgot() -> None:
