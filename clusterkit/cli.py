@@ -27,6 +27,8 @@ from rich.table import Table
 from clusterkit import __version__, elastic
 from clusterkit import cluster as lib
 from clusterkit.cli_pack import pack as pack_group
+from clusterkit.cli_spot import events as events_command
+from clusterkit.cli_spot import spot_report as spot_report_command
 from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
@@ -504,6 +506,8 @@ def init(path: Path, name: str, force: bool) -> None:
 
 
 cli.add_command(pack_group)
+cli.add_command(events_command)
+cli.add_command(spot_report_command)
 
 
 def _split_remote(args: list[str]) -> tuple[list[str], list[str] | None]:
