@@ -82,6 +82,7 @@ class RunningJob:
     user: str
     start: float  # when this run started
     restarts: int
+    batch_host: str = ""  # the node running the batch script (the first of the job's nodes)
 
 
 def parse_notice(node: str, instance_id: str, data: dict[str, Any]) -> Notice:
@@ -125,12 +126,12 @@ class SlurmOps:
 
     def jobs_on(self, node: str) -> list[RunningJob]:
         out = proc.run(
-            ["squeue", "-h", "-w", node, "-t", "RUNNING,CONFIGURING", "-o", "%i|%u|%S"]
+            ["squeue", "-h", "-w", node, "-t", "RUNNING,CONFIGURING", "-o", "%i|%u|%S|%B"]
         ).stdout
         jobs = []
         for line in out.splitlines():
-            job, user, start = line.split("|")
-            jobs.append(RunningJob(job, user, _epoch(start), self._restarts(job)))
+            job, user, start, batch_host = line.split("|")
+            jobs.append(RunningJob(job, user, _epoch(start), self._restarts(job), batch_host))
         return jobs
 
     def _restarts(self, job: str) -> int:
@@ -304,6 +305,8 @@ class Handler:
     def _requeue(self, notice: Notice, saved: dict[str, float], base: dict[str, Any]) -> None:
         requeued: list[str] = []
         for job in self.slurm.jobs_on(notice.node):
+            if self._left_to_batch_host(job, notice.node):
+                continue
             if job.restarts >= self.config.max_restarts:
                 self.slurm.cancel(job.id)
                 self.record("spot-agent", "gave-up", **base, job=job.id, restarts=job.restarts,
@@ -322,6 +325,13 @@ class Handler:
                         checkpoint=events.utc(done_at) if done_at else None,
                         lost_seconds=round(max(0.0, now - since), 1))  # fmt: skip
         self.slurm.release(requeued)
+
+    def _left_to_batch_host(self, job: RunningJob, node: str) -> bool:
+        """A job on several interrupted nodes is requeued once, by its batch host's agent:
+        two requeues at once would count two restarts."""
+        if not job.batch_host or job.batch_host == node:
+            return False
+        return self.slurm.node_reason(job.batch_host).startswith(REASON_PREFIX)
 
     def undrain_if_replaced(self, node: str, instance_id: str) -> bool:
         """Resume ``node`` if a notice for an earlier instance left it drained."""

@@ -46,11 +46,12 @@ class Clusterkit:
         return {**os.environ, "CLUSTERKIT_HOME": str(self.home)}
 
     def run(
-        self, *args: str, check: bool = True, timeout: float = 120
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [CK, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+            [CK, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
+            check=False, input=input,
+        )  # fmt: skip
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"clusterkit {' '.join(args)} exited {proc.returncode}\n"

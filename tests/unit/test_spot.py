@@ -189,6 +189,22 @@ def test_waiting_ends_once_the_signalled_job_has_saved(config: SpotConfig) -> No
     assert store.latest().seq == 2  # type: ignore[union-attr]
 
 
+def test_a_job_on_several_interrupted_nodes_is_requeued_by_its_batch_host(
+    config: SpotConfig,
+) -> None:
+    clock = Clock()
+    job = RunningJob("7", "ann", clock.now, 0, batch_host="n1")
+    slurm = FakeSlurm([job], reason="spot:terminate at 2026-11-22T10:00:00Z (i-1)")
+    handler, _ = make(config, slurm, clock, {})
+    handler.handle(Notice("n2", "i-2", "terminate", clock.now + 60))
+    assert ("requeue", "7") not in slurm.calls  # n1's agent does it
+    handler.handle(Notice("n1", "i-1", "terminate", clock.now + 60))
+    assert ("requeue", "7") in slurm.calls
+    slurm.jobs, slurm.reason = [RunningJob("8", "ann", clock.now, 0, batch_host="n1")], ""
+    handler.handle(Notice("n2", "i-2", "terminate", clock.now + 60))
+    assert ("requeue", "8") in slurm.calls  # n1 not interrupted: n2's agent requeues it
+
+
 def test_signal_all_uses_scancel_for_every_job(config: SpotConfig) -> None:
     clock = Clock()
     slurm = FakeSlurm([RunningJob("7", "ann", clock.now, 0)])
