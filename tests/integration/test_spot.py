@@ -162,7 +162,8 @@ def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> N
     for kind, job in jobs.items():
         assert ended(cluster, job)["action"] == "completed", kind  # type: ignore[index]
         out = head(cluster, f"cat {HOME}/{kind}-{job}.out")
-        assert out.split() == ["run", "1", "done"], (kind, out)  # from scratch, once more
+        mine = [e for e in spot_events(cluster) if e.get("job") == job]
+        assert out.split() == ["run", "1", "done"], (kind, out, mine)  # from scratch, once more
 
 
 def test_a_job_past_its_restart_limit_fails_with_the_reason(cluster: Clusterkit) -> None:
