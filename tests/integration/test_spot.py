@@ -162,8 +162,11 @@ def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> N
     for kind, job in jobs.items():
         assert ended(cluster, job)["action"] == "completed", kind  # type: ignore[index]
         out = head(cluster, f"cat {HOME}/{kind}-{job}.out")
-        mine = [e for e in spot_events(cluster) if e.get("job") == job]
-        assert out.split() == ["run", "1", "done"], (kind, out, mine)  # from scratch, once more
+        # From scratch once per requeue: more than one when a job restarted on a node whose
+        # notice was still to come (this test interrupts one node after the other).
+        requeues = [e for e in spot_events(cluster) if e["action"] == "requeued"
+                    and e.get("job") == job]  # fmt: skip
+        assert requeues and out.split() == ["run", str(len(requeues)), "done"], (kind, out)
 
 
 def test_a_job_past_its_restart_limit_fails_with_the_reason(cluster: Clusterkit) -> None:
