@@ -27,7 +27,7 @@ from clusterkit.plan import head_name
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
-NOTICE_ACTIONS = ("terminate", "stop", "hibernate")
+JOB_ENDS = ("completed", "failed", "vanished")  # what the reconciler records of a job's end
 
 
 def events_dir(state: ClusterState) -> str:
@@ -94,42 +94,51 @@ class SpotReport:
 def report(found: Sequence[dict[str, Any]]) -> SpotReport:
     """The sums of a cluster's events (see the module's docstring)."""
     rep = SpotReport()
+    _count_notices(rep, found)
+    _count_jobs(rep, found)
+    return rep
+
+
+def _count_notices(rep: SpotReport, found: Sequence[dict[str, Any]]) -> None:
     sent = {e.get("instance_id"): e for e in found if e.get("action") == "spot-notice-sent"}
-    outcome: dict[str, str] = {}  # job -> requeued | completed | failed | gave-up
     for e in found:
-        action, source = e.get("action"), e.get("source")
-        if source == "spot-agent" and action == "notice":
+        if e.get("source") != "spot-agent":
+            continue
+        if e.get("action") == "notice":
             if e.get("spot_action") == "rebalance":
                 rep.rebalances += 1
             else:
                 rep.interruptions += 1
-        elif source == "spot-agent" and action == "drained":
+        elif e.get("action") == "drained":
             rep.drain_seconds.append(_drain_seconds(e, sent.get(e.get("instance"))))
-        elif source == "spot-agent" and action == "handled":
+        elif e.get("action") == "handled":
             rep.notices_handled += 1
             rep.notices_requeued_in_time += float(e.get("left_seconds", -1)) >= 0
-        elif action == "requeued":
+
+
+def _count_jobs(rep: SpotReport, found: Sequence[dict[str, Any]]) -> None:
+    outcome: dict[str, str] = {}  # job -> requeued | completed | failed | vanished | gave-up
+    restarts: dict[str, int] = {}  # job -> Slurm's restart count, the highest seen
+    for e in found:
+        job, action = str(e.get("job")), e.get("action")
+        if action == "requeued":
             rep.requeues += 1
-            lost = float(e.get("lost_seconds", 0.0))
-            rep.lost_seconds += lost
-            rep.lost_seconds_max = max(rep.lost_seconds_max, lost)
-            outcome[str(e.get("job"))] = "requeued"
+            rep.lost_seconds += float(e.get("lost_seconds", 0.0))
+            rep.lost_seconds_max = max(rep.lost_seconds_max, float(e.get("lost_seconds", 0.0)))
+            outcome[job] = "requeued"
         elif action == "gave-up":
-            outcome[str(e.get("job"))] = "gave-up"
-        elif source == "reconciler" and action == "restarted":
-            rep.restarts += 1
-        elif source == "reconciler" and action in ("completed", "failed", "vanished"):
-            job = str(e.get("job"))
-            if job in outcome:
-                outcome[job] = {"completed": "completed", "failed": "failed"}.get(
-                    str(action), "vanished"
-                )
+            outcome[job] = "gave-up"
+        elif e.get("source") == "reconciler" and action in (*JOB_ENDS, "restarted"):
+            # A restart seen only at the job's end (its run was short) still counts.
+            restarts[job] = max(restarts.get(job, 0), int(e.get("restarts", 0)))
+            if action in JOB_ENDS and job in outcome:
+                outcome[job] = str(action)
     rep.jobs_requeued = len(outcome)
+    rep.restarts = sum(restarts.get(job, 0) for job in outcome)
     rep.jobs_recovered = sum(1 for v in outcome.values() if v == "completed")
     rep.jobs_failed = sum(1 for v in outcome.values() if v in ("failed", "gave-up"))
     rep.jobs_given_up = sum(1 for v in outcome.values() if v == "gave-up")
     rep.jobs_unfinished = sum(1 for v in outcome.values() if v in ("requeued", "vanished"))
-    return rep
 
 
 def _drain_seconds(drained: dict[str, Any], sent: dict[str, Any] | None) -> float:
