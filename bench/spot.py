@@ -99,9 +99,9 @@ def run_wave(home: Path, tag: str, jobs: int, rng: random.Random | None) -> tupl
     return time.monotonic() - start, sent
 
 
-def answers_exact(home: Path, tag: str, jobs: int) -> int:
-    """How many tasks printed the exact answer of their seed."""
-    exact = 0
+def wrong_answers(home: Path, tag: str, jobs: int) -> dict[str, str]:
+    """Tasks whose last answer is not the exact answer of their seed: task -> its output."""
+    wrong = {}
     for i in range(jobs):
         out = on_head(home, f"cat {HOME}/{tag}-{i}.out")
         want = subprocess.run(
@@ -110,8 +110,9 @@ def answers_exact(home: Path, tag: str, jobs: int) -> int:
             capture_output=True, text=True, check=True,
         ).stdout.split()[1:3]  # fmt: skip
         got = [line.split()[1:3] for line in out.splitlines() if line.startswith("answer ")]
-        exact += got[-1:] == [want]
-    return exact
+        if got[-1:] != [want]:
+            wrong[str(i)] = out
+    return wrong
 
 
 @dataclass
@@ -122,15 +123,19 @@ class Results:
     notices_sent: int
     exact_answers: int
     report: dict[str, Any]
+    wrong: dict[str, str]  # task -> output, for every answer that is not exact
+    events: list[dict[str, Any]]  # the chaos run's Spot events (evidence for a failure)
 
 
 def measure(home: Path, jobs: int, seed: int) -> Results:
     base, _ = run_wave(home, "calm", jobs, None)
     chaos, sent = run_wave(home, "chaos", jobs, random.Random(seed))  # noqa: S311 - chaos, not secrets
     time.sleep(8)  # the reconciler records the last jobs' ends
-    exact = answers_exact(home, "chaos", jobs)
+    wrong = wrong_answers(home, "chaos", jobs)
     report = json.loads(ck(home, "spot-report", NAME, "-o", "json"))
-    return Results(jobs, base, chaos, sent, exact, report)
+    found = ck(home, "events", NAME, "--spot", "-o", "json")
+    spot_events = [json.loads(line) for line in found.splitlines() if line.strip()]
+    return Results(jobs, base, chaos, sent, jobs - len(wrong), report, wrong, spot_events)
 
 
 def show(r: Results) -> bool:

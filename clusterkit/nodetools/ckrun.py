@@ -9,7 +9,8 @@
   good: ck-run exits 3 without running the program, says why on stderr and in the job's
   comment, and Slurm records the job FAILED.
 - The checkpoint signal (from the Spot agent on a notice, and every ``--checkpoint-every``
-  seconds) is passed on to the program's process group; so are SIGTERM and SIGINT.
+  seconds) is passed on to the program's processes that handle it: one still starting, whose
+  handler is not in place yet, would be killed by it. SIGTERM and SIGINT go to them all.
 - It exits with the program's exit status (128 + N for a program ended by signal N).
 """
 
@@ -112,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         return 127
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        if signum == args.signum:
+            ask_checkpoint(child.pid, signum)
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signum)
 
@@ -127,12 +131,59 @@ def run(args: argparse.Namespace) -> int:
     return status if status >= 0 else 128 - status
 
 
+def ask_checkpoint(pgid: int, signum: int) -> int:
+    """Send the checkpoint signal to the program's processes that handle it; how many got it.
+
+    A process that neither catches nor ignores it would be killed by it: a program that has
+    not installed its handler yet (still starting) is left alone, not ended.
+    """
+    ready = handlers_of(pgid, signum)
+    for pid in ready:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    if not ready:
+        say(f"{signal.Signals(signum).name} not passed on: the program does not handle it (yet)")
+    return len(ready)
+
+
+def handlers_of(pgid: int, signum: int, proc_root: str = "/proc") -> list[int]:
+    """Pids in process group ``pgid`` that catch or ignore ``signum``."""
+    bit = 1 << (signum - 1)
+    found = []
+    for entry in os.scandir(proc_root):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"{entry.path}/stat", encoding="utf-8") as fh:
+                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+                pgrp = int(fh.read().rsplit(")", 1)[1].split()[2])
+            if pgrp != pgid:
+                continue
+            masks = _signal_masks(f"{entry.path}/status")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if (masks.get("SigCgt", 0) | masks.get("SigIgn", 0)) & bit:
+            found.append(int(entry.name))
+    return found
+
+
+def _signal_masks(path: str) -> dict[str, int]:
+    masks = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("SigCgt", "SigIgn"):
+                masks[key] = int(value.strip(), 16)
+    return masks
+
+
 def _every(seconds: float, pgid: int, signum: int, stop: threading.Event) -> None:
     while not stop.wait(seconds):
         try:
-            os.killpg(pgid, signum)
+            os.getpgid(pgid)
         except ProcessLookupError:
             return
+        ask_checkpoint(pgid, signum)
 
 
 def main(argv: list[str] | None = None) -> int:

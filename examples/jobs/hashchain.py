@@ -39,15 +39,16 @@ def answer(steps: int, seed: str) -> tuple[str, int]:
 
 
 def run(steps: int, seed: str, pause: float) -> None:
-    from clusterkit.nodetools.checkpoint import Checkpoints  # on the cluster's shared storage
+    # The handler first: ck-run passes the signal on only to a program that handles it.
+    wanted: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda *_: wanted.append(1))
+    from clusterkit.nodetools.checkpoint import Checkpoints  # noqa: PLC0415 - --check needs none
 
     ck = Checkpoints()
     state = ck.load_json() or {"step": 0, "digest": hashlib.sha256(seed.encode()).hexdigest(),
                                "total": 0}
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     print(f"start at step {state['step']} of {steps} (restart {restarts})", flush=True)
-    wanted = []
-    signal.signal(signal.SIGUSR1, lambda *_: wanted.append(1))
     digest, total = bytes.fromhex(state["digest"]), state["total"]
     for n in range(state["step"], steps):
         digest, total = step(digest, total)

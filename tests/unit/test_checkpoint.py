@@ -137,6 +137,32 @@ def test_ck_run_forwards_the_checkpoint_signal(tmp_path: Path) -> None:
     assert (tmp_path / "signalled").read_text() == "1"
 
 
+def test_ck_run_spares_a_program_that_does_not_handle_the_signal_yet(tmp_path: Path) -> None:
+    # The program sets its handler only after a while, as one still importing would.
+    (tmp_path / "late.py").write_text(textwrap.dedent(
+        """
+        import signal, time
+        from pathlib import Path
+        Path("started").write_text("")
+        time.sleep(1.5)
+        got = []
+        signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+        Path("ready").write_text("")
+        while not got:
+            time.sleep(0.05)
+        """
+    ))  # fmt: skip
+    argv = [sys.executable, "-m", "clusterkit.nodetools.ckrun", "--", sys.executable, "late.py"]
+    child = subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "started")
+    child.send_signal(signal.SIGUSR1)  # too early: not passed on, the program lives
+    wait_for(tmp_path / "ready")
+    child.send_signal(signal.SIGUSR1)
+    _, err = child.communicate(timeout=20)
+    assert child.returncode == 0
+    assert "SIGUSR1 not passed on: the program does not handle it (yet)" in err
+
+
 def test_ck_run_signals_every_interval(tmp_path: Path) -> None:
     child = ck_run(tmp_path, "--checkpoint-every", "0.5", wait=15)
     assert child.wait(timeout=10) == 0
