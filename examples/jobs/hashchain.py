@@ -45,8 +45,11 @@ def run(steps: int, seed: str, pause: float) -> None:
     from clusterkit.nodetools.checkpoint import Checkpoints  # noqa: PLC0415 - --check needs none
 
     ck = Checkpoints()
-    state = ck.load_json() or {"step": 0, "digest": hashlib.sha256(seed.encode()).hexdigest(),
-                               "total": 0}
+    state = ck.load_json() or {
+        "step": 0,
+        "digest": hashlib.sha256(seed.encode()).hexdigest(),
+        "total": 0,
+    }
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
     print(f"start at step {state['step']} of {steps} (restart {restarts})", flush=True)
     digest, total = bytes.fromhex(state["digest"]), state["total"]
