@@ -34,7 +34,7 @@ from common import table
 NAME = "ckbenchspot"
 LEAD = 8
 CHECKPOINT_EVERY = 4
-STEPS = 60
+STEPS = 150
 CK = str(Path(sys.executable).with_name("clusterkit"))
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jobs" / "hashchain.py"
 HOME = "/shared/home/ckuser"
