@@ -84,15 +84,17 @@ def run_wave(home: Path, tag: str, jobs: int, rng: random.Random | None) -> tupl
     tasks = submit_all(home, tag, jobs)
     array = tasks[0].split("_")[0]
     sent = 0
-    noticed: set[str] = set()  # a drained node runs no new job; its name comes back later
+    noticed: dict[str, float] = {}  # node -> when; its name returns as a new instance later
     next_at = start + (rng.uniform(6, 14) if rng else 0)
     while on_head(home, f"squeue -h -j {array}").strip():
         if rng and time.monotonic() >= next_at:
-            busy = sorted(set(running(home, array).values()) - noticed)
+            now = time.monotonic()
+            gone = {n for n, at in noticed.items() if now - at < LEAD + 5}  # still ending
+            busy = sorted(set(running(home, array).values()) - gone)
             if busy:
                 node = rng.choice(busy)
                 ck(home, "interrupt", NAME, node, "--in", str(LEAD))
-                noticed.add(node)
+                noticed[node] = now
                 sent += 1
             next_at = time.monotonic() + rng.uniform(6, 14)
         time.sleep(1)
