@@ -145,6 +145,7 @@ def ansible_vars(spec: ClusterSpec, state: ClusterState, trust: ClusterTrust) ->
         "ck_cloud_config_src": str(paths.cloud_config),
         "ck_spot_config_src": str(paths.spot_config),
         "ck_task_prolog_src": str(paths.task_prolog),
+        "ck_spot_events": events_queue(spec, state.network) is not None,
         "ck_users": users,
     }
 
@@ -280,7 +281,7 @@ def render_cluster_files(
     atomic_write(files.power_config, json.dumps(power_config(spec), indent=1) + "\n")
     cloud = cloud_config(spec, state.network)
     atomic_write(files.cloud_config, json.dumps(cloud, indent=1) + "\n")
-    spot = spot_config(spec)
+    spot = spot_config(spec, state.network)
     atomic_write(files.spot_config, json.dumps(spot, indent=1) + "\n")
     atomic_write(files.task_prolog, task_prolog(spec, spot["checkpoint_dir"]), mode=0o755)
     atomic_write(files.boot_script, boot_script(spec), mode=0o700)
@@ -316,7 +317,7 @@ def power_config(spec: ClusterSpec) -> dict[str, Any]:
     }
 
 
-def spot_config(spec: ClusterSpec) -> dict[str, Any]:
+def spot_config(spec: ClusterSpec, network: dict[str, str] | None = None) -> dict[str, Any]:
     """``SHARED/clusterkit/etc/spot.json``: what every node's Spot agent needs to know.
 
     ``checkpoint_dir`` names a job's checkpoints: ``{user}`` and ``{job}`` are filled in per
@@ -332,6 +333,20 @@ def spot_config(spec: ClusterSpec) -> dict[str, Any]:
         "grace_seconds": spec.spot.grace_seconds,
         "requeue_margin_seconds": spec.spot.requeue_margin_seconds,
         "max_restarts": spec.slurm.max_restarts,
+        "events_queue": events_queue(spec, network or {}),
+    }
+
+
+def events_queue(spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any] | None:
+    """The SQS queue the head's ``ck-spot-events`` reads: the spec's, else (aws) the
+    cluster's own; None when there is none."""
+    url = spec.spot.events_queue_url or network.get("queue_url")
+    if not url:
+        return None
+    return {
+        "url": url,
+        "region": spec.spot.events_region or network.get("region") or None,
+        "endpoint_url": spec.spot.events_endpoint_url or network.get("endpoint_url") or None,
     }
 
 

@@ -148,6 +148,11 @@ class SpotSpec(_Model):
     requeue_margin_seconds: NonNegInt = Field(
         5, description="jobs are requeued at least this long before the instance ends"
     )
+    events_queue_url: str | None = Field(
+        None, description="an SQS queue of EC2 interruption events (aws: the cluster's own)"
+    )
+    events_region: str | None = Field(None, description="the queue's region")
+    events_endpoint_url: str | None = Field(None, description="another SQS endpoint")
 
     @field_validator("checkpoint_signal")
     @classmethod

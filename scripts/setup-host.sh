@@ -10,6 +10,7 @@ packages=(
     munge slurm-wlm slurm-client                      # Slurm itself
     openmpi-bin libopenmpi-dev                        # MPI across nodes (mpirun, mpicc)
     python3 python3-venv python3-jinja2               # the venv; node tools on nodes' python3
+    python3-boto3                                     # the head's SQS consumer of EC2 events
     parallel                                          # bench/htc.py's GNU parallel baseline
 )
 

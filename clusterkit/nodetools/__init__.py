@@ -17,6 +17,7 @@ NODE_TOOLS = {
     "ck-resume-fail": "clusterkit.nodetools.power:resume_fail_main",
     "ck-reconciler": "clusterkit.nodetools.reconciler",
     "ck-spot-agent": "clusterkit.nodetools.spot",
+    "ck-spot-events": "clusterkit.nodetools.spot_events",
     "ck-checkpoint": "clusterkit.nodetools.checkpoint",
     "ck-run": "clusterkit.nodetools.ckrun",
 }

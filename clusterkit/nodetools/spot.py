@@ -59,6 +59,7 @@ class SpotConfig:
     grace_seconds: float = 60.0
     requeue_margin_seconds: float = 5.0
     max_restarts: int = 3
+    events_queue: dict[str, Any] | None = None  # the head's SQS queue of EC2 events, if any
 
     @staticmethod
     def load(path: Path = CONFIG) -> SpotConfig:
