@@ -183,8 +183,9 @@ def test_a_job_past_its_restart_limit_fails_with_the_reason(cluster: Clusterkit)
 
 
 def test_only_the_array_tasks_on_the_interrupted_node_are_requeued(cluster: Clusterkit) -> None:
+    # Long enough that every task still runs once the last one has found a node.
     array = submit(cluster, "-c2 --array=0-3 -o arr-%a.out "
-                   "--wrap 'echo run $SLURM_RESTART_COUNT; sleep 15'")  # fmt: skip
+                   "--wrap 'echo run ${SLURM_RESTART_COUNT:-0}; sleep 40'")  # fmt: skip
     for task in range(4):
         wait_running(cluster, f"{array}_{task}")
     interrupt(cluster, running_on(cluster, f"{array}_1"))
@@ -205,8 +206,10 @@ def test_notices_for_an_idle_node_and_a_node_powering_up(cluster: Clusterkit) ->
     # An idle static node: drained, its instance ends, a fresh one is back in service.
     interrupt(cluster, "compute-st-1")
     wait_for("the notice handled", lambda: has_event(cluster, "handled", node="compute-st-1"))
-    wait_for("the static node back in service", lambda: head(
-        cluster, "sinfo -h -N -n compute-st-1 -o %t").split() == ["idle"], timeout=120)  # fmt: skip
+    # One line per partition the node is in.
+    states = "sinfo -h -N -n compute-st-1 -o %t"
+    wait_for("the static node back in service",
+             lambda: set(head(cluster, states).split()) == {"idle"}, timeout=120)  # fmt: skip
     # A dynamic node still booting when the notice comes: its job still runs, elsewhere or
     # on a fresh instance, and the node goes back to rest.
     cluster.run("cloud", NAME, "--boot-delay", "5")
