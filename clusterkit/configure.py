@@ -354,7 +354,7 @@ def task_prolog(spec: ClusterSpec, checkpoint_dir: str) -> str:
     as_shell = checkpoint_dir.replace("{user}", "${SLURM_JOB_USER}").replace("{job}", "${job}")
     return render(
         "slurm/task-prolog.sh.j2", cluster=spec.name, checkpoint_dir=as_shell,
-        max_restarts=spec.slurm.max_restarts,
+        max_restarts=spec.slurm.max_restarts, checkpoint_signal=spec.spot.checkpoint_signal,
     )  # fmt: skip
 
 

@@ -211,8 +211,8 @@ def job_settings(spec: ClusterSpec) -> Settings:
         "JobRequeue": "1",
         # A node that was DOWN for any reason returns to service when its slurmd registers.
         "ReturnToService": "2",
-        # Gives every task CK_CHECKPOINT_DIR and CK_MAX_RESTARTS (a shell script: it runs
-        # before every task, so it must cost next to nothing).
+        # Gives every task CK_CHECKPOINT_DIR, CK_MAX_RESTARTS and CK_CHECKPOINT_SIGNAL (a
+        # shell script: it runs before every task, so it must cost next to nothing).
         "TaskProlog": task_prolog_path(spec),
         "MaxArraySize": str(spec.slurm.max_array_size),
         "MaxJobCount": str(spec.slurm.max_job_count),

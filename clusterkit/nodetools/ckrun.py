@@ -48,7 +48,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--checkpoint-every", type=float, default=0.0, metavar="SECONDS",
         help="also send the checkpoint signal every SECONDS (0: never)",
     )  # fmt: skip
-    parser.add_argument("--signal", default="USR1", help="the checkpoint signal (default USR1)")
+    parser.add_argument(
+        "--signal", default=os.environ.get("CK_CHECKPOINT_SIGNAL", "USR1"),
+        help="the checkpoint signal (default: $CK_CHECKPOINT_SIGNAL, the cluster's "
+        "spot.checkpoint_signal; else USR1)",
+    )  # fmt: skip
     parser.add_argument(
         "--no-restore", action="store_true",
         help="do not copy the newest checkpoint into the working directory",

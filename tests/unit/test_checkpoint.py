@@ -199,3 +199,43 @@ def test_ck_run_refuses_bad_options(tmp_path: Path) -> None:
     child = ck_run(tmp_path, "--signal", "NOPE")
     _, err = child.communicate(timeout=20)
     assert child.returncode == 2 and "not a signal name" in err
+
+
+def test_ck_run_takes_the_clusters_checkpoint_signal(tmp_path: Path) -> None:
+    (tmp_path / "usr2.py").write_text(textwrap.dedent(
+        """
+        import signal, time
+        from pathlib import Path
+        got = []
+        signal.signal(signal.SIGUSR2, lambda *_: got.append(1))
+        Path("ready").write_text("")
+        while not got:
+            time.sleep(0.05)
+        """
+    ))  # fmt: skip
+    argv = [sys.executable, "-m", "clusterkit.nodetools.ckrun", "--", sys.executable, "usr2.py"]
+    env = {**os.environ, "CK_CHECKPOINT_SIGNAL": "USR2"}
+    child = subprocess.Popen(argv, cwd=tmp_path, env=env)
+    wait_for(tmp_path / "ready")
+    child.send_signal(signal.SIGUSR2)
+    assert child.wait(timeout=20) == 0
+
+
+def test_the_task_prolog_names_each_jobs_checkpoint_dir() -> None:
+    from clusterkit.configure import spot_config, task_prolog
+    from clusterkit.spec import parse_spec
+
+    spec = parse_spec({"name": "demo", "spot": {"checkpoint_signal": "USR2"}})
+    script = task_prolog(spec, spot_config(spec)["checkpoint_dir"])
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_USER": "ann", "SLURM_JOB_ID": "12"}
+    plain = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                           check=True).stdout.splitlines()  # fmt: skip
+    assert plain == [
+        "export CK_CHECKPOINT_DIR=/shared/home/ann/checkpoints/demo/12",
+        "export CK_MAX_RESTARTS=3",
+        "export CK_CHECKPOINT_SIGNAL=USR2",
+    ]
+    array = {**env, "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "2"}
+    out = subprocess.run(["sh", "-c", script], env=array, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert "export CK_CHECKPOINT_DIR=/shared/home/ann/checkpoints/demo/10_2\n" in out
