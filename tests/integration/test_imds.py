@@ -118,6 +118,8 @@ def test_an_interruption_notice_then_the_end_of_the_instance(cluster: Clusterkit
         "the node's namespace to go", lambda: not net.netns_path(NAME, "compute-st-1").exists()
     )
     log = cluster.cluster_dir(NAME) / "cloud" / "events.jsonl"
+    # The service records the end once the instance is gone: a moment after the namespace.
+    wait_for("the end recorded", lambda: "spot-terminated" in log.read_text(encoding="utf-8"))
     events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert [(e["action"], e["instance_id"]) for e in events] == [
         ("spot-notice-sent", sent["instance_id"]), ("spot-terminated", sent["instance_id"]),
