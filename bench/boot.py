@@ -1,0 +1,123 @@
+"""Benchmark of the compute boot script: from its start to slurmd registered with slurmctld.
+
+    .venv/bin/python bench/boot.py [--trials N] [--json PATH]
+
+The boot script is the one an EC2 node runs as user-data; here a local node runs it when
+Slurm powers it up (``ck-resume`` asks the cluster's cloud service for an instance, which
+starts the node's namespaces and sshd, then its boot script). Per trial, timed on the head:
+``scontrol update state=POWER_UP`` of a powered-down node, until sinfo shows it idle. The
+resume program's ``launch`` event says when the instance was up and its boot script began.
+
+Figures: boot script start -> registered (target <= 3 s, from the AWS-provider issue),
+against the baseline of the same run's launch (namespaces and sshd, no boot script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common import table
+
+NAME = "ckbenchboot"
+NODE = "compute-dy-1"
+CK = str(Path(sys.executable).with_name("clusterkit"))
+SPEC = {
+    "name": NAME,
+    "groups": [{"name": "compute", "min": 0, "max": 1, "cpus": 1, "memory_mb": 1024}],
+    "slurm": {"suspend_time": 300, "suspend_timeout": 5, "resume_timeout": 60},
+}
+# One trial on the head: power the node up, wait until it is idle, then print the time it
+# became idle and the resume program's launch event (when the boot script began).
+TRIAL = rf"""
+until [ "$(sinfo -h -N -n {NODE} -p compute -o %t)" = "idle~" ]; do sleep 0.1; done
+scontrol update nodename={NODE} state=POWER_UP
+until [ "$(sinfo -h -N -n {NODE} -p compute -o %t)" = idle ]; do sleep 0.02; done
+date +%s.%N
+grep '"action":"launch"' /var/log/clusterkit/events.jsonl | tail -1
+scontrol update nodename={NODE} state=POWER_DOWN_FORCE
+"""
+
+
+def ck(home: Path, *args: str, timeout: float = 600) -> str:
+    env = {**os.environ, "CLUSTERKIT_HOME": str(home)}
+    done = subprocess.run([CK, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"clusterkit {' '.join(args)}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+@dataclass
+class Results:
+    boot_s: list[float]  # boot script start -> registered
+    launch_s: list[float]  # the baseline: the instance's launch (namespaces, sshd)
+
+
+def trial(home: Path) -> tuple[float, float]:
+    out = ck(home, "ssh", NAME, "--", TRIAL).strip().splitlines()
+    idle_at, launch = float(out[0]), json.loads(out[1])
+    launched_at = _epoch(launch["time"])
+    return idle_at - launched_at, float(launch["seconds"])
+
+
+def _epoch(stamp: str) -> float:
+    main, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+
+
+def show(r: Results) -> bool:
+    boot, launch = statistics.median(r.boot_s), statistics.median(r.launch_s)
+    worst = max(r.boot_s)
+    rows = [
+        ["figure", "value", "baseline", "ratio", "target", "verdict"],
+        ["boot script start -> slurmd registered (median)", f"{boot:.2f}s",
+         f"{launch:.2f}s (launch)", f"{boot / launch:.1f}x", "<= 3 s", _ok(boot <= 3)],
+        ["boot script start -> slurmd registered (worst)", f"{worst:.2f}s", "-", "-",
+         "<= 3 s", _ok(worst <= 3)],
+    ]  # fmt: skip
+    print(table(rows))
+    return worst <= 3
+
+
+def _ok(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("boot: needs root (namespaces, bridges)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ck-bench-boot-") as tmp:
+        home = Path(tmp)
+        spec = home / "spec.yaml"
+        spec.write_text(json.dumps(SPEC), encoding="utf-8")
+        try:
+            ck(home, "up", "-f", str(spec))
+            results = Results([], [])
+            for _ in range(args.trials):
+                boot, launch = trial(home)
+                results.boot_s.append(boot)
+                results.launch_s.append(launch)
+        finally:
+            ck(home, "down", NAME)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
+    return 0 if show(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
