@@ -65,7 +65,11 @@ class Clusterkit:
             "groups": [{"name": "compute", "min": computes, "max": computes}],
             **extra,
         }
-        path = self.home / f"{name}.yaml"
+        return self.write_spec(doc)
+
+    def write_spec(self, doc: dict[str, Any]) -> Path:
+        """The spec ``doc`` as a file under this home, named after its cluster."""
+        path = self.home / f"{doc['name']}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
         return path

@@ -37,9 +37,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def cluster(ck: Clusterkit) -> Iterator[Clusterkit]:
-    path = ck.home / f"{NAME}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(SPEC), encoding="utf-8")
+    path = ck.write_spec(SPEC)
     ck.run("up", "-f", str(path), timeout=600)
     yield ck
     ck.run("down", NAME)

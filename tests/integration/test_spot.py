@@ -35,9 +35,7 @@ HOME = "/shared/home/ckuser"
 
 @pytest.fixture(scope="module")
 def cluster(ck: Clusterkit) -> Iterator[Clusterkit]:
-    path = ck.home / f"{NAME}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(SPEC), encoding="utf-8")
+    path = ck.write_spec(SPEC)
     ck.run("up", "-f", str(path), timeout=600)
     ck.run("ssh", NAME, "--", f"cat > {HOME}/hashchain.py && chown ckuser: {HOME}/hashchain.py",
            input=EXAMPLE.read_text(encoding="utf-8"))  # fmt: skip

@@ -47,9 +47,7 @@ def world(ck: Clusterkit) -> Iterator[tuple[Clusterkit, Any, Any]]:
         "spot": {"events_queue_url": f"{endpoint}/123456789012/{QUEUE}",
                  "events_region": REGION, "events_endpoint_url": endpoint},
     }  # fmt: skip
-    path = ck.home / f"{NAME}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec), encoding="utf-8")
+    path = ck.write_spec(spec)
     ck.run("up", "-f", str(path), timeout=600)
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
     server.start()
