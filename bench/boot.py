@@ -15,22 +15,19 @@ against the baseline of the same run's launch (namespaces and sshd, no boot scri
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import table
+from common import ck, local_cluster, table
+
+from clusterkit.nodetools.spot import parse_time
 
 NAME = "ckbenchboot"
 NODE = "compute-dy-1"
-CK = str(Path(sys.executable).with_name("clusterkit"))
 SPEC = {
     "name": NAME,
     "groups": [{"name": "compute", "min": 0, "max": 1, "cpus": 1, "memory_mb": 1024}],
@@ -48,15 +45,6 @@ scontrol update nodename={NODE} state=POWER_DOWN_FORCE
 """
 
 
-def ck(home: Path, *args: str, timeout: float = 600) -> str:
-    env = {**os.environ, "CLUSTERKIT_HOME": str(home)}
-    done = subprocess.run([CK, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"clusterkit {' '.join(args)}: {done.stderr.strip()[-500:]}")
-    return done.stdout
-
-
 @dataclass
 class Results:
     boot_s: list[float]  # boot script start -> registered
@@ -66,13 +54,8 @@ class Results:
 def trial(home: Path) -> tuple[float, float]:
     out = ck(home, "ssh", NAME, "--", TRIAL).strip().splitlines()
     idle_at, launch = float(out[0]), json.loads(out[1])
-    launched_at = _epoch(launch["time"])
+    launched_at = parse_time(launch["time"])
     return idle_at - launched_at, float(launch["seconds"])
-
-
-def _epoch(stamp: str) -> float:
-    main, _, frac = stamp.rstrip("Z").partition(".")
-    return calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
 
 
 def show(r: Results) -> bool:
@@ -101,19 +84,12 @@ def main() -> int:
     if os.geteuid() != 0:
         print("boot: needs root (namespaces, bridges)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="ck-bench-boot-") as tmp:
-        home = Path(tmp)
-        spec = home / "spec.yaml"
-        spec.write_text(json.dumps(SPEC), encoding="utf-8")
-        try:
-            ck(home, "up", "-f", str(spec))
-            results = Results([], [])
-            for _ in range(args.trials):
-                boot, launch = trial(home)
-                results.boot_s.append(boot)
-                results.launch_s.append(launch)
-        finally:
-            ck(home, "down", NAME)
+    with local_cluster(SPEC, "ck-bench-boot-") as home:
+        results = Results([], [])
+        for _ in range(args.trials):
+            boot, launch = trial(home)
+            results.boot_s.append(boot)
+            results.launch_s.append(launch)
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
     return 0 if show(results) else 1

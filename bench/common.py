@@ -1,8 +1,44 @@
-"""What the benchmarks share: a timed command's outcome, and the results table."""
+"""What the benchmarks share: the CLI, a cluster for one run, a timed command's outcome,
+and the results table."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CK = str(Path(sys.executable).with_name("clusterkit"))
+
+
+def ck(home: Path, *args: str, stdin: str | None = None, timeout: float = 600) -> str:
+    """``clusterkit ARGS`` with ``home`` as CLUSTERKIT_HOME; its stdout, or RuntimeError."""
+    env = {**os.environ, "CLUSTERKIT_HOME": str(home)}
+    done = subprocess.run([CK, *args], env=env, capture_output=True, text=True, input=stdin,
+                          timeout=timeout, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"clusterkit {' '.join(args)}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+@contextmanager
+def local_cluster(spec: dict[str, Any], prefix: str) -> Iterator[Path]:
+    """A cluster of ``spec`` in a home of its own, up for the block and always down after."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        home = Path(tmp)
+        path = home / "spec.yaml"
+        path.write_text(json.dumps(spec), encoding="utf-8")
+        try:
+            ck(home, "up", "-f", str(path))
+            yield home
+        finally:
+            ck(home, "down", str(spec["name"]))
 
 
 @dataclass(frozen=True)

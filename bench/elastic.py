@@ -22,21 +22,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common import table
+from common import ck, local_cluster, table
 
 from clusterkit.providers.local import net
 
 NAME = "ckbenchel"
 SUSPEND_TIME = 5
-CK = str(Path(sys.executable).with_name("clusterkit"))
 SPEC = {
     "name": NAME,
     "groups": [
@@ -52,16 +49,6 @@ job=$(runuser -u ckuser -- sbatch --parsable {args} --wrap 'sleep 2')
 until [ "$(squeue -h -j $job -o %T)" = RUNNING ]; do sleep 0.05; done
 echo "$(date +%s.%N) - $start" | bc
 """
-
-
-def ck(home: Path, *args: str, timeout: float = 600) -> str:
-    env = {**os.environ, "CLUSTERKIT_HOME": str(home)}
-    done = subprocess.run(
-        [CK, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"clusterkit {' '.join(args)}: {done.stderr.strip()[-500:]}")
-    return done.stdout
 
 
 def on_head(home: Path, script: str) -> str:
@@ -144,15 +131,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("elastic: needs root (namespaces, bridges)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="ck-bench-elastic-") as tmp:
-        home = Path(tmp)
-        spec = home / "spec.yaml"
-        spec.write_text(json.dumps(SPEC), encoding="utf-8")
-        try:
-            ck(home, "up", "-f", str(spec))
-            results = measure(home, args.trials)
-        finally:
-            ck(home, "down", NAME)
+    with local_cluster(SPEC, "ck-bench-elastic-") as home:
+        results = measure(home, args.trials)
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
     return 0 if report(results) else 1

@@ -23,19 +23,17 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from common import table
+from common import ck, local_cluster, table
 
 NAME = "ckbenchspot"
 LEAD = 8
 CHECKPOINT_EVERY = 4
 STEPS = 150
-CK = str(Path(sys.executable).with_name("clusterkit"))
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jobs" / "hashchain.py"
 HOME = "/shared/home/ckuser"
 SPEC = {
@@ -46,15 +44,6 @@ SPEC = {
     "spot": {"grace_seconds": 10},
     "local": {"spot_notice_seconds": LEAD},
 }  # fmt: skip
-
-
-def ck(home: Path, *args: str, stdin: str | None = None, timeout: float = 600) -> str:
-    env = {**os.environ, "CLUSTERKIT_HOME": str(home)}
-    done = subprocess.run([CK, *args], env=env, capture_output=True, text=True, input=stdin,
-                          timeout=timeout, check=False)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"clusterkit {' '.join(args)}: {done.stderr.strip()[-500:]}")
-    return done.stdout
 
 
 def on_head(home: Path, script: str, user: str = "root") -> str:
@@ -179,17 +168,10 @@ def main() -> int:
     if os.geteuid() != 0:
         print("spot: needs root (namespaces, bridges)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="ck-bench-spot-") as tmp:
-        home = Path(tmp)
-        spec = home / "spec.yaml"
-        spec.write_text(json.dumps(SPEC), encoding="utf-8")
-        try:
-            ck(home, "up", "-f", str(spec))
-            ck(home, "ssh", NAME, "--", f"cat > {HOME}/hashchain.py && chown ckuser: "
-               f"{HOME}/hashchain.py", stdin=EXAMPLE.read_text(encoding="utf-8"))  # fmt: skip
-            results = measure(home, args.jobs, args.seed)
-        finally:
-            ck(home, "down", NAME)
+    with local_cluster(SPEC, "ck-bench-spot-") as home:
+        ck(home, "ssh", NAME, "--", f"cat > {HOME}/hashchain.py && chown ckuser: "
+           f"{HOME}/hashchain.py", stdin=EXAMPLE.read_text(encoding="utf-8"))  # fmt: skip
+        results = measure(home, args.jobs, args.seed)
     if args.json:
         args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
     return 0 if show(results) else 1
