@@ -25,6 +25,8 @@ import sys
 import threading
 from types import FrameType
 
+from clusterkit import proc
+from clusterkit.errors import CommandError
 from clusterkit.nodetools.checkpoint import CheckpointError, Checkpoints
 
 GAVE_UP_EXIT = 3
@@ -84,9 +86,9 @@ def give_up(restarts: int, limit: int) -> int:
     say(reason.removeprefix("ck-run: "))
     if job:
         # Shown by squeue/scontrol; the head's watcher records it with the job's end.
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["scontrol", "update", f"jobid={job}", f"comment={reason}"],
-                           capture_output=True, check=False, timeout=30)  # fmt: skip
+        with contextlib.suppress(CommandError):
+            proc.run(["scontrol", "update", f"jobid={job}", f"comment={reason}"], check=False,
+                     timeout=30)  # fmt: skip
     return GAVE_UP_EXIT
 
 

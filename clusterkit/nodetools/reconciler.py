@@ -30,7 +30,7 @@ from clusterkit.nodetools import events, jobwatch
 from clusterkit.nodetools.cloud import Cloud, Instance, cloud_from_config, load_config
 from clusterkit.nodetools.power import PowerConfig, Scontrol, launch_group
 from clusterkit.nodetools.spot import CONFIG as SPOT_CONFIG
-from clusterkit.nodetools.spot import SpotConfig
+from clusterkit.nodetools.spot import SlurmOps, SpotConfig
 from clusterkit.slurm import SlurmNode, SlurmReader
 
 INTERVAL_SECONDS = 3.0
@@ -175,10 +175,8 @@ def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
     if not watch.following:
         return
     jobs = jobwatch.snapshot()
-    for job in watch.held(jobs):
-        # Eligible now, not after Slurm's 121 s (a job whose agent died with its node).
-        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"],
-                       capture_output=True, check=False, timeout=30)  # fmt: skip
+    # Eligible now, not after Slurm's 121 s (a job whose agent died with its node).
+    SlurmOps().release(watch.held(jobs))
     for found in watch.observe(jobs):
         events.record("reconciler", found.pop("action"), **found)
 
