@@ -135,6 +135,11 @@ class SlurmOps:
             jobs.append(RunningJob(job, user, _epoch(start), self._restarts(job), batch_host))
         return jobs
 
+    def job_ids_on(self, node: str) -> set[str]:
+        """Ids of the jobs still on ``node``: one ``squeue``, for the wait loop."""
+        out = proc.run(["squeue", "-h", "-w", node, "-t", "RUNNING,CONFIGURING", "-o", "%i"])
+        return set(out.stdout.split())
+
     def _restarts(self, job: str) -> int:
         out = proc.run(["scontrol", "show", "job", "-o", job], check=False).stdout
         for word in out.split():
@@ -291,7 +296,7 @@ class Handler:
                     self.record("spot-agent", "checkpointed", **base, job=job.id,
                                 seconds_after_signal=round(newest - asked, 3))  # fmt: skip
             if waiting:
-                still = {j.id for j in self.slurm.jobs_on(base["node"])}
+                still = self.slurm.job_ids_on(base["node"])
                 waiting = {k: v for k, v in waiting.items() if k in still}
                 self.sleep(0.5)
         return saved

@@ -37,6 +37,9 @@ class FakeSlurm:
     def jobs_on(self, node: str) -> list[RunningJob]:
         return list(self.jobs)
 
+    def job_ids_on(self, node: str) -> set[str]:
+        return {j.id for j in self.jobs}
+
     def signal_all(self, job: str, signame: str) -> None:
         self.calls.append(("signal", job, signame))
 
