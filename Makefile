@@ -35,6 +35,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd clusterkit/playbooks && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint site.yml
+	cd clusterkit/images/aws && PATH="$(abspath $(VENV))/bin:$$PATH" \
+		ANSIBLE_ROLES_PATH=../../playbooks/roles ansible-lint -c ../../playbooks/.ansible-lint bake.yml
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -7,7 +7,6 @@ its traceback to a file under ``$CLUSTERKIT_HOME/logs`` and reported in one line
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -15,7 +14,6 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,9 +24,11 @@ from rich.table import Table
 
 from clusterkit import __version__, elastic
 from clusterkit import cluster as lib
+from clusterkit.cli_image import image as image_group
 from clusterkit.cli_pack import pack as pack_group
 from clusterkit.cli_spot import events as events_command
 from clusterkit.cli_spot import spot_report as spot_report_command
+from clusterkit.cli_steps import StepProgress, err
 from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
@@ -43,26 +43,13 @@ DEFAULT_SPEC = "cluster.yaml"
 
 # Piped output (logs, CI, grep) is not cut at 80 columns: tables keep whole node names.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
-class RichProgress:
-    """Draws each library step as a spinner, then a tick (or cross) with its duration."""
+class RichProgress(StepProgress):
+    """``up`` and ``down``'s steps, labelled for the provider."""
 
     def __init__(self, provider: str = "local") -> None:
-        self.labels = {**STEP_LABELS, **PROVIDER_STEP_LABELS.get(provider, {})}
-
-    @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
-        start = time.monotonic()
-        label = self.labels.get(title, title)
-        try:
-            with err.status(f"{label} ...", spinner="dots"):
-                yield
-        except BaseException:
-            err.print(f"[red]✗[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
-            raise
-        err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
+        super().__init__({**STEP_LABELS, **PROVIDER_STEP_LABELS.get(provider, {})})
 
 
 STEP_LABELS = {
@@ -506,6 +493,7 @@ def init(path: Path, name: str, force: bool) -> None:
 
 
 cli.add_command(pack_group)
+cli.add_command(image_group)
 cli.add_command(events_command)
 cli.add_command(spot_report_command)
 

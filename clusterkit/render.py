@@ -1,7 +1,8 @@
 """All template rendering: Jinja2 with StrictUndefined, values computed by the caller.
 
-Templates live in the package (``clusterkit/templates/``) so an installed clusterkit finds
-them. A template only places values; any decision is made in Python before rendering.
+Templates live in the package (``clusterkit/templates/``, and the image recipes'
+``clusterkit/images/`` as ``images/...``) so an installed clusterkit finds them. A template
+only places values; any decision is made in Python before rendering.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import jinja2
 @cache
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("clusterkit", "templates"),
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.PackageLoader("clusterkit", "templates"),
+                jinja2.PrefixLoader({"images": jinja2.PackageLoader("clusterkit", "images")}),
+            ]
+        ),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
