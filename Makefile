@@ -6,7 +6,7 @@ CK := $(VENV)/bin/clusterkit
 SPEC ?= examples/local.yaml
 NAME ?= ck
 
-.PHONY: up down test setup host venv lint typecheck unit integration aws bench golden clean
+.PHONY: up down test setup host venv lint typecheck unit integration aws bench bench-all golden clean
 
 up: setup
 	$(CK) up -f $(SPEC)
@@ -50,8 +50,17 @@ integration: setup
 aws: venv
 	$(VENV)/bin/pytest tests/aws
 
+# The quick benchmarks (a few minutes); bench-all adds the long ones (about 40 minutes).
 bench: setup
 	$(VENV)/bin/python bench/updown.py
+	$(VENV)/bin/python bench/aws.py
+	$(VENV)/bin/python bench/boot.py
+
+bench-all: bench
+	$(VENV)/bin/python bench/slurm.py
+	$(VENV)/bin/python bench/elastic.py
+	$(VENV)/bin/python bench/spot.py
+	$(VENV)/bin/python bench/htc.py
 
 golden: venv
 	CK_UPDATE_GOLDEN=1 $(VENV)/bin/pytest -q tests/unit/test_golden.py
