@@ -40,7 +40,7 @@ def image() -> None:
     """Node images for aws clusters.
 
     \b
-    A configured aws cluster boots from an image that holds Slurm, munge, sshfs, OpenMPI,
+    A configured aws cluster boots from an image that holds Slurm, munge, NFS, sshfs, OpenMPI,
     python3-boto3 and the AWS CLI. Bake one per region, then name it in the spec:
       clusterkit image build -f cluster.yaml     bake (about 5 minutes), prints ami-...
       aws: {image_id: ami-...}                   in cluster.yaml
