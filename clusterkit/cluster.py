@@ -110,6 +110,7 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
     """
     progress = progress or NoProgress()
     cls = provider_class(spec.provider)
+    cls.check_spec(spec, configure)
     cls.check_prerequisites()
     with cluster_lock(spec.name):
         state = _begin(spec)

@@ -62,6 +62,11 @@ class Provider(ABC):
     def check_prerequisites(cls) -> None:
         """Raise ``PrerequisiteError`` naming what this machine lacks."""
 
+    @classmethod  # noqa: B027 - optional: most providers build every valid spec
+    def check_spec(cls, spec: ClusterSpec, configure: bool) -> None:
+        """Raise ``SpecError`` if ``up`` (configured or not) cannot build ``spec`` here;
+        called before anything is created."""
+
     @abstractmethod
     def prepare(self) -> None:
         """Create what all nodes share (network); idempotent."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from clusterkit.configure import NODE_KEY_ON_NODE, ClusterFiles, boot_script, capacity_options
+from clusterkit.errors import SpecError
 from clusterkit.nodetools.cloud import CAPACITY_CODES, Instance, Option
 from clusterkit.nodetools.cloud_aws import AwsCloud
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
@@ -31,6 +32,10 @@ from clusterkit.trust import ClusterTrust, public_key
 ALIVE = ("pending", "running")
 # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).
 PROFILE_WAIT_SECONDS = 60.0
+IMAGE_NEEDED = (
+    "aws.image_id: a configured cluster needs a clusterkit node image (Slurm, munge, AWS CLI); "
+    "build one with `clusterkit image build SPEC` and set aws.image_id, or use --no-configure"
+)
 
 
 def group_options(group: GroupSpec) -> list[Option]:
@@ -62,6 +67,12 @@ class AwsProvider(Provider):
     def check_prerequisites(cls) -> None:
         """Nothing on this machine: boto3 is a dependency and credentials are checked by the
         first call, whose error says what is missing."""
+
+    @classmethod
+    def check_spec(cls, spec: ClusterSpec, configure: bool) -> None:
+        # Debian's stock image has no Slurm, munge or AWS CLI (the user-data runs `aws ssm`).
+        if configure and spec.aws.image_id is None:
+            raise SpecError(f"cluster {spec.name}", [IMAGE_NEEDED])
 
     # -- shared resources ------------------------------------------------------------------
 
