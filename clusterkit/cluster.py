@@ -53,7 +53,7 @@ from clusterkit.state import (
 from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
 from clusterkit.verify import failures, verify
 
-SSH_WAIT_SECONDS = 20.0
+SSH_WAIT_SECONDS = Provider.ssh_wait_seconds  # a provider may need longer
 
 
 class Progress(Protocol):
@@ -126,6 +126,8 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
             with _logged_step(state, progress, "nodes"):
                 _converge_nodes(spec, state, provider, trust, trusted, configure=configure)
                 provider.start_services()
+                if configure:  # only SSH needs them; a bare cloud cluster is not waited for
+                    _record_public_addresses(state, provider)
                 state.mark("nodes")
             # After the nodes: a provider may assign addresses only at launch (aws).
             trusted = _with_launch_addresses(state, trust, trusted)
@@ -134,7 +136,8 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
                 state.mark("render")
             if configure or provider.ssh_when_bare:
                 with _logged_step(state, progress, "ssh"):
-                    wait_for_ssh(trust, [n.name for n in static_nodes(spec)])
+                    static = [n.name for n in static_nodes(spec)]
+                    wait_for_ssh(trust, static, provider.ssh_wait_seconds, provider.ssh_hint())
             if configure:
                 _configure(spec, state, trust, progress)
                 with _logged_step(state, progress, "verify"):
@@ -196,13 +199,24 @@ def host_key_path(trust: ClusterTrust, node: str) -> Path:
     return trust.root / "keys" / "hosts" / node
 
 
+def _record_public_addresses(state: ClusterState, provider: Provider) -> None:
+    """Record where this machine dials each node the provider says it must (aws: the head's
+    public IP); a node that has one recorded keeps it."""
+    for node in list(state.nodes.values()):
+        if node.public_address is None:
+            public = provider.public_address(node)
+            if public is not None:
+                state.nodes[node.name] = node.model_copy(update={"public_address": public})
+                state.save()
+
+
 def _with_launch_addresses(
     state: ClusterState, trust: ClusterTrust, trusted: list[TrustedNode]
 ) -> list[TrustedNode]:
-    """Addresses assigned at launch (aws) join known_hosts and ssh_config."""
+    """Addresses assigned at launch (aws), and public ones, join known_hosts and ssh_config."""
     launched = [
-        replace(t, address=state.nodes[t.name].address)
-        if t.address is None and t.name in state.nodes
+        replace(t, address=t.address or n.address, public_address=n.public_address)
+        if (n := state.nodes.get(t.name)) is not None
         else t
         for t in trusted
     ]
@@ -318,8 +332,11 @@ def _record_launching(
     state.save()
 
 
-def wait_for_ssh(trust: ClusterTrust, nodes: list[str], timeout: float = SSH_WAIT_SECONDS) -> None:
-    """Return once every node answers a real SSH login with strict host key checking."""
+def wait_for_ssh(
+    trust: ClusterTrust, nodes: list[str], timeout: float = SSH_WAIT_SECONDS, hint: str = ""
+) -> None:
+    """Return once every node answers a real SSH login with strict host key checking;
+    ``hint`` (what to check) ends the error otherwise."""
 
     def reach(node: str) -> str | None:
         deadline = time.monotonic() + timeout
@@ -336,7 +353,11 @@ def wait_for_ssh(trust: ClusterTrust, nodes: list[str], timeout: float = SSH_WAI
     with ThreadPoolExecutor(max_workers=16) as pool:
         failures = [f for f in pool.map(reach, nodes) if f]
     if failures:
-        raise SSHError(f"SSH did not come up within {timeout:.0f}s: " + "; ".join(failures))
+        raise SSHError(
+            f"SSH did not come up within {timeout:.0f}s: "
+            + "; ".join(failures)
+            + (f" ({hint})" if hint else "")
+        )
 
 
 # ---------------------------------------------------------------------------------------------

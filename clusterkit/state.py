@@ -54,6 +54,9 @@ class NodeState(BaseModel):
     kind: Literal["static", "dynamic"] = "static"
     index: int = 0  # position in the plan
     address: str | None = None
+    # Where the admin's machine dials the node, when not at ``address`` (aws: the head's
+    # public IP, recorded by a configured ``up``).
+    public_address: str | None = None
     instance_id: str | None = None
     pids: dict[str, int] = Field(default_factory=dict)  # process role -> pid (local provider)
     status: str = "planned"

@@ -3,11 +3,17 @@
 clusterkit makes, per cluster, one user key pair (the admin's way in) and one host key per
 node, so every host key is known before a node first boots: ``known_hosts`` is written from
 them and SSH always runs with ``StrictHostKeyChecking yes``.
+
+Each node's ``Host`` block names the node as its ``HostKeyAlias``: its key is checked under its
+name whatever address is dialled. Where a node has a public address (the head on aws), it is
+the way in: it is dialled there and every other node is reached through it (``ProxyCommand
+ssh -W``), at its private address; otherwise (local) every node is dialled directly.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +27,43 @@ class TrustedNode:
     name: str
     address: str | None  # None until the provider assigns it at launch (aws compute nodes)
     host_key: str  # public key line: "ssh-ed25519 AAAA..."
+    # Where this machine dials the node when its private address is out of reach (aws: the
+    # head's public IP, once known); None: dial ``address``.
+    public_address: str | None = None
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """One node's ``Host`` block in the cluster's ssh_config."""
+
+    name: str
+    host_name: str | None  # the address dialled; None: the name itself
+    proxy_command: str | None = None  # None: dialled directly
+
+
+def ssh_hosts(nodes: list[TrustedNode], config: Path) -> list[SshHost]:
+    """How this machine reaches each of ``nodes`` with the ssh_config at ``config``.
+
+    The first node with a public address is the gateway: nodes with a public address are
+    dialled there, every other node through the gateway at its private address (or, not yet
+    known, by its name, which the gateway resolves). With no public address at all, every
+    node is dialled at its address directly.
+    """
+    gateway = next((n.name for n in nodes if n.public_address), None)
+    if gateway is None:
+        return [SshHost(n.name, n.address) for n in nodes]
+    proxy = proxy_command(config, gateway)
+    return [
+        SshHost(n.name, n.public_address) if n.public_address else SshHost(n.name, n.address, proxy)
+        for n in nodes
+    ]
+
+
+def proxy_command(config: Path, gateway: str) -> str:
+    """``ProxyCommand`` reaching ``%h:%p`` through ``gateway`` with the same ssh_config, so
+    the gateway's key is checked too. (``ProxyJump`` would not pass ``-F`` on reliably.)"""
+    # Run by the user's shell: the path is one word whatever it holds.
+    return f"ssh -F {shlex.quote(str(config))} -o BatchMode=yes -W %h:%p {gateway}"
 
 
 def keygen(path: Path, comment: str) -> None:
@@ -72,7 +115,7 @@ class ClusterTrust:
                 "ssh/ssh_config.j2",
                 cluster=self.cluster,
                 config_path=self.ssh_config,
-                nodes=nodes,
+                hosts=ssh_hosts(nodes, self.ssh_config),
                 user=user,
                 identity_file=self.user_key,
                 known_hosts=self.known_hosts,

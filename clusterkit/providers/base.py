@@ -52,6 +52,8 @@ class Provider(ABC):
     # Whether `up --no-configure` waits for SSH on every node; a cloud provider returns once
     # every resource exists (its nodes may take minutes to boot, or, on a test endpoint, never).
     ssh_when_bare = True
+    # How long `up` waits for every node's SSH after launching them.
+    ssh_wait_seconds = 20.0
 
     def __init__(self, state: ClusterState, spec: ClusterSpec) -> None:
         self.state = state
@@ -85,6 +87,16 @@ class Provider(ABC):
         whose API launches many instances per call override it."""
         for node, boot in nodes:
             yield self.launch(node, boot)
+
+    def public_address(self, node: NodeState) -> str | None:
+        """Where the admin's machine dials ``node`` when its private address is out of reach
+        (aws: the head's public IP, once it is running); None: it dials ``node.address``.
+        Called only where SSH is needed (a configured ``up``)."""
+        return None
+
+    def ssh_hint(self) -> str:
+        """What to check when SSH to the nodes does not come up; empty when nothing special."""
+        return ""
 
     def start_services(self) -> None:  # noqa: B027 - optional: most providers need none
         """Start what the cluster needs beside its nodes (idempotent); nothing by default."""

@@ -1,8 +1,20 @@
 """A configured ``up`` on aws against the moto server: it refuses a spec without a node image
-before creating anything."""
+before creating anything, and dials the head at its public address and every compute node
+through the head."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clusterkit import cluster
+from clusterkit.errors import ProviderError, SSHError
+from clusterkit.providers.aws import provider as aws_provider
+from clusterkit.providers.aws.provider import AwsProvider
+from clusterkit.spec import load_spec
+from clusterkit.state import ClusterState, NodeState, load_state
 from tests.aws.conftest import Aws
 
 
@@ -18,3 +30,69 @@ def test_a_configured_cluster_without_a_node_image_is_refused_before_anything(aw
     ], refused.stderr
     assert aws.tagged("awi") == {}
     assert not (aws.home / "clusters" / "awi").exists()
+
+
+def _ssh_g(config: Path, node: str) -> dict[str, str]:
+    """What the real ssh client makes of ``config`` for ``node`` (``ssh -G``: no network)."""
+    out = subprocess.run(
+        ["ssh", "-G", "-F", str(config), node], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def test_configured_up_dials_the_head_at_its_public_address(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = load_spec(aws.spec("awc", static=1, dynamic=1))
+    config = aws.home / "clusters" / "awc" / "ssh" / "ssh_config"
+    cluster.up(spec, configure=False)
+    # A bare cluster does not ask for the public address (no call it does not need).
+    assert load_state("awc").nodes["awc-head"].public_address is None
+    assert "ProxyCommand" not in config.read_text()
+
+    # Configured: no SSH attempt at all here (moto's addresses lead nowhere); up reads the
+    # head's public address, writes the routes, and stops at the wait for SSH.
+    monkeypatch.setattr(AwsProvider, "ssh_wait_seconds", 0.0)
+    with pytest.raises(SSHError) as caught:
+        cluster.up(spec, configure=True)
+    assert "aws.admin_cidr (203.0.113.0/24)" in str(caught.value)
+    nodes = load_state("awc").nodes
+    head, compute = nodes["awc-head"], nodes["compute-st-1"]
+    described = aws.client("ec2").describe_instances(InstanceIds=[head.instance_id])
+    public = described["Reservations"][0]["Instances"][0]["PublicIpAddress"]
+    assert head.public_address == public
+    assert compute.public_address is None
+
+    head_route = _ssh_g(config, "awc-head")
+    assert head_route["hostname"] == public
+    assert head_route["hostkeyalias"] == "awc-head"
+    assert "proxycommand" not in head_route
+    for node, address in (("compute-st-1", compute.address), ("compute-dy-1", "compute-dy-1")):
+        route = _ssh_g(config, node)
+        assert route["hostname"] == address
+        assert route["hostkeyalias"] == node
+        assert route["proxycommand"] == f"ssh -F {config} -o BatchMode=yes -W %h:%p awc-head"
+        assert route["stricthostkeychecking"] == "true"
+    cluster.down("awc")
+    assert aws.tagged("awc") == {}
+
+
+def test_a_head_without_a_public_address_is_one_clear_error(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/24")["Subnet"]["SubnetId"]
+    iid = ec2.run_instances(ImageId=aws.image(), MinCount=1, MaxCount=1, SubnetId=subnet)[
+        "Instances"
+    ][0]["InstanceId"]
+    spec = load_spec(aws.spec("awn"))
+    monkeypatch.setattr(aws_provider, "PUBLIC_ADDRESS_WAIT_SECONDS", 0.0)
+    provider = AwsProvider(ClusterState(name="awn", provider="aws"), spec)
+    head = NodeState(name="awn-head", role="head", instance_id=iid)
+    with pytest.raises(ProviderError) as caught:
+        provider.public_address(head)
+    message = str(caught.value)
+    assert f"awn-head ({iid}) is running with no public address" in message
+    assert f"its subnet {subnet} routes 0.0.0.0/0 to an internet gateway" in message
+    assert provider.public_address(NodeState(name="c", role="compute", instance_id=iid)) is None

@@ -5,6 +5,7 @@ leaves nothing behind. The tests share one cluster and run in file order."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from clusterkit.trust import ClusterTrust, TrustedNode, public_key
 from tests.integration.conftest import Clusterkit, residue
 
 NAME = "itest"
@@ -73,6 +75,54 @@ def test_nodes_trust_each_other_by_host_key(ck: Clusterkit, cluster: dict[str, A
     probe = ck.ssh(NAME, "itest-head", "ssh -o BatchMode=yes compute-st-2 true", check=False)
     assert "Permission denied (publickey)" in probe.stderr
     assert "Host key verification failed" not in probe.stderr
+
+
+def test_a_compute_node_is_reached_through_the_head(
+    ck: Clusterkit, cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    """The route an aws cluster's ssh_config takes, on this cluster's real nodes and keys:
+    the head is dialled at its "public" address, compute-st-1 through the head's
+    ProxyCommand at its private one, and its host key is still checked, by its name."""
+    root = ck.cluster_dir(NAME)
+    address = {n["name"]: n["address"] for n in cluster["nodes"]}
+    head, compute = "itest-head", "compute-st-1"
+    trust = ClusterTrust(NAME, tmp_path / "route")
+    trust.user_key.parent.mkdir(parents=True)
+    shutil.copy(root / "keys" / "id_ed25519", trust.user_key)
+    os.chmod(trust.user_key, 0o600)
+
+    def write(compute_key: str, compute_in_known_hosts: str | None = compute) -> None:
+        nodes = [
+            TrustedNode(head, address[head], public_key(root / "keys" / "hosts" / head),
+                        public_address=address[head]),
+            TrustedNode(compute, address[compute], compute_key),
+        ]  # fmt: skip
+        trust.write(nodes)
+        assert "ProxyCommand" in trust.ssh_config.read_text()
+        if compute_in_known_hosts != compute:  # the key listed under another name only
+            text = trust.known_hosts.read_text().replace(f"{compute},", "other,")
+            trust.known_hosts.write_text(text)
+
+    def ssh(command: str) -> subprocess.CompletedProcess[str]:
+        argv = trust.ssh_argv(compute, [command])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    compute_key = public_key(root / "keys" / "hosts" / compute)
+    write(compute_key)
+    reached = ssh("hostname; echo $SSH_CONNECTION")
+    assert reached.returncode == 0, reached.stderr
+    name, connection = reached.stdout.splitlines()
+    assert name == compute
+    assert connection.split()[0] == address[head]  # the connection came from the head
+
+    write(public_key(root / "keys" / "hosts" / head))  # compute-st-1 listed with a wrong key
+    refused = ssh("true")
+    assert refused.returncode == 255
+    assert "Host key verification failed" in refused.stderr
+    write(compute_key, compute_in_known_hosts=None)  # its key, but not under its name
+    unlisted = ssh("true")
+    assert unlisted.returncode == 255
+    assert "Host key verification failed" in unlisted.stderr
 
 
 def test_keys_are_private(ck: Clusterkit, cluster: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ Refresh them after an intended template change with:
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import jinja2
 import pytest
 
 from clusterkit.render import render
-from clusterkit.trust import ClusterTrust, TrustedNode
+from clusterkit.trust import ClusterTrust, TrustedNode, ssh_hosts
 
 GoldenCheck = Callable[[str, str], None]
 REFRESH = "CK_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_golden.py"
@@ -23,6 +24,13 @@ NODES = [
     TrustedNode("demo-head", "10.250.7.2", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeadHeadHead"),
     TrustedNode("compute-st-1", "10.250.7.3", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStatic001"),
     TrustedNode("compute-dy-1", "10.250.7.4", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDynamic01"),
+]
+
+# On aws: the head has a public address; a dynamic node's address is not known before launch.
+AWS_NODES = [
+    TrustedNode("demo-head", "10.42.0.10", NODES[0].host_key, public_address="198.51.100.7"),
+    TrustedNode("compute-st-1", "10.42.5.33", NODES[1].host_key),
+    TrustedNode("compute-dy-1", None, NODES[2].host_key),
 ]
 
 
@@ -37,6 +45,56 @@ def test_ssh_config(tmp_path: Path, golden: GoldenCheck) -> None:
     text = trust.ssh_config.read_text(encoding="utf-8")
     assert str(tmp_path) in text
     golden("ssh_config.txt", text.replace(str(tmp_path), "<TMP>"))
+
+
+def test_ssh_config_aws(tmp_path: Path, golden: GoldenCheck) -> None:
+    trust = ClusterTrust("demo", tmp_path / "clusters" / "demo")
+    trust.write(AWS_NODES)
+    text = trust.ssh_config.read_text(encoding="utf-8")
+    golden("ssh_config.aws.txt", text.replace(str(tmp_path), "<TMP>"))
+    golden("known_hosts.aws.txt", trust.known_hosts.read_text(encoding="utf-8"))
+
+
+def _ssh_g(trust: ClusterTrust, node: str) -> dict[str, str]:
+    """What the real ssh client makes of the config for ``node`` (``ssh -G``: no network)."""
+    out = subprocess.run(
+        ["ssh", "-G", "-F", str(trust.ssh_config), node],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def test_ssh_reads_the_aws_routes(tmp_path: Path) -> None:
+    trust = ClusterTrust("demo", tmp_path / "with space")
+    trust.write(AWS_NODES)
+    config = str(trust.ssh_config)
+    head = _ssh_g(trust, "demo-head")
+    assert head["hostname"] == "198.51.100.7"  # dialled at its public address
+    assert head["hostkeyalias"] == "demo-head"  # and checked under its name
+    assert "proxycommand" not in head
+    assert head["stricthostkeychecking"] == "true"
+    static = _ssh_g(trust, "compute-st-1")
+    assert static["hostname"] == "10.42.5.33"  # its private address, from the head
+    assert static["hostkeyalias"] == "compute-st-1"
+    # Through the head, with this very config; run by a shell, the path is one word.
+    assert static["proxycommand"] == f"ssh -F '{config}' -o BatchMode=yes -W %h:%p demo-head"
+    dynamic = _ssh_g(trust, "compute-dy-1")  # no address yet: the head resolves its name
+    assert dynamic["hostname"] == "compute-dy-1"
+    assert dynamic["proxycommand"] == static["proxycommand"]
+    assert dynamic["hostkeyalias"] == "compute-dy-1"
+
+
+def test_without_a_public_address_every_node_is_dialled_directly(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    assert [(h.name, h.host_name, h.proxy_command) for h in ssh_hosts(NODES, config)] == [
+        (n.name, n.address, None) for n in NODES
+    ]
+    trust = written_trust(tmp_path)
+    for node in NODES:
+        resolved = _ssh_g(trust, node.name)
+        assert resolved["hostname"] == node.address
+        assert resolved["hostkeyalias"] == node.name
+        assert "proxycommand" not in resolved
 
 
 def test_ssh_config_for_another_user(tmp_path: Path) -> None:
@@ -72,8 +130,11 @@ def test_hosts(golden: GoldenCheck) -> None:
 
 
 def test_host_key_checking_is_never_turned_off(tmp_path: Path) -> None:
+    aws = ClusterTrust("demo", tmp_path / "aws")
+    aws.write(AWS_NODES)
     texts = {
         "ssh_config": written_trust(tmp_path).ssh_config.read_text(encoding="utf-8"),
+        "ssh_config (aws)": aws.ssh_config.read_text(encoding="utf-8"),
         "node_ssh_config": render("ssh/node_ssh_config.j2", cluster="demo"),
     }
     for name, text in texts.items():

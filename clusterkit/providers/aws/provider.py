@@ -32,6 +32,9 @@ from clusterkit.trust import ClusterTrust, public_key
 ALIVE = ("pending", "running")
 # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).
 PROFILE_WAIT_SECONDS = 60.0
+# EC2 may give the head its public address only after RunInstances returns.
+PUBLIC_ADDRESS_WAIT_SECONDS = 180.0
+PUBLIC_ADDRESS_POLL_SECONDS = 3.0
 IMAGE_NEEDED = (
     "aws.image_id: a configured cluster needs a clusterkit node image (Slurm, munge, AWS CLI); "
     "build one with `clusterkit image build SPEC` and set aws.image_id, or use --no-configure"
@@ -46,6 +49,8 @@ def group_options(group: GroupSpec) -> list[Option]:
 class AwsProvider(Provider):
     kind = "aws"
     ssh_when_bare = False
+    # An instance boots, then cloud-init installs the cluster's host key and restarts sshd.
+    ssh_wait_seconds = 300.0
 
     def __init__(self, state: ClusterState, spec: ClusterSpec) -> None:
         super().__init__(state, spec)
@@ -73,6 +78,9 @@ class AwsProvider(Provider):
         # Debian's stock image has no Slurm, munge or AWS CLI (the user-data runs `aws ssm`).
         if configure and spec.aws.image_id is None:
             raise SpecError(f"cluster {spec.name}", [IMAGE_NEEDED])
+
+    def ssh_hint(self) -> str:
+        return f"SSH reaches the head only from aws.admin_cidr ({self.spec.aws.admin_cidr})"
 
     # -- shared resources ------------------------------------------------------------------
 
@@ -192,6 +200,41 @@ class AwsProvider(Provider):
             instance_id=instance["InstanceId"],
             status="running",
         )
+
+    def public_address(self, node: NodeState) -> str | None:
+        """The head's public IP, read once it is running (compute nodes are reached through
+        the head). Polls DescribeInstances, one call a few seconds apart, within a bound."""
+        if node.role != "head" or not node.instance_id:
+            return None
+        deadline = time.monotonic() + PUBLIC_ADDRESS_WAIT_SECONDS
+        while True:
+            reply = aws_call(
+                "ec2 DescribeInstances",
+                node.name,
+                self.aws.ec2.describe_instances,
+                InstanceIds=[node.instance_id],
+            )
+            inst = next(i for r in reply["Reservations"] for i in r["Instances"])
+            state = inst["State"]["Name"]
+            public = inst.get("PublicIpAddress")
+            if public and state == "running":
+                return str(public)
+            if state not in ALIVE:
+                reason = inst.get("StateReason", {}).get("Message", "no reason given")
+                raise AwsError(
+                    f"the head {node.name} ({node.instance_id}) is {state} ({reason}); see its "
+                    "console output, then run `clusterkit up` again"
+                )
+            if time.monotonic() >= deadline:
+                subnet = inst.get("SubnetId", "?")
+                got = f"public address {public}" if public else "no public address"
+                raise AwsError(
+                    f"the head {node.name} ({node.instance_id}) is {state} with {got} after "
+                    f"{PUBLIC_ADDRESS_WAIT_SECONDS:.0f}s; check that its subnet {subnet} routes "
+                    "0.0.0.0/0 to an internet gateway and lets it have a public IP, or use "
+                    "--no-configure and reach it another way"
+                )
+            time.sleep(PUBLIC_ADDRESS_POLL_SECONDS)
 
     def _run_instances(self, node: str, params: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + PROFILE_WAIT_SECONDS
