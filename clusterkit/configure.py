@@ -28,6 +28,7 @@ from clusterkit.errors import ConfigureError
 from clusterkit.nodetools import NODE_TOOLS, entry_point
 from clusterkit.nodetools.cloud import LOCAL_SOCKET, ON_DEMAND, SPOT
 from clusterkit.plan import cluster_users, head_name, home_root, plan_nodes
+from clusterkit.providers.aws import names
 from clusterkit.render import render
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec, GroupSpec
@@ -283,7 +284,8 @@ def render_cluster_files(
     atomic_write(files.cloud_config, json.dumps(cloud, indent=1) + "\n")
     spot = spot_config(spec, state.network)
     atomic_write(files.spot_config, json.dumps(spot, indent=1) + "\n")
-    atomic_write(files.task_prolog, task_prolog(spec, spot["checkpoint_dir"]), mode=0o755)
+    prolog = task_prolog(spec, spot["checkpoint_dir"], spot["region"])
+    atomic_write(files.task_prolog, prolog, mode=0o755)
     atomic_write(files.boot_script, boot_script(spec), mode=0o700)
     write_nodetools_archive(files.nodetools_archive)
 
@@ -321,12 +323,15 @@ def spot_config(spec: ClusterSpec, network: dict[str, str] | None = None) -> dic
     """``SHARED/clusterkit/etc/spot.json``: what every node's Spot agent needs to know.
 
     ``checkpoint_dir`` names a job's checkpoints: ``{user}`` and ``{job}`` are filled in per
-    job (by the agent here, by the TaskProlog in the job's environment).
+    job (by the agent here, by the TaskProlog in the job's environment). ``region`` is the
+    region of the checkpoint bucket (aws), None on a shared directory.
     """
     shared = spec.shared_storage.mount_point
+    where, region = checkpoint_location(spec, network or {})
     return {
         "cluster": spec.name,
-        "checkpoint_dir": f"{home_root(spec)}/{{user}}/checkpoints/{spec.name}/{{job}}",
+        "checkpoint_dir": where,
+        "region": region,
         "events_dir": f"{shared}/clusterkit/events",
         "signal": spec.spot.checkpoint_signal,
         "signal_jobs": spec.spot.signal_jobs,
@@ -335,6 +340,24 @@ def spot_config(spec: ClusterSpec, network: dict[str, str] | None = None) -> dic
         "max_restarts": spec.slurm.max_restarts,
         "events_queue": events_queue(spec, network or {}),
     }
+
+
+def checkpoint_location(spec: ClusterSpec, network: dict[str, str]) -> tuple[str, str | None]:
+    """Where jobs' checkpoints go, with ``{user}`` and ``{job}`` to fill in, and its region.
+
+    local: each user's home on shared storage. aws: the cluster's bucket (the spec's, else
+    the one ``up`` made, recorded in ``network``), under the prefix the node role may use.
+    """
+    if spec.provider == "local":
+        return f"{home_root(spec)}/{{user}}/checkpoints/{spec.name}/{{job}}", None
+    bucket = spec.aws.checkpoint_bucket or network.get("bucket")
+    region = spec.aws.region or network.get("region")
+    if not bucket or not region:
+        raise ConfigureError(
+            f"cluster {spec.name}: its checkpoint bucket or region is not recorded yet; "
+            "run `clusterkit up` again"
+        )
+    return f"s3://{bucket}/{names.checkpoint_prefix(spec.name)}{{user}}/{{job}}", region
 
 
 def events_queue(spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any] | None:
@@ -350,11 +373,13 @@ def events_queue(spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any] |
     }
 
 
-def task_prolog(spec: ClusterSpec, checkpoint_dir: str) -> str:
+def task_prolog(spec: ClusterSpec, checkpoint_dir: str, region: str | None = None) -> str:
+    """The TaskProlog: a job's checkpoint store and, for an S3 one, the region boto3 needs."""
     as_shell = checkpoint_dir.replace("{user}", "${SLURM_JOB_USER}").replace("{job}", "${job}")
     return render(
         "slurm/task-prolog.sh.j2", cluster=spec.name, checkpoint_dir=as_shell,
         max_restarts=spec.slurm.max_restarts, checkpoint_signal=spec.spot.checkpoint_signal,
+        region=region,
     )  # fmt: skip
 
 

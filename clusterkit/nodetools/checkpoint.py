@@ -61,16 +61,19 @@ class Store(Protocol):
 
 
 class Checkpoints:
-    """The checkpoints of one job, in the store ``where`` (default: ``$CK_CHECKPOINT_DIR``)."""
+    """The checkpoints of one job, in the store ``where`` (default: ``$CK_CHECKPOINT_DIR``);
+    ``region`` is an S3 store's (default: boto3's, e.g. ``$AWS_DEFAULT_REGION``)."""
 
-    def __init__(self, where: str | None = None) -> None:
+    def __init__(self, where: str | None = None, region: str | None = None) -> None:
         where = where or os.environ.get(ENV, "")
         if not where:
             raise CheckpointError(
                 f"{ENV} is not set: run inside a job of a clusterkit cluster, or pass a directory"
             )
         self.where = where
-        self.store: Store = S3Store(where) if where.startswith("s3://") else FileStore(Path(where))
+        self.store: Store = (
+            S3Store(where, region) if where.startswith("s3://") else FileStore(Path(where))
+        )
 
     def list(self) -> list[Checkpoint]:
         return sorted(self.store.checkpoints(), key=lambda c: c.seq)
@@ -240,7 +243,7 @@ class FileStore:
 class S3Store:
     """Checkpoints as objects under ``s3://bucket/prefix/ckpt-NNNNNN/``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, region: str | None = None) -> None:
         bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise CheckpointError(f"{url}: an s3 store is s3://BUCKET/PREFIX")
@@ -250,7 +253,7 @@ class S3Store:
             import boto3  # noqa: PLC0415 - optional: only s3 stores need it
         except ImportError as exc:
             raise CheckpointError("s3:// checkpoint stores need boto3 on the node") from exc
-        self.s3 = boto3.client("s3")
+        self.s3 = boto3.client("s3", region_name=region)
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)

@@ -60,6 +60,7 @@ class SpotConfig:
     requeue_margin_seconds: float = 5.0
     max_restarts: int = 3
     events_queue: dict[str, Any] | None = None  # the head's SQS queue of EC2 events, if any
+    region: str | None = None  # of an s3:// checkpoint_dir (the agent has no AWS_DEFAULT_REGION)
 
     @staticmethod
     def load(path: Path = CONFIG) -> SpotConfig:
@@ -303,7 +304,7 @@ class Handler:
 
     def _latest_checkpoint(self, job: RunningJob) -> float | None:
         try:
-            newest = Checkpoints(self.config.checkpoints_of(job)).latest()
+            newest = Checkpoints(self.config.checkpoints_of(job), self.config.region).latest()
         except (CheckpointError, OSError):
             return None
         return newest.time if newest else None

@@ -1,21 +1,25 @@
 """A configured ``up`` on aws against the moto server: it refuses a spec without a node image
-before creating anything, and dials the head at its public address and every compute node
-through the head."""
+before creating anything, dials the head at its public address and every compute node
+through the head, and names the cluster's bucket for checkpoints, job side and agent side."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from clusterkit import cluster
 from clusterkit.errors import ProviderError, SSHError
+from clusterkit.nodetools.spot import Handler, RunningJob, SpotConfig
 from clusterkit.providers.aws import provider as aws_provider
 from clusterkit.providers.aws.provider import AwsProvider
 from clusterkit.spec import load_spec
 from clusterkit.state import ClusterState, NodeState, load_state
-from tests.aws.conftest import Aws
+from tests.aws.conftest import REGION, Aws
 
 
 def test_a_configured_cluster_without_a_node_image_is_refused_before_anything(aws: Aws) -> None:
@@ -96,3 +100,47 @@ def test_a_head_without_a_public_address_is_one_clear_error(
     assert f"awn-head ({iid}) is running with no public address" in message
     assert f"its subnet {subnet} routes 0.0.0.0/0 to an internet gateway" in message
     assert provider.public_address(NodeState(name="c", role="compute", instance_id=iid)) is None
+
+
+def test_checkpoints_go_to_the_clusters_bucket(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A job saves where its TaskProlog says; the Spot agent, with spot.json only (no region
+    in its environment), finds that checkpoint: both name the cluster's bucket."""
+    spec = load_spec(aws.spec("awk", static=1, dynamic=0))
+    cluster.up(spec, configure=False)
+    rendered = aws.home / "clusters" / "awk" / "rendered"
+    bucket = load_state("awk").network["bucket"]
+
+    prolog_env = {"PATH": os.environ["PATH"], "SLURM_JOB_USER": "ann", "SLURM_JOB_ID": "12"}
+    exports = subprocess.run(
+        ["sh", str(rendered / "task-prolog")], env=prolog_env, capture_output=True, text=True,
+        check=True,
+    ).stdout.splitlines()  # fmt: skip
+    job_env = dict(line.removeprefix("export ").split("=", 1) for line in exports)
+    assert job_env["CK_CHECKPOINT_DIR"] == f"s3://{bucket}/checkpoints/awk/ann/12"
+    assert job_env["AWS_DEFAULT_REGION"] == REGION
+
+    (tmp_path / "state.json").write_text('{"step": 7}')
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_DEFAULT_REGION", "AWS_REGION")}
+    saved = subprocess.run(
+        [sys.executable, "-m", "clusterkit.nodetools.checkpoint", "save", "state.json"],
+        env={**env, **job_env}, cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert saved == f"s3://{bucket}/checkpoints/awk/ann/12/ckpt-000001"
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    config = SpotConfig.load(rendered / "spot.json")
+    assert config.region == REGION
+    job = RunningJob(id="12", user="ann", start=0.0, restarts=0)
+    assert config.checkpoints_of(job) == job_env["CK_CHECKPOINT_DIR"]
+    newest = Handler(config)._latest_checkpoint(job)
+    assert newest is not None
+    meta = json.loads(
+        aws.client("s3")
+        .get_object(Bucket=bucket, Key="checkpoints/awk/ann/12/ckpt-000001/ck-meta.json")["Body"]
+        .read()
+    )
+    assert newest == meta["time"]
+    assert Handler(config)._latest_checkpoint(RunningJob("13", "ann", 0.0, 0)) is None
+    cluster.down("awk")

@@ -54,7 +54,7 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     _check_instances(aws, nodes)
     _check_security_group(aws, found["security-group"][0])
     _check_launch_template(aws, aws.home / "clusters" / "awa")
-    _check_iam(aws)
+    _check_iam(aws, found["bucket"][0])
     _check_bucket_queue_rules(aws, found["bucket"][0], found["queue"][0])
 
     down = aws.run("down", "awa")
@@ -144,7 +144,7 @@ def _check_launch_template(aws: Aws, cluster_dir: Path) -> None:
     assert all(line.split(",")[0].split()[0] in user_data for line in known_hosts)
 
 
-def _check_iam(aws: Aws) -> None:
+def _check_iam(aws: Aws, bucket: str) -> None:
     iam = aws.client("iam")
     doc = iam.get_role_policy(RoleName="clusterkit-awa-head", PolicyName="clusterkit-awa-head")
     policy = doc["PolicyDocument"]
@@ -183,7 +183,16 @@ def _check_iam(aws: Aws) -> None:
         "s3:GetObject",
         "s3:PutObject",
         "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
     }
+    # Both roles use only the cluster's checkpoints in the bucket (it may be the spec's own).
+    for doc in (policy, compute):
+        s3 = {s["Sid"]: s for s in doc["Statement"] if _list(s["Action"])[0].startswith("s3:")}
+        assert s3["ListCheckpoints"]["Resource"] == f"arn:aws:s3:::{bucket}"
+        assert s3["ListCheckpoints"]["Condition"] == {
+            "StringLike": {"s3:prefix": "checkpoints/awa/*"}
+        }
+        assert s3["UseCheckpoints"]["Resource"] == f"arn:aws:s3:::{bucket}/checkpoints/awa/*"
 
 
 def _list(value: str | list[str]) -> list[str]:

@@ -239,3 +239,41 @@ def test_the_task_prolog_names_each_jobs_checkpoint_dir() -> None:
     out = subprocess.run(["sh", "-c", script], env=array, capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert "export CK_CHECKPOINT_DIR=/shared/home/ann/checkpoints/demo/10_2\n" in out
+
+
+def test_on_aws_checkpoints_are_in_the_clusters_bucket_with_its_region() -> None:
+    from clusterkit.configure import spot_config, task_prolog
+    from clusterkit.errors import ConfigureError
+    from clusterkit.spec import parse_spec
+
+    aws = {"admin_cidr": "203.0.113.0/24"}
+    doc = {"name": "demo", "provider": "aws", "aws": aws}
+    spec = parse_spec(doc)
+    network = {"bucket": "clusterkit-demo-123456789012-eu-west-1", "region": "eu-west-1"}
+    spot = spot_config(spec, network)
+    where = "s3://clusterkit-demo-123456789012-eu-west-1/checkpoints/demo/{user}/{job}"
+    assert (spot["checkpoint_dir"], spot["region"]) == (where, "eu-west-1")
+    own = parse_spec({**doc, "aws": {**aws, "checkpoint_bucket": "team-ckpt"}})
+    assert (
+        spot_config(own, network)["checkpoint_dir"]
+        == "s3://team-ckpt/checkpoints/demo/{user}/{job}"
+    )
+    with pytest.raises(ConfigureError, match="checkpoint bucket or region is not recorded"):
+        spot_config(spec, {})
+
+    script = task_prolog(spec, spot["checkpoint_dir"], spot["region"])
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_USER": "ann", "SLURM_JOB_ID": "12"}
+    lines = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                           check=True).stdout.splitlines()  # fmt: skip
+    assert lines == [
+        "export CK_CHECKPOINT_DIR="
+        "s3://clusterkit-demo-123456789012-eu-west-1/checkpoints/demo/ann/12",
+        "export CK_MAX_RESTARTS=3",
+        "export CK_CHECKPOINT_SIGNAL=USR1",
+        "export AWS_DEFAULT_REGION=eu-west-1",
+    ]
+    # A region the job has already chosen is kept.
+    mine = {**env, "AWS_DEFAULT_REGION": "us-east-2"}
+    out = subprocess.run(["sh", "-c", script], env=mine, capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert out.endswith("export AWS_DEFAULT_REGION=us-east-2\n")

@@ -78,6 +78,12 @@ def bucket_name(cluster: str, account: str, region: str) -> str:
     return f"{prefix(cluster)}-{account}-{region}"[:63]
 
 
+def checkpoint_prefix(cluster: str) -> str:
+    """Where the cluster's checkpoints live in its bucket (``{user}/{job}/`` below it); the
+    nodes' roles may use nothing else of the bucket, which may be the spec's own."""
+    return f"checkpoints/{cluster}/"
+
+
 def param_root(cluster: str) -> str:
     return f"/clusterkit/{cluster}"
 

@@ -3,7 +3,7 @@
 The head may launch instances only if they carry the cluster's tag, terminate only instances
 that carry it, read only its own queue and secrets, use only its own bucket, and hand only
 the compute role to the instances it launches. Compute nodes may read the cluster's secrets
-(their host key, the node key) and use the bucket; nothing else.
+(their host key, the node key) and use the cluster's checkpoints in the bucket; nothing else.
 """
 
 from __future__ import annotations
@@ -74,18 +74,27 @@ def _secrets(s: Scope, sid: str, resources: list[str]) -> dict[str, Any]:
 
 
 def _bucket(s: Scope) -> list[dict[str, Any]]:
+    """What ``ck-checkpoint``'s S3 store does, under the cluster's prefix only: list, read,
+    write (multipart too, aborted on failure) and delete checkpoints."""
+    prefix = names.checkpoint_prefix(s.cluster)
     return [
         {
-            "Sid": "ListCheckpointBucket",
+            "Sid": "ListCheckpoints",
             "Effect": "Allow",
             "Action": "s3:ListBucket",
             "Resource": f"arn:aws:s3:::{s.bucket}",
+            "Condition": {"StringLike": {"s3:prefix": f"{prefix}*"}},
         },
         {
-            "Sid": "UseCheckpointBucket",
+            "Sid": "UseCheckpoints",
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-            "Resource": f"arn:aws:s3:::{s.bucket}/*",
+            "Action": [
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
+            ],
+            "Resource": f"arn:aws:s3:::{s.bucket}/{prefix}*",
         },
     ]
 
