@@ -21,6 +21,7 @@ kept. From Python (the node's ``python3``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -241,7 +242,8 @@ class FileStore:
 
 
 class S3Store:
-    """Checkpoints as objects under ``s3://bucket/prefix/ckpt-NNNNNN/``."""
+    """Checkpoints as objects under ``s3://bucket/prefix/ckpt-NNNNNN/``. A failed S3 call
+    (no access, no such bucket, no network) is a ``CheckpointError`` naming the store."""
 
     def __init__(self, url: str, region: str | None = None) -> None:
         bucket, _, prefix = url[len("s3://") :].partition("/")
@@ -251,38 +253,52 @@ class S3Store:
         self.prefix = prefix.strip("/")
         try:
             import boto3  # noqa: PLC0415 - optional: only s3 stores need it
+            from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
         except ImportError as exc:
             raise CheckpointError("s3:// checkpoint stores need boto3 on the node") from exc
+        self.failures: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
         self.s3 = boto3.client("s3", region_name=region)
+
+    @contextlib.contextmanager
+    def _calls(self) -> Iterator[None]:
+        try:
+            yield
+        except self.failures as exc:
+            where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+            raise CheckpointError(f"{where}: {' '.join(str(exc).split())}") from exc
 
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     def checkpoints(self) -> list[Checkpoint]:
         found = []
-        pages = self.s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self._key(PREFIX)
-        )
-        for page in pages:
-            for obj in page.get("Contents", []):
-                key = str(obj["Key"])
-                name, _, rest = key[len(self._key()) :].lstrip("/").partition("/")
-                seq = _seq(name)
-                if seq is None or rest != META:
-                    continue
-                meta = json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-                found.append(_checkpoint(seq, f"s3://{self.bucket}/{self._key(name)}", meta))
+        with self._calls():
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(PREFIX)
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = str(obj["Key"])
+                    name, _, rest = key[len(self._key()) :].lstrip("/").partition("/")
+                    seq = _seq(name)
+                    if seq is None or rest != META:
+                        continue
+                    body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                    location = f"s3://{self.bucket}/{self._key(name)}"
+                    found.append(_checkpoint(seq, location, json.loads(body)))
         return found
 
     def save(self, sources: Sequence[Path], meta: dict[str, Any], seq: int) -> Checkpoint:
         name = f"{PREFIX}{seq:06d}"
-        for src in sources:
-            files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
-            for path in files:
-                rel = path.relative_to(src.parent).as_posix()
-                self.s3.upload_file(str(path), self.bucket, self._key(name, rel))
-        # Written last: a checkpoint without its meta is incomplete and never listed.
-        self.s3.put_object(Bucket=self.bucket, Key=self._key(name, META), Body=json.dumps(meta))
+        with self._calls():
+            for src in sources:
+                files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+                for path in files:
+                    rel = path.relative_to(src.parent).as_posix()
+                    self.s3.upload_file(str(path), self.bucket, self._key(name, rel))
+            # Written last: a checkpoint without its meta is incomplete and never listed.
+            body = json.dumps(meta)
+            self.s3.put_object(Bucket=self.bucket, Key=self._key(name, META), Body=body)
         return _checkpoint(seq, f"s3://{self.bucket}/{self._key(name)}", meta)
 
     def _objects(self, checkpoint: Checkpoint) -> list[str]:
@@ -295,21 +311,23 @@ class S3Store:
 
     def restore(self, checkpoint: Checkpoint, dest: Path) -> None:
         prefix = checkpoint.location[len(f"s3://{self.bucket}/") :] + "/"
-        for key in self._objects(checkpoint):
-            rel = key[len(prefix) :]
-            if rel == META:
-                continue
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.s3.download_file(self.bucket, key, str(target))
+        with self._calls():
+            for key in self._objects(checkpoint):
+                rel = key[len(prefix) :]
+                if rel == META:
+                    continue
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(self.bucket, key, str(target))
 
     def delete(self, checkpoint: Checkpoint) -> None:
-        keys = self._objects(checkpoint)
-        # The meta goes first: from then on the checkpoint is no longer listed.
-        keys.sort(key=lambda k: not k.endswith("/" + META))
-        for start in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[start : start + 1000]]
-            self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+        with self._calls():
+            keys = self._objects(checkpoint)
+            # The meta goes first: from then on the checkpoint is no longer listed.
+            keys.sort(key=lambda k: not k.endswith("/" + META))
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[start : start + 1000]]
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
 
 
 # ---------------------------------------------------------------------------------------------

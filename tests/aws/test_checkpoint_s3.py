@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from clusterkit.nodetools import checkpoint
-from clusterkit.nodetools.checkpoint import Checkpoints
+from clusterkit.nodetools.checkpoint import CheckpointError, Checkpoints
+from clusterkit.nodetools.spot import Handler, RunningJob, SpotConfig
 
 from .conftest import REGION, Aws
 
@@ -43,3 +46,22 @@ def test_s3_checkpoint_without_its_meta_is_incomplete(aws: Aws, tmp_path: Path) 
     s3.put_object(Bucket="ck-ckpt", Key="demo/7/ckpt-000001/state.json", Body=b"{}")
     assert Checkpoints("s3://ck-ckpt/demo/7").latest() is None
     assert checkpoint.main(["--dir", "s3://ck-ckpt/demo/7", "restore", "--to", str(tmp_path)]) == 1
+
+
+def test_a_failed_s3_call_is_a_checkpoint_error(
+    aws: Aws, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No such bucket (or no access): one line from ck-checkpoint, and the Spot agent goes on
+    as if there were no checkpoint instead of dying in the middle of an interruption."""
+    store = "s3://ck-missing/checkpoints/demo/ann/12"
+    with pytest.raises(
+        CheckpointError, match=r"^s3://ck-missing/checkpoints/demo/ann/12: .*NoSuchBucket"
+    ):
+        Checkpoints(store).latest()
+    (tmp_path / "state.json").write_text("{}")
+    assert checkpoint.main(["--dir", store, "save", str(tmp_path / "state.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ck-checkpoint: s3://ck-missing/") and err.count("\n") == 1
+    config = SpotConfig(cluster="demo", checkpoint_dir="s3://ck-missing/checkpoints/demo/{user}/{job}",
+                        events_dir=str(tmp_path), region=REGION)  # fmt: skip
+    assert Handler(config)._latest_checkpoint(RunningJob("12", "ann", 0.0, 0)) is None
