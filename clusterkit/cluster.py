@@ -523,7 +523,13 @@ def ssh_argv(
     if target is None or target not in planned:
         known = ", ".join(planned) or "none yet"
         raise StateError(f"cluster {name!r} has no node {node!r}; its nodes: {known}")
-    return ClusterTrust(name, state.dir).ssh_argv(target, command, batch=False, user=user)
+    host = None
+    recorded = state.nodes.get(target)
+    if (recorded is None or not recorded.address) and state.spec:
+        # A dynamic node: its address is the one of its current power-up, if it is up.
+        host = provider_class(state.provider)(state, spec_of(state)).dial_address(target)
+    trust = ClusterTrust(name, state.dir)
+    return trust.ssh_argv(target, command, batch=False, user=user, host=host)
 
 
 def write_inventory_dir(name: str, directory: Path) -> Path:

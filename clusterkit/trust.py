@@ -128,11 +128,15 @@ class ClusterTrust:
         command: list[str] | None = None,
         batch: bool = True,
         user: str = "root",
+        host: str | None = None,
     ) -> list[str]:
-        """The OpenSSH command line that reaches ``node`` with this cluster's trust."""
+        """The OpenSSH command line that reaches ``node`` with this cluster's trust; ``host``
+        overrides the address ssh_config gives (the host key is still checked by name)."""
         argv = ["ssh", "-F", str(self.ssh_config), "-l", user]
         if batch:
             argv += ["-o", "BatchMode=yes"]
+        if host:
+            argv += ["-o", f"HostName={host}"]
         argv.append(node)
         if command:
             argv += ["--", *command]

@@ -94,6 +94,11 @@ class Provider(ABC):
         Called only where SSH is needed (a configured ``up``)."""
         return None
 
+    def dial_address(self, node: str) -> str | None:
+        """Where ``node``'s sshd is now, for a node whose address changes with each power-up
+        and is not in ssh_config (aws: a dynamic node's private IP); None: ssh_config's."""
+        return None
+
     def ssh_hint(self) -> str:
         """What to check when SSH to the nodes does not come up; empty when nothing special."""
         return ""

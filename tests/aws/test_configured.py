@@ -14,6 +14,7 @@ import pytest
 
 from clusterkit import cluster
 from clusterkit.errors import ProviderError, SSHError
+from clusterkit.nodetools.cloud import SPOT, Option, cloud_from_config
 from clusterkit.nodetools.spot import Handler, RunningJob, SpotConfig
 from clusterkit.providers.aws import provider as aws_provider
 from clusterkit.providers.aws.provider import AwsProvider
@@ -77,8 +78,32 @@ def test_configured_up_dials_the_head_at_its_public_address(
         assert route["hostkeyalias"] == node
         assert route["proxycommand"] == f"ssh -F {config} -o BatchMode=yes -W %h:%p awc-head"
         assert route["stricthostkeychecking"] == "true"
+
+    # A dynamic node is dialled at the address of its current power-up, through the head.
+    down = cluster.ssh_argv("awc", "compute-dy-1")
+    assert not any(a.startswith("HostName=") for a in down)  # not up: nothing to add
+    config_json = json.loads((config.parent.parent / "rendered" / "cloud.json").read_text())
+    backend = cloud_from_config(config_json)
+    launched = backend.launch("compute", ["compute-dy-1"], Option("c6i.2xlarge", SPOT))
+    private = launched.instances[0].address
+    argv = cluster.ssh_argv("awc", "compute-dy-1", ["hostname"])
+    at = argv.index(f"HostName={private}")
+    assert argv[at - 1] == "-o" and argv[-3:] == ["compute-dy-1", "--", "hostname"]
+    route = _ssh_g_argv(argv)
+    assert route["hostname"] == private and route["hostkeyalias"] == "compute-dy-1"
+    assert route["proxycommand"].endswith("-W %h:%p awc-head")
+    backend.terminate([i.instance_id for i in launched.instances])
     cluster.down("awc")
     assert aws.tagged("awc") == {}
+
+
+def _ssh_g_argv(argv: list[str]) -> dict[str, str]:
+    """``ssh -G`` of a whole ssh command line (without its remote command)."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    out = subprocess.run(
+        [argv[0], "-G", *argv[1:cut]], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
 def test_a_head_without_a_public_address_is_one_clear_error(

@@ -236,6 +236,12 @@ class AwsProvider(Provider):
                 )
             time.sleep(PUBLIC_ADDRESS_POLL_SECONDS)
 
+    def dial_address(self, node: str) -> str | None:
+        inst = self._live().get(node)
+        if inst is None or inst["State"]["Name"] != "running":
+            return None
+        return inst.get("PrivateIpAddress")
+
     def _run_instances(self, node: str, params: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + PROFILE_WAIT_SECONDS
         while True:
