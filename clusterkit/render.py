@@ -1,13 +1,13 @@
 """All template rendering: Jinja2 with StrictUndefined, values computed by the caller.
 
-Templates live in the package (``clusterkit/templates/``, and the image recipes'
-``clusterkit/images/`` as ``images/...``) so an installed clusterkit finds them. A template
-only places values; any decision is made in Python before rendering.
+Templates live in the package (``clusterkit/templates/``) so an installed clusterkit finds
+them. A template only places values; any decision is made in Python before rendering.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -16,18 +16,18 @@ import jinja2
 @cache
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.ChoiceLoader(
-            [
-                jinja2.PackageLoader("clusterkit", "templates"),
-                jinja2.PrefixLoader({"images": jinja2.PackageLoader("clusterkit", "images")}),
-            ]
-        ),
+        loader=jinja2.PackageLoader("clusterkit", "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,  # noqa: S701 - config files, not HTML
     )
+
+
+def render_file(path: Path, **values: Any) -> str:
+    """Render a template kept outside ``templates/`` (an image recipe's), the same way."""
+    return environment().from_string(path.read_text(encoding="utf-8")).render(**values)
 
 
 def render(template: str, **values: Any) -> str:

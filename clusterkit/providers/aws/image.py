@@ -34,7 +34,7 @@ from clusterkit.errors import ProviderError
 from clusterkit.providers.aws.errors import AwsError, aws_call
 from clusterkit.providers.aws.resources import DEFAULT_IMAGE_PARAM, USER_DATA_LIMIT
 from clusterkit.providers.aws.session import Aws
-from clusterkit.render import render
+from clusterkit.render import render_file
 
 TAG_IMAGE = "clusterkit:image"
 TAG_BUILD = "clusterkit:image-build"
@@ -122,8 +122,8 @@ def recipe_id(archive: bytes | None = None) -> str:
 def builder_user_data(build_id: str) -> str:
     archive = recipe_archive()
     encoded = base64.b64encode(archive).decode()
-    text = render(
-        "images/aws/builder.sh.j2",
+    text = render_file(
+        _package_dir("images") / "aws" / "builder.sh.j2",
         build_id=build_id,
         recipe_id=recipe_id(archive),
         recipe_archive="\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)),
