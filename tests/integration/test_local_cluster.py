@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from clusterkit.providers.local import net
 from clusterkit.trust import ClusterTrust, TrustedNode, public_key
 from tests.integration.conftest import Clusterkit, residue
 
@@ -165,6 +166,7 @@ def test_list_shows_the_cluster(ck: Clusterkit, cluster: dict[str, Any]) -> None
 
 def test_up_again_reconciles_without_duplicating(ck: Clusterkit, cluster: dict[str, Any]) -> None:
     state_before = _pids(ck)
+    gateway_mac = _bridge_mac()
     ck.up(NAME, 3)
     assert _pids(ck) == state_before  # healthy nodes are left alone
     # Break one node's sshd: `up` replaces that node and only that node.
@@ -180,6 +182,13 @@ def test_up_again_reconciles_without_duplicating(ck: Clusterkit, cluster: dict[s
     ).stdout
     assert sum(line.startswith(f"ck.{NAME}.") for line in namespaces.splitlines()) == 4
     assert ck.ssh(NAME, "compute-st-2", "hostname").stdout.strip() == "compute-st-2"
+    # The gateway's MAC is the bridge's own, whatever nodes come and go: other nodes'
+    # neighbour caches stay right (a bridge otherwise takes its lowest port's MAC).
+    assert _bridge_mac() == gateway_mac == net.bridge_mac(NAME)
+
+
+def _bridge_mac() -> str:
+    return Path(f"/sys/class/net/{net.bridge_name(NAME)}/address").read_text().strip()
 
 
 def _pids(ck: Clusterkit) -> dict[str, dict[str, int]]:
