@@ -44,11 +44,25 @@ def cluster(ck: Clusterkit) -> Iterator[Clusterkit]:
     assert residue(ck, NAME) == []
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = 120,
+    explain: Callable[[], str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        if time.monotonic() >= deadline:
+            detail = f"\n{explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(0.5)
+
+
+def situation(ck: Clusterkit) -> str:
+    """The queue, the nodes and the interruption events, for a failure's message."""
+    queue = head(ck, "squeue -o '%i %T %r %D %N'; sinfo -N -o '%N %T %E' | sort -u")
+    found = "\n".join(json.dumps(e) for e in spot_events(ck) if e["action"] != "started")
+    return f"{queue}\n{found}"
 
 
 def head(ck: Clusterkit, command: str, user: str = "root") -> str:
@@ -155,7 +169,7 @@ def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> N
         reasons.update(head(cluster, "squeue -h -t PENDING -o %r").split())
         return all(ended(cluster, j) is not None for j in jobs.values())
 
-    wait_for("every job to end", all_ended, timeout=180)
+    wait_for("every job to end", all_ended, timeout=180, explain=lambda: situation(cluster))
     assert "BadConstraints" not in reasons
     for kind, job in jobs.items():
         assert ended(cluster, job)["action"] == "completed", kind  # type: ignore[index]
