@@ -153,7 +153,9 @@ def test_the_example_job_survives_two_interruptions_with_the_exact_answer(
 
 
 def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> None:
-    script = "'echo run $SLURM_RESTART_COUNT; sleep 12; echo done'"
+    # Long enough to be running still when the last of them has started on a powered-up
+    # node (a 12 s job could end on its own first, and then no agent would requeue it).
+    script = "'echo run $SLURM_RESTART_COUNT; sleep 30; echo done'"
     jobs = {
         "excl": submit(cluster, f"--exclusive -o excl-%j.out --wrap {script}"),
         "range": submit(cluster, f"-N1-2 -c2 -o range-%j.out --wrap {script}"),
@@ -161,7 +163,9 @@ def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> N
     }
     for job in jobs.values():
         wait_running(cluster, job)
-    for node in {n for job in jobs.values() for n in nodes_of(cluster, job)}:
+    placed = {kind: nodes_of(cluster, job) for kind, job in jobs.items()}
+    assert all(placed.values()), placed  # every job is still running when its nodes get notices
+    for node in {n for nodes in placed.values() for n in nodes}:
         interrupt(cluster, node)
     reasons: set[str] = set()
 
