@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from common import ck, local_cluster, table
+from common import ck, local_cluster, need_root, save_results, table, verdict
 
 from clusterkit.nodetools.spot import parse_time
 
@@ -64,16 +63,12 @@ def show(r: Results) -> bool:
     rows = [
         ["figure", "value", "baseline", "ratio", "target", "verdict"],
         ["boot script start -> slurmd registered (median)", f"{boot:.2f}s",
-         f"{launch:.2f}s (launch)", f"{boot / launch:.1f}x", "<= 3 s", _ok(boot <= 3)],
+         f"{launch:.2f}s (launch)", f"{boot / launch:.1f}x", "<= 3 s", verdict(boot <= 3)],
         ["boot script start -> slurmd registered (worst)", f"{worst:.2f}s", "-", "-",
-         "<= 3 s", _ok(worst <= 3)],
+         "<= 3 s", verdict(worst <= 3)],
     ]  # fmt: skip
     print(table(rows))
     return worst <= 3
-
-
-def _ok(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
 
 
 def main() -> int:
@@ -81,8 +76,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("boot: needs root (namespaces, bridges)", file=sys.stderr)
+    if not need_root("boot"):
         return 2
     with local_cluster(SPEC, "ck-bench-boot-") as home:
         results = Results([], [])
@@ -90,8 +84,7 @@ def main() -> int:
             boot, launch = trial(home)
             results.boot_s.append(boot)
             results.launch_s.append(launch)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
+    save_results(args.json, results)
     return 0 if show(results) else 1
 
 

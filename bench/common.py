@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +59,22 @@ def table(rows: list[list[str]]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def verdict(passed: bool) -> str:
+    """A figure's column against its target."""
+    return "PASS" if passed else "FAIL"
+
+
+def need_root(name: str) -> bool:
+    """False, after saying why, when this benchmark cannot run here (it builds clusters)."""
+    if os.geteuid() == 0:
+        return True
+    print(f"{name}: needs root (namespaces, bridges)", file=sys.stderr)
+    return False
+
+
+def save_results(path: Path | None, results: Any) -> None:
+    """A benchmark's results (a dataclass) as JSON at ``path``, if one was given."""
+    if path:
+        path.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")

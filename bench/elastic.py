@@ -19,16 +19,14 @@ Timing runs on the head (one SSH session per trial), so SSH does not add to the 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from common import ck, local_cluster, table
+from common import ck, local_cluster, need_root, save_results, table, verdict
 
 from clusterkit.providers.local import net
 
@@ -108,19 +106,15 @@ def report(r: Results) -> bool:
     rows = [
         ["figure", "value", "baseline", "ratio", "target", "verdict"],
         ["sbatch->RUNNING, powered-down node (median)", f"{resume:.2f}s",
-         f"{static:.2f}s (node up)", f"{resume / static:.1f}x", "<= 5 s", _ok(resume <= 5)],
+         f"{static:.2f}s (node up)", f"{resume / static:.1f}x", "<= 5 s", verdict(resume <= 5)],
         ["sbatch->RUNNING, 32 powered-down nodes", f"{big:.2f}s",
-         f"{resume:.2f}s (1 node)", f"{big / resume:.1f}x", "<= 30 s", _ok(big <= 30)],
+         f"{resume:.2f}s (1 node)", f"{big / resume:.1f}x", "<= 30 s", verdict(big <= 30)],
         ["idle node released after SuspendTime (worst)", f"{release:.2f}s",
-         f"{SUSPEND_TIME}s suspend time", "-", "<= 10 s", _ok(release <= 10)],
+         f"{SUSPEND_TIME}s suspend time", "-", "<= 10 s", verdict(release <= 10)],
     ]  # fmt: skip
     print(table(rows))
     print(f"nodes up for the 32-node job: {r.resume32_nodes}")
     return resume <= 5 and big <= 30 and release <= 10 and r.resume32_nodes == 32
-
-
-def _ok(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
 
 
 def main() -> int:
@@ -128,13 +122,11 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("elastic: needs root (namespaces, bridges)", file=sys.stderr)
+    if not need_root("elastic"):
         return 2
     with local_cluster(SPEC, "ck-bench-elastic-") as home:
         results = measure(home, args.trials)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
+    save_results(args.json, results)
     return 0 if report(results) else 1
 
 

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import ck, local_cluster, table
+from common import ck, local_cluster, need_root, save_results, table, verdict
 
 NAME = "ckbenchspot"
 LEAD = 8
@@ -136,27 +135,24 @@ def show(r: Results) -> bool:
     rows = [
         ["figure", "value", "baseline", "ratio", "target", "verdict"],
         ["notice -> node drained (worst)", f"{drain:.2f}s",
-         f"median {rep['drain_seconds_median'] or 0:.2f}s", "-", "<= 3 s", _ok(drain <= 3)],
+         f"median {rep['drain_seconds_median'] or 0:.2f}s", "-", "<= 3 s", verdict(drain <= 3)],
         ["notices: every job requeued before the end",
          f"{rep['notices_requeued_in_time']} of {r.notices_sent}", "-", "-", "all",
-         _ok(in_time)],
+         verdict(in_time)],
         ["exact answers after the chaos run", f"{r.exact_answers} of {r.jobs}", "-", "-",
-         "all", _ok(r.exact_answers == r.jobs)],
+         "all", verdict(r.exact_answers == r.jobs)],
         ["makespan under interruptions", f"{r.chaos_makespan_s:.1f}s",
          f"{r.baseline_makespan_s:.1f}s (none)",
          f"{r.chaos_makespan_s / r.baseline_makespan_s:.2f}x", "-", "-"],
         ["work lost (total, worst requeue)",
          f"{rep['lost_seconds']:.1f}s, {rep['lost_seconds_max']:.1f}s", "-", "-",
-         f"<= {CHECKPOINT_EVERY}s per requeue", _ok(rep["lost_seconds_max"] <= CHECKPOINT_EVERY)],
+         f"<= {CHECKPOINT_EVERY}s per requeue",
+         verdict(rep["lost_seconds_max"] <= CHECKPOINT_EVERY)],
         ["restarts / jobs recovered", f"{rep['restarts']} / {rep['jobs_recovered']}", "-", "-",
          "-", "-"],
     ]  # fmt: skip
     print(table(rows))
     return drain <= 3 and in_time and r.exact_answers == r.jobs
-
-
-def _ok(passed: bool) -> str:
-    return "PASS" if passed else "FAIL"
 
 
 def main() -> int:
@@ -165,15 +161,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("spot: needs root (namespaces, bridges)", file=sys.stderr)
+    if not need_root("spot"):
         return 2
     with local_cluster(SPEC, "ck-bench-spot-") as home:
         ck(home, "ssh", NAME, "--", f"cat > {HOME}/hashchain.py && chown ckuser: "
            f"{HOME}/hashchain.py", stdin=EXAMPLE.read_text(encoding="utf-8"))  # fmt: skip
         results = measure(home, args.jobs, args.seed)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
+    save_results(args.json, results)
     return 0 if show(results) else 1
 
 
