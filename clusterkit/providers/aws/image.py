@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.cluster import NoProgress, Progress
+from clusterkit.configure import playbook_dir
 from clusterkit.errors import ProviderError
 from clusterkit.providers.aws.errors import AwsError, aws_call
 from clusterkit.providers.aws.resources import DEFAULT_IMAGE_PARAM, USER_DATA_LIMIT
@@ -87,15 +88,15 @@ class ImageInfo:
 # -- the recipe ------------------------------------------------------------------------------
 
 
-def _package_dir(name: str) -> Path:
-    return Path(str(files("clusterkit") / name))
+def recipe_dir() -> Path:
+    return Path(str(files("clusterkit") / "images" / "aws"))
 
 
 def recipe_archive() -> bytes:
     """bake.yml and its roles as a tar.gz, byte for byte the same for the same files."""
     buf = io.BytesIO()
-    entries = [(_package_dir("images") / "aws" / "bake.yml", "bake.yml")]
-    roles = _package_dir("playbooks") / "roles"
+    entries = [(recipe_dir() / "bake.yml", "bake.yml")]
+    roles = playbook_dir() / "roles"
     for role in ROLES:
         for path in sorted((roles / role).rglob("*")):
             if path.is_file() and not any(p.startswith((".", "__")) for p in path.parts):
@@ -123,7 +124,7 @@ def builder_user_data(build_id: str) -> str:
     archive = recipe_archive()
     encoded = base64.b64encode(archive).decode()
     text = render_file(
-        _package_dir("images") / "aws" / "builder.sh.j2",
+        recipe_dir() / "builder.sh.j2",
         build_id=build_id,
         recipe_id=recipe_id(archive),
         recipe_archive="\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)),
@@ -334,23 +335,24 @@ class _Build:
         """The builder, then its group (which AWS keeps while an instance uses it)."""
         ec2 = self.aws.ec2
         if self.builder:
-            aws_call(
-                "ec2 TerminateInstances",
-                self.builder,
-                ec2.terminate_instances,
-                InstanceIds=[self.builder],
-            )
-            aws_call(
-                "ec2 DescribeInstances (wait)",
-                self.builder,
-                ec2.get_waiter("instance_terminated").wait,
-                InstanceIds=[self.builder],
-                WaiterConfig={"Delay": 5, "MaxAttempts": 120},
-            )
+            _terminate(ec2, [self.builder])
         if self.group:
             aws_call(
                 "ec2 DeleteSecurityGroup", self.group, ec2.delete_security_group, GroupId=self.group
             )
+
+
+def _terminate(ec2: Any, instances: list[str]) -> None:
+    """End builder instances and wait until they are gone (their group is kept till then)."""
+    what = ", ".join(instances)
+    aws_call("ec2 TerminateInstances", what, ec2.terminate_instances, InstanceIds=instances)
+    aws_call(
+        "ec2 DescribeInstances (wait)",
+        what,
+        ec2.get_waiter("instance_terminated").wait,
+        InstanceIds=instances,
+        WaiterConfig={"Delay": 5, "MaxAttempts": 120},
+    )
 
 
 def default_name(now: datetime | None = None) -> str:
@@ -483,19 +485,7 @@ def clean(aws: Aws) -> list[str]:
         if i["State"]["Name"] != "terminated"
     ]
     if builders:
-        aws_call(
-            "ec2 TerminateInstances",
-            ", ".join(builders),
-            ec2.terminate_instances,
-            InstanceIds=builders,
-        )
-        aws_call(
-            "ec2 DescribeInstances (wait)",
-            ", ".join(builders),
-            ec2.get_waiter("instance_terminated").wait,
-            InstanceIds=builders,
-            WaiterConfig={"Delay": 5, "MaxAttempts": 120},
-        )
+        _terminate(ec2, builders)
     groups = aws_call(
         "ec2 DescribeSecurityGroups",
         "image builders",
