@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -28,7 +27,7 @@ from clusterkit.cli_image import image as image_group
 from clusterkit.cli_pack import pack as pack_group
 from clusterkit.cli_spot import events as events_command
 from clusterkit.cli_spot import spot_report as spot_report_command
-from clusterkit.cli_steps import StepProgress, err
+from clusterkit.cli_steps import StepProgress, err, out, output_option
 from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
@@ -40,9 +39,6 @@ from clusterkit.verify import failures, verify
 
 EXIT_INTERNAL = 70
 DEFAULT_SPEC = "cluster.yaml"
-
-# Piped output (logs, CI, grep) is not cut at 80 columns: tables keep whole node names.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class RichProgress(StepProgress):
@@ -70,15 +66,6 @@ PROVIDER_STEP_LABELS = {
         "nodes": "Secrets, launch templates, head and Spot fleets",
     }
 }
-
-output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json prints machine-readable output for scripts.",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from clusterkit.cli_steps import StepProgress, err
+from clusterkit.cli_steps import StepProgress, err, out, output_option
 from clusterkit.providers.aws import image as lib
 from clusterkit.providers.aws.session import Aws
 from clusterkit.spec import load_spec
-
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 STEP_LABELS = {
     "builder": "Builder instance (Debian 12, no inbound traffic)",
@@ -28,10 +24,6 @@ STEP_LABELS = {
 region_option = click.option(
     "--region", default=None, metavar="REGION",
     help="AWS region (default: the spec's aws.region, else the AWS profile's).",
-)  # fmt: skip
-output_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="json prints machine-readable output for scripts.",
 )  # fmt: skip
 
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from clusterkit import spot as lib
-
-# Piped output keeps whole lines, as the main CLI's does.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+from clusterkit.cli_steps import out
 
 # Fields every event has, or that the table shows in their own columns.
 SHOWN = {"time", "source", "action", "node", "nodes", "instance", "instance_id", "job", "jobs"}

@@ -1,4 +1,5 @@
-"""How the CLI draws a library's long steps: a spinner, then a tick or a cross with the time."""
+"""What the CLI's command modules share: the consoles, the ``-o`` option, and how a library's
+long steps are drawn (a spinner, then a tick or a cross with the time)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,21 @@ import sys
 import time
 from collections.abc import Iterator
 
+import click
 from rich.console import Console
 
-# Piped output (logs, CI, grep) is not cut at 80 columns.
+# Piped output (logs, CI, grep) is not cut at 80 columns: tables keep whole node names.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json prints machine-readable output for scripts.",
+)
 
 
 class StepProgress:
