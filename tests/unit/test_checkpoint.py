@@ -108,9 +108,15 @@ PROGRAM = textwrap.dedent(
 
 
 def ck_run(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait: float = 5, code: int = 0
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait: float = 5,
+    code: int = 0,
+    program: str = PROGRAM,
 ) -> subprocess.Popen[str]:
-    (tmp_path / "prog.py").write_text(PROGRAM)
+    """``ck-run ARGS -- python3 prog.py WAIT CODE`` in ``tmp_path``, ``program`` as prog.py."""
+    (tmp_path / "prog.py").write_text(program)
     argv = [sys.executable, "-m", "clusterkit.nodetools.ckrun", *args, "--",
             sys.executable, "prog.py", str(wait), str(code)]  # fmt: skip
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CK_"))}
@@ -139,7 +145,7 @@ def test_ck_run_forwards_the_checkpoint_signal(tmp_path: Path) -> None:
 
 def test_ck_run_spares_a_program_that_does_not_handle_the_signal_yet(tmp_path: Path) -> None:
     # The program sets its handler only after a while, as one still importing would.
-    (tmp_path / "late.py").write_text(textwrap.dedent(
+    late = textwrap.dedent(
         """
         import signal, time
         from pathlib import Path
@@ -151,9 +157,8 @@ def test_ck_run_spares_a_program_that_does_not_handle_the_signal_yet(tmp_path: P
         while not got:
             time.sleep(0.05)
         """
-    ))  # fmt: skip
-    argv = [sys.executable, "-m", "clusterkit.nodetools.ckrun", "--", sys.executable, "late.py"]
-    child = subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    )
+    child = ck_run(tmp_path, program=late)
     wait_for(tmp_path / "started")
     child.send_signal(signal.SIGUSR1)  # too early: not passed on, the program lives
     wait_for(tmp_path / "ready")
@@ -202,7 +207,7 @@ def test_ck_run_refuses_bad_options(tmp_path: Path) -> None:
 
 
 def test_ck_run_takes_the_clusters_checkpoint_signal(tmp_path: Path) -> None:
-    (tmp_path / "usr2.py").write_text(textwrap.dedent(
+    usr2 = textwrap.dedent(
         """
         import signal, time
         from pathlib import Path
@@ -212,10 +217,8 @@ def test_ck_run_takes_the_clusters_checkpoint_signal(tmp_path: Path) -> None:
         while not got:
             time.sleep(0.05)
         """
-    ))  # fmt: skip
-    argv = [sys.executable, "-m", "clusterkit.nodetools.ckrun", "--", sys.executable, "usr2.py"]
-    env = {**os.environ, "CK_CHECKPOINT_SIGNAL": "USR2"}
-    child = subprocess.Popen(argv, cwd=tmp_path, env=env)
+    )
+    child = ck_run(tmp_path, env={"CK_CHECKPOINT_SIGNAL": "USR2"}, program=usr2)
     wait_for(tmp_path / "ready")
     child.send_signal(signal.SIGUSR2)
     assert child.wait(timeout=20) == 0
