@@ -362,7 +362,7 @@ def _kind(value: Any) -> str:
     )
 
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: "$" would let "a\n" pass
 
 
 def format_path(loc: tuple[Any, ...]) -> str:
@@ -371,7 +371,7 @@ def format_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
-        elif isinstance(part, str) and _PLAIN_KEY.match(part):
+        elif isinstance(part, str) and _PLAIN_KEY.fullmatch(part):
             out += f".{part}" if out else part
         else:
             out += f"[{part!r}]"

@@ -245,6 +245,7 @@ def test_odd_keys_are_quoted_in_the_path_and_keep_the_message_on_one_line() -> N
         (("slurm", "extra", 0), "slurm.extra[0]"),
         (("head", "a b"), "head['a b']"),
         (("head", True), "head[True]"),
+        (("0\n",), "['0\\n']"),  # a key ending in a newline keeps the message one line
     ],
 )
 def test_format_path(loc: tuple[Any, ...], path: str) -> None:
