@@ -69,6 +69,12 @@ class Provider(ABC):
         """Raise ``SpecError`` if ``up`` (configured or not) cannot build ``spec`` here;
         called before anything is created."""
 
+    @classmethod  # noqa: B027 - optional: names are private to a home unless said here
+    def check_owner(cls, name: str, state_dir: Path, creating: bool) -> None:
+        """Raise ``StateError`` if cluster ``name`` belongs to another ``CLUSTERKIT_HOME``
+        (``state_dir`` is this home's); ``creating`` for ``up``, else ``down``. Called
+        before anything is changed."""
+
     @abstractmethod
     def prepare(self) -> None:
         """Create what all nodes share (network); idempotent."""

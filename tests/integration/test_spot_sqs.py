@@ -62,7 +62,7 @@ def world(ck: Clusterkit) -> Iterator[tuple[Clusterkit, Any, Any]]:
             {"source": ["aws.ec2"], "detail-type": [WARNING]}))  # fmt: skip
         events.put_targets(Rule="spot", Targets=[{"Id": "queue", "Arn": arn}])
         # The head's consumer finds its credentials the standard way (moto's dummy keys).
-        ck.run("ssh", NAME, "--", "mkdir -p /root/.aws && cat > /root/.aws/credentials",
+        ck.run("ssh", NAME, "--", "mkdir -p ~/.aws && cat > ~/.aws/credentials",
                input=CREDENTIALS)  # fmt: skip
         yield ck, events, sqs
     finally:

@@ -39,13 +39,24 @@ NODE_DIRS = {
     "log/clusterkit": "/var/log/clusterkit",
     "spool/slurmd": "/var/spool/slurmd",
     "spool/slurmctld": "/var/spool/slurmctld",
-    # root's home: the host's /root (its shell start-up, its files) stays the host's own.
-    "root": "/root",
 }
+# root's home on a node. The host's /root stays visible at its own path, as the rest of the
+# login node's file system does (a venv or script there runs in jobs), but root's logins on
+# a node start in a private home: the host's shell start-up is not run, and what a node
+# writes to ~ (Ansible's temp files, history, caches) stays the node's.
+ROOT_HOME_DIR = "lib/clusterkit/root"  # in the node dir, so under /var/lib/clusterkit
+ROOT_HOME = NODE_DIRS["lib/clusterkit"] + "/root"
 NODE_FILES = {"hosts": "/etc/hosts", "passwd": "/etc/passwd", "group": "/etc/group"}
 NODE_SECRET_FILES = {"shadow": "/etc/shadow"}  # root-only, like the host's
 
 INIT_PYTHON = "/usr/bin/python3"
+
+
+def covered_paths() -> list[str]:
+    """Where a node mounts a directory of its own over the host's (files are not listed:
+    nothing can lie under a file)."""
+    return list(NODE_DIRS.values())
+
 
 # PID 1 of a node: reap every orphan; exit on SIGTERM (the kernel then ends the whole node).
 _INIT = """
@@ -97,7 +108,9 @@ class LocalNode:
             (self.root / rel).touch(exist_ok=True)
             Path(target).touch(exist_ok=True)  # a file mount needs a file to cover
         os.chmod(self.root / "shadow", 0o640)
-        os.chmod(self.root / "root", 0o700)
+        home = self.root / ROOT_HOME_DIR
+        home.mkdir(exist_ok=True)
+        os.chmod(home, 0o700)
         (self.root / "etc/ssh/authorized_keys").mkdir(exist_ok=True)
 
     def binds(self) -> list[tuple[Path, Path]]:

@@ -7,7 +7,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from clusterkit.errors import PrerequisiteError, ProviderError
+from clusterkit.errors import PrerequisiteError, ProviderError, SpecError
 from clusterkit.plan import (
     ClusterUser,
     NodePlan,
@@ -17,10 +17,26 @@ from clusterkit.plan import (
     pick_subnet,
 )
 from clusterkit.providers.base import NodeBoot, Provider
-from clusterkit.providers.local import cgroups, cloud, net
-from clusterkit.providers.local.node import LocalNode, alive, pids_in_netns, stop_nodes
+from clusterkit.providers.local import cgroups, cloud, net, owners
+from clusterkit.providers.local.node import (
+    ROOT_HOME,
+    LocalNode,
+    alive,
+    covered_paths,
+    pids_in_netns,
+    stop_nodes,
+)
 from clusterkit.render import render
-from clusterkit.state import ClusterState, NodeState, atomic_write, list_states, locked
+from clusterkit.spec import ClusterSpec
+from clusterkit.state import (
+    ClusterState,
+    NodeState,
+    atomic_write,
+    cluster_dir,
+    home,
+    list_states,
+    locked,
+)
 
 MACHINE_LOCK = Path("/run/lock/clusterkit-local.lock")
 
@@ -59,6 +75,27 @@ class LocalProvider(Provider):
                 f"install them with `apt-get install {' '.join(missing)}` (or `make setup`)"
             )
 
+    @classmethod
+    def check_spec(cls, spec: ClusterSpec, configure: bool) -> None:
+        """Every node sees the host's file system but for its private directories and, on
+        the head, the shared mount point: the cluster's own state must not lie under those,
+        or the nodes could not reach their files."""
+        state_home = home().resolve()
+        shared = Path(spec.shared_storage.mount_point)
+        if _within(state_home, shared):
+            raise SpecError(
+                "shared_storage.mount_point",
+                [f"{shared} would cover CLUSTERKIT_HOME ({state_home}) on the nodes; "
+                 "choose another mount point (the default is /shared)"],
+            )  # fmt: skip
+        for private in sorted({Path(p) for p in covered_paths()}):
+            if _within(state_home, private):
+                raise PrerequisiteError(
+                    f"CLUSTERKIT_HOME ({state_home}) lies under {private}, which every local "
+                    "node covers with a directory of its own; choose a home elsewhere "
+                    "(the default is ~/.clusterkit)"
+                )
+
     # -- shared network --------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -66,6 +103,7 @@ class LocalProvider(Provider):
         # Subnets are a machine-wide resource (clusters of every CLUSTERKIT_HOME share the
         # routing table), so the choice and the bridge that claims it happen under one lock.
         with locked(MACHINE_LOCK, "subnet allocation"):
+            owners.claim(self.state.name, self.state.dir)
             if "subnet" not in network:
                 network["subnet"] = self._choose_subnet()
                 network["gateway"] = gateway_address(network["subnet"])
@@ -176,11 +214,31 @@ class LocalProvider(Provider):
         links = net.cluster_links(name)
         net.delete_cluster_net(name)
         removed += [f"netns {ns}" for ns in namespaces] + [f"link {link}" for link in links]
+        owners.release(name, cluster_dir(name))
         return removed + cgroups.remove(name)
+
+    @classmethod
+    def check_owner(cls, name: str, state_dir: Path, creating: bool) -> None:
+        owners.check_owner(name, state_dir, creating)
 
     @classmethod
     def discover(cls) -> list[str]:
         return sorted(net.all_clusterkit_netns())
+
+
+def _within(path: Path, top: Path) -> bool:
+    return path == top or top in path.parents
+
+
+def _with_root_home(passwd: str, home: str) -> str:
+    """``passwd`` with root's home directory set to ``home``."""
+    lines = []
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if fields[0] == "root" and len(fields) == 7:
+            fields[5] = home
+        lines.append(":".join(fields))
+    return "\n".join(lines) + "\n"
 
 
 def account_files(users: tuple[ClusterUser, ...]) -> dict[str, str]:
@@ -192,6 +250,7 @@ def account_files(users: tuple[ClusterUser, ...]) -> dict[str, str]:
     files = {
         n: Path(f"/etc/{n}").read_text(encoding="utf-8") for n in ("passwd", "group", "shadow")
     }
+    files["passwd"] = _with_root_home(files["passwd"], ROOT_HOME)
     by_name = {line.split(":")[0]: line.split(":") for line in files["passwd"].splitlines() if line}
     by_uid = {fields[2]: name for name, fields in by_name.items()}
     groups = {
