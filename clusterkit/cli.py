@@ -23,6 +23,7 @@ from rich.table import Table
 
 from clusterkit import __version__, elastic
 from clusterkit import cluster as lib
+from clusterkit import interrupt as signals
 from clusterkit.cli_image import image as image_group
 from clusterkit.cli_pack import pack as pack_group
 from clusterkit.cli_spot import events as events_command
@@ -118,13 +119,32 @@ def up(path: Path | None, no_configure: bool, dry_run: bool) -> None:
         f"static compute node(s)"
     )
     start = time.monotonic()
-    lib.up(spec, RichProgress(spec.provider), configure=not no_configure)
+    progress = RichProgress(spec.provider)
+    try:
+        lib.up(spec, progress, configure=not no_configure)
+    except signals.Interrupted as exc:
+        _stop(_interrupted_up(spec.name, exc, progress), exc.exit_code)
     err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
     _print_status(lib.status(spec.name, with_slurm=not no_configure))
     user = spec.users[0].name if spec.users else "root"
     out.print(
         f"\nNext: [bold]clusterkit ssh {spec.name} -u {user}[/] (submit jobs there)   ·   "
         f"[bold]clusterkit down {spec.name}[/]"
+    )
+
+
+def _interrupted_up(name: str, exc: signals.Interrupted, progress: RichProgress) -> str:
+    """One line: where ``up`` stopped, what it left, and how to remove that."""
+    if exc.step:
+        where = f" during {progress.labels.get(exc.step, exc.step)!r}"
+    else:  # between two steps
+        where = f" after {progress.done[-1]!r}" if progress.done else ""
+    left = lib.left_behind(name)
+    if not left:
+        return f"up interrupted by {exc.signal_name}{where}; nothing was created"
+    return (
+        f"up interrupted by {exc.signal_name}{where}; left of cluster {name}: "
+        f"{', '.join(left)}; `clusterkit down {name}` removes it"
     )
 
 
@@ -499,6 +519,15 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _stop(message: str, code: int) -> NoReturn:
+    """Exit at once after an interrupt: worker threads still finishing a wait (an SSH probe)
+    are not waited for, as a normal exit would."""
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _report_bug(exc: BaseException) -> NoReturn:
     logs = home() / "logs"
     try:
@@ -513,7 +542,10 @@ def _report_bug(exc: BaseException) -> NoReturn:
 def main(argv: list[str] | None = None) -> NoReturn:
     args, remote = _split_remote(list(sys.argv[1:] if argv is None else argv))
     try:
-        cli.main(args=args, prog_name="clusterkit", obj={"remote": remote}, standalone_mode=False)
+        with signals.installed():
+            cli.main(
+                args=args, prog_name="clusterkit", obj={"remote": remote}, standalone_mode=False
+            )
     except SpecError as exc:
         if len(exc.problems) > 1:
             detail = "".join(f"\n  {exc.source}: {p}" for p in exc.problems)
@@ -526,6 +558,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except signals.Interrupted as exc:
+        _stop(f"interrupted by {exc.signal_name}", exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; `clusterkit down NAME` cleans up whatever was made", 130)
     except Exception as exc:  # noqa: BLE001 - the one place bugs are caught

@@ -30,6 +30,7 @@ class StepProgress:
 
     def __init__(self, labels: dict[str, str] | None = None) -> None:
         self.labels = labels or {}
+        self.done: list[str] = []  # labels of the steps finished, in order
 
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -41,4 +42,5 @@ class StepProgress:
         except BaseException:
             err.print(f"[red]✗[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
             raise
+        self.done.append(label)
         err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")

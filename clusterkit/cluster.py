@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from clusterkit import elastic, proc
+from clusterkit import elastic, interrupt, proc
 from clusterkit.configure import (
     ClusterFiles,
     ansible_vars,
@@ -72,12 +72,14 @@ class NoProgress:
 def _logged_step(state: ClusterState, progress: Progress, title: str) -> Iterator[None]:
     """Run one step under ``progress`` and append its outcome and duration to the log."""
     start = time.monotonic()
-    try:
-        with progress.step(title):
+    with progress.step(title):
+        try:
             yield
-    except BaseException as exc:
-        log(state.dir, f"{title}: failed after {time.monotonic() - start:.2f}s: {exc}")
-        raise
+        except BaseException as exc:
+            if isinstance(exc, interrupt.Interrupted) and exc.step is None:
+                exc.step = title  # the step's own work was stopped, not what follows it
+            log(state.dir, f"{title}: failed after {time.monotonic() - start:.2f}s: {exc!r}")
+            raise
     log(state.dir, f"{title}: done in {time.monotonic() - start:.2f}s")
 
 
@@ -97,8 +99,11 @@ def dry_run(spec: ClusterSpec) -> DryRun:
 
 
 def check_prerequisites(spec: ClusterSpec) -> None:
-    """Raise ``PrerequisiteError`` if this machine cannot run ``spec``'s provider."""
-    provider_class(spec.provider).check_prerequisites()
+    """Raise ``PrerequisiteError`` if this machine cannot run ``spec``'s provider, and
+    ``StateError`` if its name belongs to a cluster of another ``CLUSTERKIT_HOME``."""
+    cls = provider_class(spec.provider)
+    cls.check_prerequisites()
+    cls.check_owner(spec.name, cluster_dir(spec.name), creating=True)
 
 
 def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = True) -> ClusterState:
@@ -112,6 +117,7 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
     cls = provider_class(spec.provider)
     cls.check_spec(spec, configure)
     cls.check_prerequisites()
+    cls.check_owner(spec.name, cluster_dir(spec.name), creating=True)
     with cluster_lock(spec.name):
         state = _begin(spec)
         provider = cls(state, spec)
@@ -185,8 +191,7 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
         atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
     nodes = plan_nodes(spec)
     keys = [host_key_path(trust, n.name) for n in nodes]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda kn: keygen(kn[0], kn[1].name), zip(keys, nodes, strict=True)))
+    interrupt.parallel(lambda kn, _: keygen(kn[0], kn[1].name), zip(keys, nodes, strict=True), 8)
     trusted = [
         TrustedNode(n.name, provider.address(n), public_key(k))
         for n, k in zip(nodes, keys, strict=True)
@@ -338,7 +343,7 @@ def wait_for_ssh(
     """Return once every node answers a real SSH login with strict host key checking;
     ``hint`` (what to check) ends the error otherwise."""
 
-    def reach(node: str) -> str | None:
+    def reach(node: str, stop: threading.Event) -> str | None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -347,11 +352,11 @@ def wait_for_ssh(
                 return None
             except CommandError as exc:
                 last = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
-                time.sleep(0.1)
+                if stop.wait(0.1):
+                    break
         return f"{node}: {last or 'no answer'}"
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        failures = [f for f in pool.map(reach, nodes) if f]
+    failures = [f for f in interrupt.parallel(reach, nodes) if f]
     if failures:
         raise SSHError(
             f"SSH did not come up within {timeout:.0f}s: "
@@ -362,6 +367,21 @@ def wait_for_ssh(
 
 # ---------------------------------------------------------------------------------------------
 # down
+
+
+def left_behind(name: str) -> list[str]:
+    """What of cluster ``name`` exists, as its state records it (``up`` saves the state
+    before anything is created), for a user told to remove it; empty when nothing does."""
+    state = try_load_state(name)
+    if state is None:
+        return [f"state in {cluster_dir(name)}"] if cluster_dir(name).exists() else []
+    left = []
+    if state.network:
+        subnet = state.network.get("subnet")
+        left.append(f"network {subnet}" if subnet else "network resources")
+    if state.nodes:
+        left.append(f"{len(state.nodes)} node(s)")
+    return [*left, f"state in {state.dir}"]
 
 
 def down(name: str, progress: Progress | None = None) -> list[str]:
@@ -377,6 +397,7 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
         if state is None and not has_dir and name not in _discover(cls):
             raise StateError(f"no cluster named {name!r} (see `clusterkit list`)")
         cls.check_prerequisites()
+        cls.check_owner(name, cluster_dir(name), creating=False)
         if state is not None:
             state.status = "deleting"
             state.save()

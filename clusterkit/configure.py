@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import sys
 import tarfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 import clusterkit
-from clusterkit import proc
+from clusterkit import interrupt, proc
 from clusterkit.errors import ConfigureError
 from clusterkit.nodetools import NODE_TOOLS, entry_point
 from clusterkit.nodetools.cloud import LOCAL_SOCKET, ON_DEMAND, SPOT
@@ -40,6 +41,7 @@ BOOT_STATUS = "/var/lib/clusterkit/boot.status"  # written by the boot script: r
 BOOT_TIMEOUT_SECONDS = 300
 NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
 SLURMCTLD_PORT = 6817
+RUNNER_POLL_SECONDS = 0.2  # how often ansible-runner asks whether to cancel
 
 
 def playbook_dir() -> Path:
@@ -160,7 +162,7 @@ def inventory(state: ClusterState, trust: ClusterTrust) -> dict[str, Any]:
             "vars": {
                 "ansible_user": "root",
                 "ansible_python_interpreter": "/usr/bin/python3",
-                "ansible_ssh_common_args": f"-F {trust.ssh_config}",
+                "ansible_ssh_common_args": f"-F {shlex.quote(str(trust.ssh_config))}",
             },
             "children": {
                 "head": {"hosts": {h: {} for h in heads}},
@@ -220,21 +222,28 @@ def run_playbook(
     private = state.dir / "ansible"
     private.mkdir(parents=True, exist_ok=True)
     venv_bin = str(Path(sys.executable).parent)
-    result = ansible_runner.run(
-        private_data_dir=str(private),
-        playbook=str(playbook_dir() / "site.yml"),
-        inventory=inv,
-        extravars=extravars,
-        limit=limit,
-        quiet=True,
-        rotate_artifacts=3,
-        envvars={
-            "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
-        },
-    )
+    # ansible-runner installs SIGINT/SIGTERM handlers of its own for good unless it is given
+    # a cancel callback. With ours a signal is recorded, the runner sees it within
+    # pexpect_timeout and kills the playbook's process group, and then it is raised.
+    with interrupt.deferred():
+        result = ansible_runner.run(
+            private_data_dir=str(private),
+            playbook=str(playbook_dir() / "site.yml"),
+            inventory=inv,
+            extravars=extravars,
+            limit=limit,
+            quiet=True,
+            rotate_artifacts=3,
+            cancel_callback=interrupt.requested,
+            settings={"pexpect_timeout": RUNNER_POLL_SECONDS},
+            envvars={
+                "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
+            },
+        )
+    interrupt.check()
     if result.status == "successful" and result.rc == 0:
         return
     raise ConfigureError(_failure(result, private))
@@ -424,7 +433,7 @@ def wait_for_boot(
 ) -> None:
     """Return once every node's boot script reports ``done``; raise naming failed nodes."""
 
-    def outcome(node: str) -> str | None:
+    def outcome(node: str, stop: threading.Event) -> str | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = proc.run(
@@ -434,10 +443,10 @@ def wait_for_boot(
                 return None
             if status.startswith("failed"):
                 return f"{node}: {status} (console log: {trust.root}/nodes/{node}/console.log)"
-            time.sleep(0.2)
+            if stop.wait(0.2):
+                break
         return f"{node}: boot did not finish within {timeout:.0f}s"
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        failures = [f for f in pool.map(outcome, nodes) if f]
+    failures = [f for f in interrupt.parallel(outcome, nodes) if f]
     if failures:
         raise ConfigureError("compute nodes failed to boot: " + "; ".join(failures))

@@ -52,7 +52,7 @@ from typing import Any
 
 import testinfra
 
-from clusterkit import proc
+from clusterkit import interrupt, proc
 from clusterkit.configure import ClusterFiles
 from clusterkit.errors import ClusterkitError, SlurmError
 from clusterkit.plan import cluster_users, head_name
@@ -357,7 +357,7 @@ def run_checks(layout: Layout, remote: Remote) -> list[Check]:
     """Probe every node in three phases and judge what came back."""
     token = secrets.token_hex(6)
     files = {n: f"{layout.shared_dir}/.ck-verify-{token}-{n}" for n in layout.nodes}
-    with ThreadPoolExecutor(max_workers=len(layout.nodes)) as pool:
+    with interrupt.pool(len(layout.nodes)) as pool:
         first = run_phase(pool, remote, first_plan(layout, files, token))
         second = run_phase(pool, remote, second_plan(layout, files, first))
         third = run_phase(pool, remote, cleanup_plan(layout, files, first))
