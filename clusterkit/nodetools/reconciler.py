@@ -34,6 +34,9 @@ from clusterkit.nodetools.spot import SlurmOps, SpotConfig
 from clusterkit.slurm import SlurmNode, SlurmReader
 
 INTERVAL_SECONDS = 3.0
+# The playbook starts the reconciler before slurmctld, and slurmctld may restart: until Slurm
+# first answers, a failing pass is the daemon starting, not an error, for this long.
+STARTUP_GRACE_SECONDS = 120.0
 ORPHAN_GRACE_SECONDS = 10.0  # an instance this young may belong to a resume still running
 
 
@@ -157,6 +160,29 @@ class Reconciler:
                               detail=error.message)  # fmt: skip
 
 
+@dataclass
+class PassErrors:
+    """Which failed passes become events: each distinct error once while it lasts, and none
+    before a first pass succeeded unless the start-up grace is over."""
+
+    started: float
+    grace: float = STARTUP_GRACE_SECONDS
+    succeeded: bool = False
+    last: str = ""
+
+    def failed(self, error: str, now: float) -> bool:
+        """A pass failed with ``error``; True when it is to be recorded."""
+        if not self.succeeded and now - self.started < self.grace:
+            return False
+        new = error != self.last
+        self.last = error
+        return new
+
+    def passed(self) -> None:
+        self.succeeded = True
+        self.last = ""
+
+
 def _newest_by_node(instances: Sequence[Instance]) -> dict[str, Instance]:
     newest: dict[str, Instance] = {}
     for inst in instances:
@@ -193,18 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     reader = SlurmReader.create(_run, local=True)
     watch = jobwatch.JobWatch()
     events.record("reconciler", "started", interval=args.interval)
-    last_error = ""
+    errors = PassErrors(started=time.monotonic())
     while True:
         try:
             actions = reconciler.plan(reader.nodes(), cloud.describe(), time.time())
             reconciler.apply(actions, cloud, slurm)
             follow_jobs(watch, Path(SpotConfig.load(args.spot_config).events_dir))
-            last_error = ""
+            errors.passed()
         except Exception as exc:  # noqa: BLE001 - a watchdog logs and tries again
             error = f"{type(exc).__name__}: {exc}"[-500:]
-            if error != last_error:  # once, not every pass, while it lasts
+            if errors.failed(error, time.monotonic()):
                 events.record("reconciler", "error", detail=error)
-            last_error = error
         if args.once:
             return 0
         time.sleep(args.interval)

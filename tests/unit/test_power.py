@@ -16,7 +16,7 @@ from clusterkit.elastic import power_state
 from clusterkit.nodetools import events
 from clusterkit.nodetools.cloud import Cloud, CloudError, Instance, LaunchResult, Option
 from clusterkit.nodetools.power import PowerConfig, failure_reason, launch_group
-from clusterkit.nodetools.reconciler import ORPHAN_GRACE_SECONDS, Action, Reconciler
+from clusterkit.nodetools.reconciler import ORPHAN_GRACE_SECONDS, Action, PassErrors, Reconciler
 from clusterkit.slurm import SlurmNode
 from clusterkit.spec import GroupSpec, parse_spec
 
@@ -237,3 +237,23 @@ def test_events_round_trip_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
 )
 def test_power_state_reads_slurm_flags(slurm: str | None, kind: str, expected: str) -> None:
     assert power_state(slurm, kind) == expected
+
+
+# Which failed passes of the reconciler are recorded
+
+
+def test_a_failing_pass_before_slurm_first_answers_is_not_an_error() -> None:
+    errors = PassErrors(started=100.0, grace=120.0)
+    sinfo = "CalledProcessError: Command '['sinfo', '--json']' returned non-zero exit status 1."
+    assert not errors.failed(sinfo, now=101.0)  # slurmctld still starting
+    assert not errors.failed(sinfo, now=219.0)
+    errors.passed()
+    assert errors.failed(sinfo, now=230.0)  # once Slurm answered, a failure is one
+    assert not errors.failed(sinfo, now=233.0)  # and recorded once while it lasts
+    assert errors.failed("OSError: disk full", now=236.0)
+
+
+def test_a_pass_that_never_succeeds_is_recorded_after_the_grace() -> None:
+    errors = PassErrors(started=100.0, grace=120.0)
+    assert not errors.failed("SlurmError: no slurmctld", now=150.0)
+    assert errors.failed("SlurmError: no slurmctld", now=221.0)
