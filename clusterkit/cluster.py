@@ -579,7 +579,9 @@ def client_env(name: str) -> dict[str, str]:
     socket = state.dir / "nodes" / head_name(name) / "run" / "munge" / "munge.socket.2"
     client = state.dir / "client" / "slurm.conf"
     text = conf.read_text(encoding="utf-8")
+    # Quoted: slurm.conf ends a value at a space, and a home's path may have one.
     atomic_write(
-        client, text + f"\n# Host-side clients reach the head's munged:\nAuthInfo=socket={socket}\n"
+        client,
+        text + f'\n# Host-side clients reach the head\'s munged:\nAuthInfo="socket={socket}"\n',
     )
     return {"SLURM_CONF": str(client)}

@@ -10,6 +10,7 @@ that another home's cluster holds. ``/run`` empties at boot, as the namespaces d
 from __future__ import annotations
 
 import contextlib
+import shlex
 from pathlib import Path
 
 from clusterkit.errors import StateError
@@ -43,7 +44,8 @@ def check_owner(name: str, state_dir: Path, creating: bool) -> None:
         home = _home_of(other)
         raise StateError(
             f"cluster {name!r} is live on this machine from CLUSTERKIT_HOME={home}; "
-            f"bring it down there (CLUSTERKIT_HOME={home} clusterkit down {name}) "
+            f"bring it down there (CLUSTERKIT_HOME={shlex.quote(str(home))} clusterkit down "
+            f"{name}) "
             "or choose another name"
         )
     if creating and other is None and not (state_dir / "state.json").exists():
