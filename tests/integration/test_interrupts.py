@@ -1,0 +1,93 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop `up` at every step within 2 s, with one line naming what
+was left and the command that removes it, and exit 130 / 143; `down` then leaves nothing.
+
+Steps run one after the other and `up` prints a line as each ends, so the signal is sent a
+moment after the line of the step before: inside the step for every step that lasts (the
+ones of a few milliseconds may be over by then; the message then names the step it
+followed)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from clusterkit.cli import STEP_LABELS
+from tests.integration.conftest import CK, Clusterkit, residue
+
+NAME = "sigtest"
+# (step, the line after which it starts, seconds to wait after it, whether it surely lasts)
+STEPS = [
+    ("network", f"Cluster {NAME} on local", 0.0, False),
+    ("keys", STEP_LABELS["network"], 0.0, False),
+    ("nodes", STEP_LABELS["keys"], 0.0, False),
+    ("render", STEP_LABELS["nodes"], 0.0, False),
+    ("ssh", STEP_LABELS["render"], 0.0, False),
+    ("configure", STEP_LABELS["ssh"], 2.0, True),
+    ("boot", STEP_LABELS["configure"], 0.2, True),
+    ("verify", STEP_LABELS["boot"], 0.1, True),
+]
+SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+
+
+def interrupted_up(ck: Clusterkit, after: str, wait: float, sig: signal.Signals) -> tuple[
+    int, list[str], float
+]:  # fmt: skip
+    """Start `up`, send ``sig`` ``wait`` s after the line containing ``after``; return the exit
+    code, stderr's lines and the seconds from the signal to the exit."""
+    proc = subprocess.Popen(
+        [CK, "up", "-f", str(ck.spec(NAME, 1))], env=ck.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        if after in line:
+            break
+    else:
+        proc.wait()
+        pytest.fail(f"up ended before {after!r}:\n" + "\n".join(lines))
+    time.sleep(wait)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        code = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    took = time.monotonic() - sent
+    lines += proc.stderr.read().splitlines()
+    return code, lines, took
+
+
+@pytest.mark.parametrize(("sig", "code"), SIGNALS, ids=[s.name for s, _ in SIGNALS])
+@pytest.mark.parametrize(("step", "after", "wait", "lasts"), STEPS, ids=[s[0] for s in STEPS])
+def test_a_signal_stops_up_and_down_cleans_up(  # noqa: PLR0917 - one per parameter
+    ck: Clusterkit, step: str, after: str, wait: float, lasts: bool, sig: signal.Signals,
+    code: int,
+) -> None:  # fmt: skip
+    exit_code, lines, took = interrupted_up(ck, after, wait, sig)
+    shown = "\n".join(lines)
+    assert exit_code == code, shown
+    assert took < 2.0, f"up took {took:.2f}s to stop:\n{shown}"
+    last = lines[-1]
+    assert last.startswith(f"error: up interrupted by {sig.name}"), shown
+    assert sum("interrupted" in line for line in lines) == 1, shown
+    if step == "network":
+        assert last.endswith("nothing was created") or last.endswith(
+            f"`clusterkit down {NAME}` removes it"
+        ), shown
+    else:
+        assert f"left of cluster {NAME}:" in last, shown
+        assert last.endswith(f"`clusterkit down {NAME}` removes it"), shown
+    if lasts:
+        assert f"during {STEP_LABELS[step]!r}" in last, shown
+        assert f"✗ {STEP_LABELS[step]}" in shown, shown
+    else:
+        assert re.search(r"(during|after) '", last) or "nothing was created" in last, shown
+    ck.run("down", NAME, check=False, timeout=120)
+    assert residue(ck, NAME) == []
