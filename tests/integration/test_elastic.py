@@ -148,8 +148,10 @@ def test_an_array_needing_more_nodes_than_max_runs_within_max(cluster: Clusterki
 
 
 def test_a_killed_dynamic_node_is_replaced_and_its_job_requeued(cluster: Clusterkit) -> None:
-    job = submit(cluster, "-N1 -o /shared/home/ckuser/killed-%j.out "
-                          "--wrap 'echo start $SLURM_RESTART_COUNT; sleep 5'")  # fmt: skip
+    # The first run outlasts the test's own steps before the kill (a 5 s job could end on its
+    # own first, under load, and then no node failure met it); the run after the requeue ends.
+    script = 'echo start $SLURM_RESTART_COUNT; [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] || sleep 120'
+    job = submit(cluster, f"-N1 -o /shared/home/ckuser/killed-%j.out --wrap '{script}'")
     wait_for("the job to run", lambda: job_state(cluster, job) == "JobState=RUNNING")
     node = head(cluster, f"squeue -h -j {job} -o %N").strip()
     first = cluster.status(NAME)
@@ -161,7 +163,12 @@ def test_a_killed_dynamic_node_is_replaced_and_its_job_requeued(cluster: Cluster
     wait_for("the job to finish", lambda: job_state(cluster, job) in ("", "JobState=COMPLETED"),
              timeout=120)  # fmt: skip
     out = head(cluster, f"cat /shared/home/ckuser/killed-{job}.out")
-    assert "start 1" in out  # it ran again after its requeue
+    log = "/var/log/slurm/slurmctld.log"
+    history = head(cluster, f"grep -h 'JobId={job}\\|{node}' {log} | tail -40")
+    assert "start 1" in out, (  # it ran again after its requeue
+        f"{out}\nevents:\n" + "\n".join(json.dumps(e) for e in events(cluster)[-25:])
+        + f"\nslurmctld:\n{history}"
+    )  # fmt: skip
     later = [
         e for e in events(cluster)
         if e["action"] == "launch" and e["time"] > fail["time"] and e["instances"]

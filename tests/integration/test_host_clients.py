@@ -68,6 +68,8 @@ def test_the_home_with_a_space_holds_a_working_cluster(spaced: Clusterkit) -> No
     assert status["status"] == "ready"
     assert (spaced.cluster_dir(NAME) / "state.json").exists()
     assert [n["name"] for n in status["nodes"] if n["role"] == "compute"] == COMPUTES
+    # The reconciler starts before slurmctld: its first passes are no error to show.
+    assert [a for a in status["actions"] if a.get("action") == "error"] == []
 
 
 def test_a_job_runs_a_program_and_a_venv_that_live_under_root(
