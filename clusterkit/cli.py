@@ -29,12 +29,19 @@ from clusterkit.cli_pack import pack as pack_group
 from clusterkit.cli_spot import events as events_command
 from clusterkit.cli_spot import spot_report as spot_report_command
 from clusterkit.cli_steps import StepProgress, err, out, output_option
-from clusterkit.configure import playbook_dir
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.plan import plan_nodes
+from clusterkit.providers import provider_class
 from clusterkit.providers.base import DryRun
+from clusterkit.resources import playbook_dir
 from clusterkit.slurm import SlurmJob
-from clusterkit.spec import ClusterSpec, example_spec_text, load_spec, parse_spec_text
+from clusterkit.spec import (
+    DEFAULT_PROVIDER,
+    ClusterSpec,
+    example_spec_text,
+    load_spec,
+    parse_spec_text,
+)
 from clusterkit.state import home
 from clusterkit.verify import failures, verify
 
@@ -45,27 +52,21 @@ DEFAULT_SPEC = "cluster.yaml"
 class RichProgress(StepProgress):
     """``up`` and ``down``'s steps, labelled for the provider."""
 
-    def __init__(self, provider: str = "local") -> None:
-        super().__init__({**STEP_LABELS, **PROVIDER_STEP_LABELS.get(provider, {})})
+    def __init__(self, provider: str = DEFAULT_PROVIDER) -> None:
+        labels = provider_class(provider).step_labels
+        super().__init__({**STEP_LABELS, **labels})
 
 
+# The steps of `up`; a provider names those whose work is its own (network, nodes).
 STEP_LABELS = {
-    "network": "Network (bridge and subnet)",
+    "network": "Network",
     "keys": "Keys (SSH, munge) and known_hosts",
     "render": "Slurm configuration and boot script",
-    "nodes": "Nodes (namespaces and sshd)",
+    "nodes": "Nodes",
     "ssh": "SSH reachable on every node",
     "configure": "Head configured (Ansible: munge, users, storage, slurmctld)",
     "boot": "Compute nodes booted (munge, shared storage, slurmd)",
     "verify": "Verified on every node (testinfra)",
-}
-
-# Where a provider's steps do other work than the local provider's.
-PROVIDER_STEP_LABELS = {
-    "aws": {
-        "network": "VPC, security group, key pair, IAM, bucket, queue, event rules",
-        "nodes": "Secrets, launch templates, head and Spot fleets",
-    }
 }
 
 

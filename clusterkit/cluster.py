@@ -14,27 +14,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from clusterkit import elastic, interrupt, proc
-from clusterkit.configure import (
-    ClusterFiles,
-    ansible_vars,
-    boot_script,
-    inventory,
-    render_cluster_files,
-    run_playbook,
-    wait_for_boot,
-    write_inventory,
-)
+from clusterkit.boot import node_boots, wait_for_boot
 from clusterkit.errors import ClusterkitError, CommandError, ConfigureError, SSHError, StateError
-from clusterkit.plan import NodePlan, cluster_users, head_name, plan_nodes, static_nodes
-from clusterkit.providers import provider_class
-from clusterkit.providers.base import DryRun, NodeBoot, Provider
-from clusterkit.providers.local.provider import LocalProvider
-from clusterkit.render import render
+from clusterkit.files import ClusterFiles
+from clusterkit.headfiles import render_cluster_files
+from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
+from clusterkit.playbook import ansible_vars, inventory, run_playbook, write_inventory
+from clusterkit.progress import NoProgress, Progress
+from clusterkit.providers import provider_class, provider_classes
+from clusterkit.providers.base import DryRun, Provider
 from clusterkit.slurm import SlurmJob, SlurmReader
-from clusterkit.spec import ClusterSpec
+from clusterkit.spec import DEFAULT_PROVIDER, ClusterSpec
 from clusterkit.state import (
     ClusterState,
     NodeState,
@@ -54,18 +47,6 @@ from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
 from clusterkit.verify import failures, verify
 
 SSH_WAIT_SECONDS = Provider.ssh_wait_seconds  # a provider may need longer
-
-
-class Progress(Protocol):
-    """How the library reports long work; ``step`` wraps one named step."""
-
-    def step(self, title: str) -> contextlib.AbstractContextManager[None]: ...
-
-
-class NoProgress:
-    @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
-        yield
 
 
 @contextlib.contextmanager
@@ -138,14 +119,14 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
             # After the nodes: a provider may assign addresses only at launch (aws).
             trusted = _with_launch_addresses(state, trust, trusted)
             with _logged_step(state, progress, "render"):
-                render_cluster_files(spec, state, trusted)
+                render_cluster_files(spec, state, trusted, provider)
                 state.mark("render")
             if configure or provider.ssh_when_bare:
                 with _logged_step(state, progress, "ssh"):
                     static = [n.name for n in static_nodes(spec)]
                     wait_for_ssh(trust, static, provider.ssh_wait_seconds, provider.ssh_hint())
             if configure:
-                _configure(spec, state, trust, progress)
+                _configure(spec, state, trust, provider, progress)
                 with _logged_step(state, progress, "verify"):
                     _verify(spec.name)
                     state.mark("verify")
@@ -190,7 +171,7 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
     if not files.munge_key.exists():
         atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
     nodes = plan_nodes(spec)
-    keys = [host_key_path(trust, n.name) for n in nodes]
+    keys = [files.host_key(n.name) for n in nodes]
     interrupt.parallel(lambda kn, _: keygen(kn[0], kn[1].name), zip(keys, nodes, strict=True), 8)
     trusted = [
         TrustedNode(n.name, provider.address(n), public_key(k))
@@ -198,10 +179,6 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
     ]
     trust.write(trusted)
     return trusted
-
-
-def host_key_path(trust: ClusterTrust, node: str) -> Path:
-    return trust.root / "keys" / "hosts" / node
 
 
 def _record_public_addresses(state: ClusterState, provider: Provider) -> None:
@@ -231,13 +208,17 @@ def _with_launch_addresses(
 
 
 def _configure(
-    spec: ClusterSpec, state: ClusterState, trust: ClusterTrust, progress: Progress
+    spec: ClusterSpec,
+    state: ClusterState,
+    trust: ClusterTrust,
+    provider: Provider,
+    progress: Progress,
 ) -> None:
     with _logged_step(state, progress, "configure"):
         run_playbook(
             state,
             inventory(state, trust),
-            ansible_vars(spec, state, trust),
+            ansible_vars(spec, state, trust, provider.traits),
             limit=head_name(spec.name),
         )
         state.mark("configure")
@@ -280,51 +261,12 @@ def _converge_nodes(
             continue
         _record_launching(state, provider, node, current)
         stale.append(node)
-    boots = node_boots(spec, trust, trusted, stale, configure=configure)
+    boots = node_boots(spec, trust, trusted, stale, provider.traits, configure=configure)
     pending = [(node, boots[node.name]) for node in stale]
     # Launched together where the provider's API allows it; each is recorded as it comes.
     for launched in provider.launch_all(pending):
         state.nodes[launched.name] = launched
         state.save()
-
-
-def node_boots(
-    spec: ClusterSpec,
-    trust: ClusterTrust,
-    trusted: list[TrustedNode],
-    nodes: list[NodePlan],
-    *,
-    configure: bool = True,
-) -> dict[str, NodeBoot]:
-    """What each of ``nodes`` boots with: its host key, the cluster's trust and, for a compute
-    node of a configured cluster, the key that reads from the head and the boot script.
-    What all nodes share is read and rendered once."""
-    authorized = public_key(trust.user_key) + "\n"
-    known_hosts = trust.known_hosts.read_text(encoding="utf-8")
-    hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
-    users = tuple(cluster_users(spec))
-    node_key = ClusterFiles(trust.root).node_key
-    user_data = boot_script(spec) if configure else None
-    return {
-        node.name: NodeBoot(
-            host_key=host_key_path(trust, node.name),
-            authorized_keys=authorized,
-            known_hosts=known_hosts,
-            hosts=hosts,
-            users=users,
-            node_key=node_key if node.role == "compute" else None,
-            user_data=user_data if node.role == "compute" else None,
-        )
-        for node in nodes
-    }
-
-
-def trusted_nodes(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> list[TrustedNode]:
-    """Every planned node with its address and host key, as ``_make_keys`` made them."""
-    return [
-        TrustedNode(n.name, provider.address(n), public_key(host_key_path(trust, n.name)))
-        for n in plan_nodes(spec)
-    ]
 
 
 def _record_launching(
@@ -391,7 +333,7 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
     progress = progress or NoProgress()
     with cluster_lock(name):
         state = try_load_state(name)
-        kind = state.provider if state else "local"
+        kind = state.provider if state else DEFAULT_PROVIDER
         cls = provider_class(kind)
         has_dir = cluster_dir(name).exists()
         if state is None and not has_dir and name not in _discover(cls):
@@ -425,7 +367,8 @@ def orphans() -> list[str]:
     known = set()
     if clusters_dir().is_dir():
         known = {p.name for p in clusters_dir().iterdir() if p.is_dir()}
-    return [n for n in _discover(LocalProvider) if n not in known]
+    found = {n for cls in provider_classes() if cls.lists_orphans for n in _discover(cls)}
+    return sorted(n for n in found if n not in known)
 
 
 def _discover(cls: type[Provider]) -> list[str]:
@@ -480,7 +423,7 @@ def status(name: str, with_slurm: bool = False) -> ClusterStatus:
     provider = provider_class(state.provider)(state, spec)
     view = slurm_view(state) if with_slurm else None
     slurm_states = view.nodes if view else {}
-    live = elastic.instances(state)
+    live = provider.instances()
     nodes = []
     for plan in plan_nodes(spec):
         node = state.nodes.get(plan.name)
@@ -559,29 +502,15 @@ def write_inventory_dir(name: str, directory: Path) -> Path:
     state = load_state(name)
     spec = spec_of(state)
     trust = ClusterTrust(name, state.dir)
-    return write_inventory(directory, inventory(state, trust), ansible_vars(spec, state, trust))
+    traits = provider_class(state.provider).traits
+    return write_inventory(
+        directory, inventory(state, trust), ansible_vars(spec, state, trust, traits)
+    )
 
 
 def client_env(name: str) -> dict[str, str]:
-    """Environment that lets Slurm commands on this machine talk to local cluster ``name``.
-
-    A client slurm.conf is the cluster's own plus ``AuthInfo`` pointing at the head's munge
-    socket, which lives in the head's private directory and so is reachable from the host.
-    """
+    """Environment that lets Slurm commands on this machine talk to cluster ``name``, where
+    its provider allows it (local: the head's munge socket is on this machine)."""
     check_name(name)
     state = load_state(name)
-    if state.provider != "local":
-        raise StateError(f"cluster {name!r} is on {state.provider}: run Slurm commands on its head")
-    files = ClusterFiles(state.dir)
-    conf = files.slurm_conf_dir / "slurm.conf"
-    if not conf.exists():
-        raise StateError(f"cluster {name!r} has no Slurm configuration (made with --no-configure?)")
-    socket = state.dir / "nodes" / head_name(name) / "run" / "munge" / "munge.socket.2"
-    client = state.dir / "client" / "slurm.conf"
-    text = conf.read_text(encoding="utf-8")
-    # Quoted: slurm.conf ends a value at a space, and a home's path may have one.
-    atomic_write(
-        client,
-        text + f'\n# Host-side clients reach the head\'s munged:\nAuthInfo="socket={socket}"\n',
-    )
-    return {"SLURM_CONF": str(client)}
+    return provider_class(state.provider)(state, spec_of(state)).client_env()

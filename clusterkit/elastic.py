@@ -1,41 +1,27 @@
-"""Elastic scaling seen from this machine: compute instances, power states, recent actions.
+"""Elastic scaling seen from this machine: power states, recent actions, simulated capacity.
 
 The work itself happens on the head (``nodetools.power`` and ``nodetools.reconciler``); this
-module reads what they did and, on the local provider, talks to the cluster's cloud service:
-``status`` shows every dynamic node with its instance and power state, and ``simulate`` sets
-the capacity and failures the service plays, so failure paths can be exercised for real;
-``interrupt`` sends a node a simulated Spot interruption notice or rebalance recommendation.
+module reads what they did. ``simulate`` sets the capacity and failures a provider's cloud
+plays and ``interrupt`` sends a node a simulated Spot interruption notice or rebalance
+recommendation; the provider does both (the local one; others refuse).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from clusterkit import proc
-from clusterkit.errors import ClusterkitError, ProviderError, StateError
+from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools import events
-from clusterkit.nodetools.cloud import CloudError, Instance
-from clusterkit.plan import head_name, plan_nodes
-from clusterkit.providers.local import cloud
+from clusterkit.plan import head_name
+from clusterkit.providers import provider_class
+from clusterkit.providers.base import Interruption, Provider
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
 # Events of these actions are only bookkeeping, not actions on nodes.
 QUIET_ACTIONS = frozenset({"called", "started", "done"})
 REBALANCE = "rebalance"
-
-
-@dataclass(frozen=True)
-class Interruption:
-    """A notice sent: ``time`` is when the instance ends, or, for a rebalance recommendation,
-    when it was sent (RFC 3339, UTC)."""
-
-    node: str
-    instance_id: str
-    action: str  # terminate | stop | hibernate | rebalance
-    time: str
-    in_seconds: float | None = None  # the lead time of a notice
 
 
 def power_state(slurm_state: str | None, kind: str) -> str:
@@ -50,17 +36,6 @@ def power_state(slurm_state: str | None, kind: str) -> str:
     if "POWERED_DOWN" in flags:
         return "off"
     return "on" if kind == "dynamic" or "DOWN" not in flags else "down"
-
-
-def instances(state: ClusterState) -> dict[str, Instance]:
-    """Live compute instances by node, as the provider describes them (empty if unknown)."""
-    if state.provider != "local" or not cloud.socket_path(state.name).exists():
-        return {}
-    try:
-        found = cloud.client(state.name).describe()
-    except CloudError:
-        return {}
-    return {i.node: i for i in found}
 
 
 def recent_actions(state: ClusterState, limit: int = 10) -> list[dict[str, Any]]:
@@ -84,64 +59,28 @@ def simulate(
     fail_count: int | None = None,
     boot_delay: float | None = None,
 ) -> dict[str, Any]:
-    """Change what the local cloud service of cluster ``name`` plays; return the settings."""
-    check_name(name)
-    state = load_state(name)
-    if state.provider != "local":
-        raise StateError(f"cluster {name!r} is on {state.provider}: only local clouds simulate")
+    """Change what the cloud of cluster ``name`` plays (local clusters); return the settings."""
     params: dict[str, Any] = {"capacity": capacity or {}}
     if fail_count is not None:
         params |= {"fail_count": fail_count, "fail_code": fail_code}
     if boot_delay is not None:
         params["boot_delay"] = boot_delay
-    try:
-        reply = cloud.client(name).call("simulate", **params)
-    except CloudError as exc:
-        raise _unanswered(name, exc) from exc
-    settings: dict[str, Any] = reply["simulation"]
-    return settings
+    return _provider(name).simulate(**params)
 
 
 def interrupt(
     name: str, node: str, action: str = "terminate", in_seconds: float | None = None
 ) -> Interruption:
-    """Send compute ``node`` of local cluster ``name`` a simulated Spot interruption.
+    """Send compute ``node`` of cluster ``name`` a simulated Spot interruption (local).
 
     ``action`` terminate, stop or hibernate: the node's metadata shows the notice and its
     instance ends ``in_seconds`` later (default: the spec's ``local.spot_notice_seconds``).
     ``rebalance``: only a rebalance recommendation; nothing ends.
     """
+    return _provider(name).interrupt(node, action, in_seconds)
+
+
+def _provider(name: str) -> Provider:
     check_name(name)
     state = load_state(name)
-    if state.provider != "local":
-        raise StateError(
-            f"cluster {name!r} is on {state.provider}: only local clusters are interrupted here"
-        )
-    spec = spec_of(state)
-    _check_interruptible(name, node, [n.name for n in plan_nodes(spec) if n.role == "compute"])
-    seconds = float(spec.local.spot_notice_seconds if in_seconds is None else in_seconds)
-    params: dict[str, Any] = {"node": node, "instance_action": action, "in_seconds": seconds}
-    try:
-        reply = cloud.client(name).call("interrupt", **params)
-    except CloudError as exc:
-        if exc.code == "Unavailable":
-            raise _unanswered(name, exc) from exc
-        raise ProviderError(f"{name}: {exc.message} ({exc.code})") from exc
-    return Interruption(
-        node=reply["node"], instance_id=reply["instance_id"], action=reply["action"],
-        time=reply["time"], in_seconds=None if action == REBALANCE else seconds,
-    )  # fmt: skip
-
-
-def _check_interruptible(name: str, node: str, computes: list[str]) -> None:
-    if node == head_name(name):
-        raise StateError(f"{node} is the head of {name}: only compute nodes are interrupted")
-    if node not in computes:
-        shown = ", ".join(computes[:8]) + (", ..." if len(computes) > 8 else "") or "none"
-        raise StateError(f"cluster {name!r} has no compute node {node!r}; its computes: {shown}")
-
-
-def _unanswered(name: str, exc: CloudError) -> ProviderError:
-    return ProviderError(
-        f"the cloud service of {name} did not answer ({exc}); `clusterkit up` restarts it"
-    )
+    return provider_class(state.provider)(state, spec_of(state))

@@ -17,6 +17,7 @@ from typing import Any
 from clusterkit.render import render
 from clusterkit.slurm import compress_hostlist
 from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec, GroupSpec
+from clusterkit.traits import Traits
 
 Settings = dict[str, str]
 
@@ -77,6 +78,8 @@ def slurm_files(
     head_name: str,
     head_address: str,
     nodes: Sequence[SlurmNodeDef],
+    *,
+    traits: Traits,
     include_dynamic: bool = False,
 ) -> dict[str, str]:
     """The rendered files by name: ``slurm.conf``, ``cgroup.conf`` and ``gres.conf``.
@@ -88,10 +91,11 @@ def slurm_files(
     chosen = select_nodes(spec, head_name, nodes, include_dynamic)
     return {
         "slurm.conf": render(
-            "slurm/slurm.conf.j2", **slurm_conf_values(spec, head_name, head_address, chosen)
+            "slurm/slurm.conf.j2",
+            **slurm_conf_values(spec, head_name, head_address, chosen, traits),
         ),
-        "cgroup.conf": render("slurm/cgroup.conf.j2", **cgroup_conf_values(spec)),
-        "gres.conf": render("slurm/gres.conf.j2", **gres_conf_values(spec, chosen)),
+        "cgroup.conf": render("slurm/cgroup.conf.j2", **cgroup_conf_values(spec, traits)),
+        "gres.conf": render("slurm/gres.conf.j2", **gres_conf_values(spec, chosen, traits)),
     }
 
 
@@ -137,14 +141,18 @@ def has_gpus(spec: ClusterSpec) -> bool:
 
 
 def slurm_conf_values(
-    spec: ClusterSpec, head_name: str, head_address: str, nodes: Sequence[SlurmNodeDef]
+    spec: ClusterSpec,
+    head_name: str,
+    head_address: str,
+    nodes: Sequence[SlurmNodeDef],
+    traits: Traits,
 ) -> dict[str, Any]:
     """Everything slurm.conf.j2 places, for the nodes to declare."""
     return {
         "cluster": spec.name,
         "controller": controller_settings(spec, head_name, head_address),
         "paths": path_settings(),
-        "plugins": plugin_settings(spec),
+        "plugins": plugin_settings(spec, traits),
         "jobs": job_settings(spec),
         "throughput": throughput_settings(),
         "power": power_settings(spec, nodes),
@@ -186,7 +194,7 @@ def path_settings() -> Settings:
     }
 
 
-def plugin_settings(spec: ClusterSpec) -> Settings:
+def plugin_settings(spec: ClusterSpec, traits: Traits) -> Settings:
     """How jobs are placed, tracked and confined (cgroup.conf says how far)."""
     settings = {
         "SwitchType": "switch/none",
@@ -198,8 +206,8 @@ def plugin_settings(spec: ClusterSpec) -> Settings:
     }
     if has_gpus(spec):
         settings["GresTypes"] = "gpu"
-    if spec.provider == "local":
-        # Local nodes declare more CPUs than the machine has; slurmd would drain them.
+    if traits.emulated_hardware:
+        # Nodes declare more CPUs than the machine has; slurmd would drain them.
         settings["SlurmdParameters"] = "config_overrides"
     return settings
 
@@ -348,16 +356,16 @@ def partition(
 # cgroup.conf
 
 
-def cgroup_conf_values(spec: ClusterSpec) -> dict[str, Any]:
+def cgroup_conf_values(spec: ClusterSpec, traits: Traits) -> dict[str, Any]:
     """Everything cgroup.conf.j2 places."""
-    return {"cluster": spec.name, "settings": cgroup_settings(spec)}
+    return {"cluster": spec.name, "settings": cgroup_settings(spec, traits)}
 
 
-def cgroup_settings(spec: ClusterSpec) -> Settings:
+def cgroup_settings(spec: ClusterSpec, traits: Traits) -> Settings:
     """How far task/cgroup confines a job."""
     return {
-        # This machine runs cgroup v1 (measured); EC2 images vary, so slurmd looks itself.
-        "CgroupPlugin": "cgroup/v1" if spec.provider == "local" else "autodetect",
+        # Local machines run cgroup v1 (measured); EC2 images vary, so slurmd looks itself.
+        "CgroupPlugin": traits.cgroup_plugin,
         # A job sees only the cores it was given: `nproc` shows its -c.
         "ConstrainCores": "yes",
         # A step over its --mem is OOM-killed instead of starving the node's other jobs.
@@ -374,23 +382,24 @@ def cgroup_settings(spec: ClusterSpec) -> Settings:
 # gres.conf
 
 
-def gres_conf_values(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> dict[str, Any]:
+def gres_conf_values(
+    spec: ClusterSpec, nodes: Sequence[SlurmNodeDef], traits: Traits
+) -> dict[str, Any]:
     """Everything gres.conf.j2 places: one line per GPU group and kind of node."""
     lines: list[Settings] = []
     for group in spec.groups:
         if group.gpus > 0:
-            lines += gres_lines(spec, group, [n for n in nodes if n.group == group.name])
+            members = [n for n in nodes if n.group == group.name]
+            lines += gres_lines(group, members, traits)
     return {"cluster": spec.name, "lines": lines}
 
 
-def gres_lines(
-    spec: ClusterSpec, group: GroupSpec, nodes: Sequence[SlurmNodeDef]
-) -> list[Settings]:
+def gres_lines(group: GroupSpec, nodes: Sequence[SlurmNodeDef], traits: Traits) -> list[Settings]:
     """The GPU lines of one group's declared nodes."""
     static = [n.name for n in nodes if not n.dynamic]
     dynamic = [n.name for n in nodes if n.dynamic]
-    if spec.provider == "local":
-        # No device files exist locally: the GPUs are counted, never opened.
+    if traits.emulated_hardware:
+        # No device files exist: the GPUs are counted, never opened.
         return [local_gpus(static + dynamic, group.gpus)] if nodes else []
     lines = [{"NodeName": compress_hostlist(static), "AutoDetect": "nvml"}] if static else []
     if dynamic:

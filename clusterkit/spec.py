@@ -224,11 +224,14 @@ def _default_users() -> tuple[UserSpec, ...]:
     return (UserSpec(name="ckuser", uid=2001),)
 
 
+DEFAULT_PROVIDER: Literal["local"] = "local"
+
+
 class ClusterSpec(_Model):
     """A whole cluster: what ``clusterkit up`` builds."""
 
     name: Name
-    provider: Literal["local", "aws"] = "local"
+    provider: Literal["local", "aws"] = DEFAULT_PROVIDER
     head: HeadSpec = Field(default_factory=HeadSpec)
     groups: tuple[GroupSpec, ...] = Field(default_factory=_default_groups, min_length=1)
     shared_storage: SharedStorageSpec = Field(default_factory=SharedStorageSpec)

@@ -53,13 +53,15 @@ from typing import Any
 import testinfra
 
 from clusterkit import interrupt, proc
-from clusterkit.configure import ClusterFiles
 from clusterkit.errors import ClusterkitError, SlurmError
+from clusterkit.files import ClusterFiles
 from clusterkit.plan import cluster_users, head_name
+from clusterkit.providers import provider_class
 from clusterkit.slurm import SINFO_ARGV, SlurmNode, parse_sinfo
 from clusterkit.slurmconf import path_settings
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
+from clusterkit.traits import Traits
 from clusterkit.trust import ClusterTrust
 
 HEAD_CHECKS: tuple[str, ...] = (
@@ -161,7 +163,7 @@ def verify(name: str) -> list[Check]:
     """
     check_name(name)
     state = load_state(name)
-    layout = layout_of(state, spec_of(state))
+    layout = layout_of(state, spec_of(state), provider_class(state.provider).traits)
     trust = ClusterTrust(name, state.dir)
     with Remote.open(trust, layout.nodes) as remote:
         return run_checks(layout, remote)
@@ -172,7 +174,7 @@ def failures(checks: Iterable[Check]) -> list[Check]:
     return [c for c in checks if not c.ok]
 
 
-def layout_of(state: ClusterState, spec: ClusterSpec) -> Layout:
+def layout_of(state: ClusterState, spec: ClusterSpec, traits: Traits) -> Layout:
     """The head, the compute nodes in plan order and what the checks need of the spec."""
     nodes = sorted(state.nodes.values(), key=lambda n: n.index)
     users = cluster_users(spec)
@@ -181,7 +183,7 @@ def layout_of(state: ClusterState, spec: ClusterSpec) -> Layout:
         computes=tuple(n.name for n in nodes if n.role == "compute"),
         user=users[0].name if users else "root",
         shared_dir=spec.shared_storage.mount_point,
-        head_mounts_shared=spec.provider == "local",
+        head_mounts_shared=traits.head_mounts_shared,
         rendered_conf=ClusterFiles(state.dir).slurm_conf_dir / "slurm.conf",
     )
 

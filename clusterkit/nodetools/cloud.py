@@ -114,23 +114,6 @@ class Cloud(ABC):
         """This cluster's compute instances that are not terminated."""
 
 
-def load_config(path: Path = CONFIG_PATH) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
-
-
-def cloud_from_config(config: dict[str, Any]) -> Cloud:
-    """The backend ``config`` (``/etc/clusterkit/cloud.json``) names."""
-    kind = config.get("kind")
-    if kind == "local":
-        return LocalCloud(config.get("socket", LOCAL_SOCKET))
-    if kind == "aws":
-        from clusterkit.nodetools.cloud_aws import aws_cloud_from_config  # noqa: PLC0415
-
-        return aws_cloud_from_config(config)
-    raise CloudError("UnknownProvider", f"no cloud backend {kind!r} (cloud.json kind)")
-
-
 # ---------------------------------------------------------------------------------------------
 # The local backend: JSON requests over the cluster's Unix socket, one per connection.
 

@@ -35,9 +35,8 @@ from clusterkit.nodetools.cloud import (
     Instance,
     LaunchResult,
     Option,
-    cloud_from_config,
-    load_config,
 )
+from clusterkit.nodetools.clouds import cloud_from_config, load_config
 from clusterkit.slurm import compress_hostlist, hostnames
 
 POWER_CONFIG = Path("/etc/clusterkit/power.json")

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterkit.nodetools import events, jobwatch
-from clusterkit.nodetools.cloud import Cloud, Instance, cloud_from_config, load_config
+from clusterkit.nodetools.cloud import Cloud, Instance
+from clusterkit.nodetools.clouds import cloud_from_config, load_config
 from clusterkit.nodetools.power import PowerConfig, Scontrol, launch_group
 from clusterkit.nodetools.spot import CONFIG as SPOT_CONFIG
 from clusterkit.nodetools.spot import SlurmOps, SpotConfig

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.nodetools import events
-from clusterkit.nodetools.cloud import Cloud, cloud_from_config, load_config
+from clusterkit.nodetools.cloud import Cloud
+from clusterkit.nodetools.clouds import cloud_from_config, load_config
 from clusterkit.nodetools.spot import CONFIG, REASON_PREFIX, Handler, Notice, SpotConfig
 from clusterkit.nodetools.spot import parse_time as parse_rfc3339
 

@@ -16,3 +16,11 @@ def provider_class(kind: str) -> type[Provider]:
 
         return AwsProvider
     raise SpecError("provider", [f"{kind!r} is not a provider; use 'local' or 'aws'"])
+
+
+KINDS = ("local", "aws")
+
+
+def provider_classes() -> list[type[Provider]]:
+    """Every provider, in the order ``clusterkit list`` shows them."""
+    return [provider_class(kind) for kind in KINDS]

@@ -1,4 +1,10 @@
-"""The interface every provider implements; ``cluster.py`` drives it and never looks inside."""
+"""The interface every provider implements; ``cluster.py`` drives it and never looks inside.
+
+Every difference between providers lives behind it: what a provider creates and removes,
+its ``traits`` (plain data the rendering and checking modules take), where jobs' checkpoints
+go, which cloud API the head's programs call, and what only some providers can do
+(simulated capacity and interruptions, Slurm clients on this machine).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,29 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
-from clusterkit.plan import ClusterUser, NodePlan, static_nodes
+from clusterkit.boot import NodeBoot
+from clusterkit.errors import StateError
+from clusterkit.nodetools.cloud import Instance
+from clusterkit.plan import NodePlan, static_nodes
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, NodeState
+from clusterkit.traits import Traits
+
+__all__ = ["CostRange", "DryRun", "Interruption", "NodeBoot", "Provider"]
 
 
 @dataclass(frozen=True)
-class NodeBoot:
-    """What a node needs at boot to be reachable over SSH with pre-trusted host keys."""
+class Interruption:
+    """A notice sent: ``time`` is when the instance ends, or, for a rebalance recommendation,
+    when it was sent (RFC 3339, UTC)."""
 
-    host_key: Path  # private host key; its .pub beside it
-    authorized_keys: str  # for root
-    known_hosts: str  # the cluster's known_hosts, installed as the node's global one
-    hosts: str  # /etc/hosts of the cluster
-    users: tuple[ClusterUser, ...] = ()  # accounts every node must know
-    node_key: Path | None = None  # compute nodes: the key that reads from the head (SFTP only)
-    user_data: str | None = None  # the boot script, run once at boot like EC2 user-data
+    node: str
+    instance_id: str
+    action: str  # terminate | stop | hibernate | rebalance
+    time: str
+    in_seconds: float | None = None  # the lead time of a notice
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,12 @@ class Provider(ABC):
     """One cluster's view of its provider. Methods record what they create in ``state``."""
 
     kind: str
+    traits: ClassVar[Traits]
+    # Labels of the steps of `up` whose work differs from the plain name (network, nodes).
+    step_labels: ClassVar[dict[str, str]] = {}
+    # Whether `discover` is cheap and local, so `clusterkit list` can name clusters with
+    # resources here but no state in this home.
+    lists_orphans: ClassVar[bool] = False
     # Whether `up --no-configure` waits for SSH on every node; a cloud provider returns once
     # every resource exists (its nodes may take minutes to boot, or, on a test endpoint, never).
     ssh_when_bare = True
@@ -111,6 +129,43 @@ class Provider(ABC):
 
     def start_services(self) -> None:  # noqa: B027 - optional: most providers need none
         """Start what the cluster needs beside its nodes (idempotent); nothing by default."""
+
+    @classmethod
+    @abstractmethod
+    def checkpoint_location(
+        cls, spec: ClusterSpec, network: dict[str, str]
+    ) -> tuple[str, str | None]:
+        """Where jobs' checkpoints go, with ``{user}`` and ``{job}`` to fill in, and the
+        region of their bucket (None for a directory); ``network`` is the state's."""
+
+    @classmethod
+    @abstractmethod
+    def cloud_config(cls, spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any]:
+        """``/etc/clusterkit/cloud.json``: which cloud API the head's programs call."""
+
+    def instances(self) -> dict[str, Instance]:
+        """Live compute instances by node, where this machine can see them cheaply (the
+        head's programs launch them); empty otherwise."""
+        return {}
+
+    def simulate(self, **settings: Any) -> dict[str, Any]:
+        """Make the provider refuse or slow launches, as a cloud can (local only)."""
+        raise StateError(
+            f"cluster {self.state.name!r} is on {self.kind}: only local clouds simulate"
+        )
+
+    def interrupt(self, node: str, action: str, in_seconds: float | None) -> Interruption:
+        """Send a compute node a simulated Spot interruption (local only)."""
+        raise StateError(
+            f"cluster {self.state.name!r} is on {self.kind}: only local clusters are "
+            "interrupted here"
+        )
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for Slurm commands on this machine to reach the cluster."""
+        raise StateError(
+            f"cluster {self.state.name!r} is on {self.kind}: run Slurm commands on its head"
+        )
 
     @abstractmethod
     def running(self, node: NodeState) -> bool:

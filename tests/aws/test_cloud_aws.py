@@ -15,8 +15,9 @@ from botocore.awsrequest import AWSResponse
 
 from clusterkit import cluster
 from clusterkit.nodetools import cloud_aws
-from clusterkit.nodetools.cloud import ON_DEMAND, SPOT, CloudError, Option, cloud_from_config
+from clusterkit.nodetools.cloud import ON_DEMAND, SPOT, CloudError, Option
 from clusterkit.nodetools.cloud_aws import AwsCloud
+from clusterkit.nodetools.clouds import cloud_from_config
 from clusterkit.providers.aws import session
 from clusterkit.spec import load_spec
 from tests.aws.conftest import REGION, Aws

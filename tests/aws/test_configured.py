@@ -14,7 +14,8 @@ import pytest
 
 from clusterkit import cluster
 from clusterkit.errors import ProviderError, SSHError
-from clusterkit.nodetools.cloud import SPOT, Option, cloud_from_config
+from clusterkit.nodetools.cloud import SPOT, Option
+from clusterkit.nodetools.clouds import cloud_from_config
 from clusterkit.nodetools.spot import Handler, RunningJob, SpotConfig
 from clusterkit.providers.aws import provider as aws_provider
 from clusterkit.providers.aws.provider import AwsProvider

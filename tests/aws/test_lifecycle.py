@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from clusterkit import proc
-from clusterkit.nodetools.cloud import SPOT, Option, cloud_from_config
+from clusterkit.nodetools.cloud import SPOT, Option
+from clusterkit.nodetools.clouds import cloud_from_config
 from tests.aws.conftest import ADMIN_CIDR, Aws
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clusterkit.configure import playbook_dir
+from clusterkit.resources import playbook_dir
 from tests.integration.conftest import Clusterkit, residue
 
 NAME = "byhand"

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from clusterkit.cli import STEP_LABELS
+from clusterkit.cli import RichProgress
 from tests.integration.conftest import CK, Clusterkit, residue
 
 NAME = "sigtest"
+STEP_LABELS = RichProgress("local").labels
 # (step, the line after which it starts, seconds to wait after it, whether it surely lasts)
 STEPS = [
     ("network", f"Cluster {NAME} on local", 0.0, False),

@@ -225,11 +225,13 @@ def test_ck_run_takes_the_clusters_checkpoint_signal(tmp_path: Path) -> None:
 
 
 def test_the_task_prolog_names_each_jobs_checkpoint_dir() -> None:
-    from clusterkit.configure import spot_config, task_prolog
+    from clusterkit.headfiles import spot_config, task_prolog
+    from clusterkit.providers.local.provider import LocalProvider
     from clusterkit.spec import parse_spec
 
     spec = parse_spec({"name": "demo", "spot": {"checkpoint_signal": "USR2"}})
-    script = task_prolog(spec, spot_config(spec)["checkpoint_dir"])
+    where = LocalProvider.checkpoint_location(spec, {})
+    script = task_prolog(spec, spot_config(spec, where)["checkpoint_dir"])
     env = {"PATH": os.environ["PATH"], "SLURM_JOB_USER": "ann", "SLURM_JOB_ID": "12"}
     plain = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
                            check=True).stdout.splitlines()  # fmt: skip
@@ -245,24 +247,25 @@ def test_the_task_prolog_names_each_jobs_checkpoint_dir() -> None:
 
 
 def test_on_aws_checkpoints_are_in_the_clusters_bucket_with_its_region() -> None:
-    from clusterkit.configure import spot_config, task_prolog
     from clusterkit.errors import ConfigureError
+    from clusterkit.headfiles import spot_config, task_prolog
+    from clusterkit.providers.aws.provider import AwsProvider
     from clusterkit.spec import parse_spec
 
     aws = {"admin_cidr": "203.0.113.0/24"}
     doc = {"name": "demo", "provider": "aws", "aws": aws}
     spec = parse_spec(doc)
     network = {"bucket": "clusterkit-demo-123456789012-eu-west-1", "region": "eu-west-1"}
-    spot = spot_config(spec, network)
+    spot = spot_config(spec, AwsProvider.checkpoint_location(spec, network), network)
     where = "s3://clusterkit-demo-123456789012-eu-west-1/checkpoints/demo/{user}/{job}"
     assert (spot["checkpoint_dir"], spot["region"]) == (where, "eu-west-1")
     own = parse_spec({**doc, "aws": {**aws, "checkpoint_bucket": "team-ckpt"}})
     assert (
-        spot_config(own, network)["checkpoint_dir"]
+        spot_config(own, AwsProvider.checkpoint_location(own, network))["checkpoint_dir"]
         == "s3://team-ckpt/checkpoints/demo/{user}/{job}"
     )
     with pytest.raises(ConfigureError, match="checkpoint bucket or region is not recorded"):
-        spot_config(spec, {})
+        AwsProvider.checkpoint_location(spec, {})
 
     script = task_prolog(spec, spot["checkpoint_dir"], spot["region"])
     env = {"PATH": os.environ["PATH"], "SLURM_JOB_USER": "ann", "SLURM_JOB_ID": "12"}

@@ -22,7 +22,7 @@ import pytest
 
 from clusterkit.nodetools import events
 from clusterkit.providers.local import imds
-from clusterkit.providers.local.cloud import CloudService, Refused
+from clusterkit.providers.local.cloudsvc import CloudService, Refused
 from clusterkit.spec import parse_spec
 from clusterkit.state import ClusterState, NodeState
 

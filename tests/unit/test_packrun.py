@@ -312,14 +312,3 @@ def test_collect_writes_a_row_per_task_and_a_summary(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert [(r["task"], r["state"], r["exit"], r["out"], r["command"]) for r in rows] == [
         ("0", "done", "0", "out/0.out", "echo a"), ("1", "failed", "2", "", "exit 2")]  # fmt: skip
-
-
-def test_the_node_tools_do_not_import_pydantic() -> None:
-    code = (
-        "import sys, clusterkit.nodetools.packrun, clusterkit.nodetools.packstate; "
-        "assert 'pydantic' not in sys.modules"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.configure import capacity_options, power_config
 from clusterkit.elastic import power_state
+from clusterkit.headfiles import capacity_options, power_config
 from clusterkit.nodetools import events
 from clusterkit.nodetools.cloud import Cloud, CloudError, Instance, LaunchResult, Option
 from clusterkit.nodetools.power import PowerConfig, failure_reason, launch_group

@@ -18,10 +18,12 @@ import pytest
 
 from clusterkit.errors import SpecError
 from clusterkit.plan import plan_nodes
+from clusterkit.providers import provider_class
 from clusterkit.render import render
 from clusterkit.slurm import hostnames
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec, parse_spec
+from clusterkit.traits import Traits
 
 GoldenCheck = Callable[[str, str], None]
 
@@ -84,11 +86,16 @@ def node_defs(spec: ClusterSpec, subnet_prefix: str) -> list[SlurmNodeDef]:
     ]
 
 
+def traits_of(spec: ClusterSpec) -> Traits:
+    return provider_class(spec.provider).traits
+
+
 def files_of(spec: ClusterSpec, include_dynamic: bool = False) -> dict[str, str]:
     prefix = "10.250.0" if spec.provider == "local" else "10.0.1"
     return slurm_files(
-        spec, f"{spec.name}-head", f"{prefix}.2", node_defs(spec, prefix), include_dynamic
-    )
+        spec, f"{spec.name}-head", f"{prefix}.2", node_defs(spec, prefix),
+        traits=traits_of(spec), include_dynamic=include_dynamic,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,12 +421,14 @@ def test_one_gpu_cloud_node_names_one_device() -> None:
 def test_nodes_that_contradict_the_spec_are_refused(node: SlurmNodeDef, message: str) -> None:
     nodes = [*node_defs(LOCAL, "10.250.0"), node]
     with pytest.raises(ValueError, match=re.escape(message)):
-        slurm_files(LOCAL, "demo-head", "10.250.0.2", nodes)
+        slurm_files(LOCAL, "demo-head", "10.250.0.2", nodes, traits=traits_of(LOCAL))
 
 
 def test_a_dynamic_node_needs_no_address() -> None:
     nodes = [*node_defs(LOCAL, "10.250.0"), SlurmNodeDef("compute-dy-1", "compute", None, True)]
-    text = slurm_files(LOCAL, "demo-head", "10.250.0.2", nodes, include_dynamic=True)
+    text = slurm_files(
+        LOCAL, "demo-head", "10.250.0.2", nodes, traits=traits_of(LOCAL), include_dynamic=True
+    )
     assert "NodeName=compute-dy-1 NodeHostname=compute-dy-1 " in text["slurm.conf"]
 
 
@@ -473,7 +482,7 @@ def test_every_partition_gives_jobs_memory_per_cpu_by_default() -> None:
         SlurmNodeDef("small-st-1", "small", "10.0.0.3", dynamic=False),
         SlurmNodeDef("big-st-1", "big", "10.0.0.4", dynamic=False),
     ]
-    conf = slurm_files(spec, "m-head", "10.0.0.2", nodes)["slurm.conf"]
+    conf = slurm_files(spec, "m-head", "10.0.0.2", nodes, traits=traits_of(spec))["slurm.conf"]
     lines = [line for line in conf.splitlines() if line.startswith("PartitionName=")]
     assert [line.split()[0] for line in lines] == [
         "PartitionName=all", "PartitionName=small", "PartitionName=big",

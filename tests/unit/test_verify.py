@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.slurm import parse_sinfo
 from clusterkit.spec import parse_spec
 from clusterkit.state import ClusterState, NodeState
@@ -436,12 +437,12 @@ def test_layout_of_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "gpu-st-1": NodeState(name="gpu-st-1", role="compute", group="gpu", index=1),
     }
     state = ClusterState(name="demo", provider="local", nodes=nodes)
-    got = layout_of(state, spec)
+    got = layout_of(state, spec, LocalProvider.traits)
     assert got.nodes == ("demo-head", "gpu-st-1", "gpu-st-2")
     assert got.user == "ckuser" and got.shared_dir == "/shared" and got.head_mounts_shared
     assert got.rendered_conf == tmp_path / "clusters/demo/rendered/slurm/slurm.conf"
     no_users = parse_spec({"name": "demo", "users": []})
-    assert layout_of(state, no_users).user == "root"
+    assert layout_of(state, no_users, LocalProvider.traits).user == "root"
 
 
 def test_failures_keeps_only_failed_checks_in_order() -> None:

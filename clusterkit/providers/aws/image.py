@@ -29,13 +29,13 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from clusterkit.cluster import NoProgress, Progress
-from clusterkit.configure import playbook_dir
 from clusterkit.errors import ProviderError
+from clusterkit.progress import NoProgress, Progress
 from clusterkit.providers.aws.errors import AwsError, aws_call
 from clusterkit.providers.aws.resources import DEFAULT_IMAGE_PARAM, USER_DATA_LIMIT
 from clusterkit.providers.aws.session import Aws
 from clusterkit.render import render_file
+from clusterkit.resources import playbook_dir
 
 TAG_IMAGE = "clusterkit:image"
 TAG_BUILD = "clusterkit:image-build"

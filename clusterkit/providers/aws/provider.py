@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from clusterkit.configure import NODE_KEY_ON_NODE, ClusterFiles, boot_script, capacity_options
-from clusterkit.errors import SpecError
+from clusterkit.boot import NODE_KEY_ON_NODE, boot_script
+from clusterkit.errors import ConfigureError, SpecError
+from clusterkit.files import ClusterFiles
+from clusterkit.headfiles import capacity_options
 from clusterkit.nodetools.cloud import CAPACITY_CODES, Instance, Option
 from clusterkit.nodetools.cloud_aws import AwsCloud
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
@@ -27,6 +29,7 @@ from clusterkit.providers.base import DryRun, NodeBoot, Provider
 from clusterkit.render import render
 from clusterkit.spec import ClusterSpec, GroupSpec
 from clusterkit.state import ClusterState, NodeState
+from clusterkit.traits import Traits
 from clusterkit.trust import ClusterTrust, public_key
 
 ALIVE = ("pending", "running")
@@ -48,6 +51,18 @@ def group_options(group: GroupSpec) -> list[Option]:
 
 class AwsProvider(Provider):
     kind = "aws"
+    traits = Traits(
+        shared_storage="nfs",  # the head exports /shared
+        service_manager="systemd",
+        slurmd_flags="",
+        cgroup_plugin="autodetect",  # EC2 images vary: slurmd looks itself
+        emulated_hardware=False,
+        head_mounts_shared=False,  # the head serves /shared from its own disk
+    )
+    step_labels: ClassVar[dict[str, str]] = {
+        "network": "VPC, security group, key pair, IAM, bucket, queue, event rules",
+        "nodes": "Secrets, launch templates, head and Spot fleets",
+    }
     ssh_when_bare = False
     # An instance boots, then cloud-init installs the cluster's host key and restarts sshd.
     ssh_wait_seconds = 300.0
@@ -79,6 +94,40 @@ class AwsProvider(Provider):
         if configure and spec.aws.image_id is None:
             raise SpecError(f"cluster {spec.name}", [IMAGE_NEEDED])
 
+    @classmethod
+    def checkpoint_location(
+        cls, spec: ClusterSpec, network: dict[str, str]
+    ) -> tuple[str, str | None]:
+        """The cluster's bucket (the spec's, else the one ``up`` made, recorded in
+        ``network``), under the prefix the node role may use."""
+        bucket = spec.aws.checkpoint_bucket or network.get("bucket")
+        region = spec.aws.region or network.get("region")
+        if not bucket or not region:
+            raise ConfigureError(
+                f"cluster {spec.name}: its checkpoint bucket or region is not recorded yet; "
+                "run `clusterkit up` again"
+            )
+        return f"s3://{bucket}/{names.checkpoint_prefix(spec.name)}{{user}}/{{job}}", region
+
+    @classmethod
+    def cloud_config(cls, spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any]:
+        """What the head's programs need of what ``prepare`` made: templates, subnets,
+        region."""
+        subnets = [s for s in network.get("subnet_ids", "").split(",") if s]
+        return {
+            "kind": "aws",
+            "cluster": spec.name,
+            "region": network.get("region"),
+            "endpoint_url": network.get("endpoint_url") or None,
+            "groups": {
+                g.name: {
+                    "launch_template_id": network.get(f"template:{g.name}"),
+                    "subnets": subnets,
+                }
+                for g in spec.groups
+            },
+        }
+
     def ssh_hint(self) -> str:
         return f"SSH reaches the head only from aws.admin_cidr ({self.spec.aws.admin_cidr})"
 
@@ -88,7 +137,7 @@ class AwsProvider(Provider):
         trust = ClusterTrust(self.state.name, self.state.dir)
         trust.ensure_user_key()
         res = self.resources
-        # What the head's cloud.json needs besides the resources' ids (configure.cloud_config).
+        # What the head's cloud.json needs besides the resources' ids (cloud_config).
         self.state.network["region"] = self.aws.region
         self.state.network["endpoint_url"] = self.aws.endpoint_url or ""
         res.prepare()
@@ -160,7 +209,7 @@ class AwsProvider(Provider):
             known_hosts=boot.known_hosts.strip(),
             head=head_name(cluster),
             head_address=self.resources.head_address(),
-            boot_script=boot_script(self.spec).strip() if with_boot_script else "",
+            boot_script=boot_script(self.spec, self.traits).strip() if with_boot_script else "",
         )
 
     def _launch_head(self, node: NodePlan, boot: NodeBoot) -> NodeState:

@@ -6,18 +6,21 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any, ClassVar
 
 from clusterkit.errors import PrerequisiteError, ProviderError, SpecError
+from clusterkit.nodetools.cloud import LOCAL_SOCKET, Instance
 from clusterkit.plan import (
     ClusterUser,
     NodePlan,
     gateway_address,
+    home_root,
     node_address,
     overlaps,
     pick_subnet,
 )
-from clusterkit.providers.base import NodeBoot, Provider
-from clusterkit.providers.local import cgroups, cloud, net, owners
+from clusterkit.providers.base import Interruption, NodeBoot, Provider
+from clusterkit.providers.local import cgroups, cloud, control, net, owners
 from clusterkit.providers.local.node import (
     ROOT_HOME,
     LocalNode,
@@ -37,6 +40,7 @@ from clusterkit.state import (
     list_states,
     locked,
 )
+from clusterkit.traits import Traits
 
 MACHINE_LOCK = Path("/run/lock/clusterkit-local.lock")
 
@@ -60,6 +64,19 @@ def which(program: str) -> str | None:
 
 class LocalProvider(Provider):
     kind = "local"
+    traits = Traits(
+        shared_storage="sshfs",  # no kernel NFS server here; FUSE works
+        service_manager="direct",  # no systemd as PID 1 in a node
+        slurmd_flags=" -b",
+        cgroup_plugin="cgroup/v1",  # measured on this kind of machine
+        emulated_hardware=True,
+        head_mounts_shared=True,  # /shared is bind-mounted into the head
+    )
+    step_labels: ClassVar[dict[str, str]] = {
+        "network": "Network (bridge and subnet)",
+        "nodes": "Nodes (namespaces and sshd)",
+    }
+    lists_orphans = True
 
     @classmethod
     def check_prerequisites(cls) -> None:
@@ -184,6 +201,28 @@ class LocalProvider(Provider):
             atomic_write(ssh / "ck_node_key", key, mode=0o600)
         if boot.user_data is not None:
             atomic_write(node.root / "etc/clusterkit/user-data", boot.user_data, mode=0o700)
+
+    @classmethod
+    def checkpoint_location(
+        cls, spec: ClusterSpec, network: dict[str, str]
+    ) -> tuple[str, str | None]:
+        return f"{home_root(spec)}/{{user}}/checkpoints/{spec.name}/{{job}}", None
+
+    @classmethod
+    def cloud_config(cls, spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any]:
+        return {"kind": "local", "cluster": spec.name, "socket": LOCAL_SOCKET}
+
+    def instances(self) -> dict[str, Instance]:
+        return control.instances(self.state.name)
+
+    def simulate(self, **settings: Any) -> dict[str, Any]:
+        return control.simulate(self.state.name, settings)
+
+    def interrupt(self, node: str, action: str, in_seconds: float | None) -> Interruption:
+        return control.interrupt(self.state, self.spec, node, action, in_seconds)
+
+    def client_env(self) -> dict[str, str]:
+        return control.client_env(self.state)
 
     def start_services(self) -> None:
         """The cluster's cloud service, which launches and ends dynamic nodes for the head."""

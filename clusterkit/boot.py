@@ -1,0 +1,127 @@
+"""How a node boots: what it is given (``NodeBoot``), the compute boot script, and the wait
+for it to finish.
+
+Compute nodes never wait on Ansible: each runs the boot script (the local equivalent of EC2
+user-data) that fetches what it needs from the head and starts slurmd. The orchestrator and
+every provider use this module; it uses neither.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clusterkit import interrupt, proc
+from clusterkit.errors import ConfigureError
+from clusterkit.files import ClusterFiles
+from clusterkit.plan import ClusterUser, NodePlan, cluster_users, head_name, plan_nodes
+from clusterkit.render import render
+from clusterkit.spec import ClusterSpec
+from clusterkit.traits import Traits, shared_type
+from clusterkit.trust import ClusterTrust, TrustedNode, public_key
+
+READY_MARKER = "/var/lib/clusterkit/head-ready"
+BOOT_STATUS = "/var/lib/clusterkit/boot.status"  # written by the boot script: running|done|failed
+BOOT_TIMEOUT_SECONDS = 300
+NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
+SLURMCTLD_PORT = 6817
+
+
+@dataclass(frozen=True)
+class NodeBoot:
+    """What a node needs at boot to be reachable over SSH with pre-trusted host keys."""
+
+    host_key: Path  # private host key; its .pub beside it
+    authorized_keys: str  # for root
+    known_hosts: str  # the cluster's known_hosts, installed as the node's global one
+    hosts: str  # /etc/hosts of the cluster
+    users: tuple[ClusterUser, ...] = ()  # accounts every node must know
+    node_key: Path | None = None  # compute nodes: the key that reads from the head (SFTP only)
+    user_data: str | None = None  # the boot script, run once at boot like EC2 user-data
+
+
+def boot_script(spec: ClusterSpec, traits: Traits) -> str:
+    return render(
+        "boot/compute.sh.j2",
+        cluster=spec.name,
+        head=head_name(spec.name),
+        node_key=NODE_KEY_ON_NODE,
+        ready_marker=READY_MARKER,
+        service_manager=traits.service_manager,
+        slurmd_flags=traits.slurmd_flags,
+        users=cluster_users(spec),
+        shared_dir=spec.shared_storage.mount_point,
+        shared_type=shared_type(spec, traits),
+        slurmctld_port=SLURMCTLD_PORT,
+        timeout=BOOT_TIMEOUT_SECONDS,
+    )
+
+
+def node_boots(
+    spec: ClusterSpec,
+    trust: ClusterTrust,
+    trusted: list[TrustedNode],
+    nodes: Sequence[NodePlan],
+    traits: Traits,
+    *,
+    configure: bool = True,
+) -> dict[str, NodeBoot]:
+    """What each of ``nodes`` boots with: its host key, the cluster's trust and, for a compute
+    node of a configured cluster, the key that reads from the head and the boot script.
+    What all nodes share is read and rendered once."""
+    files = ClusterFiles(trust.root)
+    authorized = public_key(trust.user_key) + "\n"
+    known_hosts = trust.known_hosts.read_text(encoding="utf-8")
+    hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
+    users = tuple(cluster_users(spec))
+    user_data = boot_script(spec, traits) if configure else None
+    return {
+        node.name: NodeBoot(
+            host_key=files.host_key(node.name),
+            authorized_keys=authorized,
+            known_hosts=known_hosts,
+            hosts=hosts,
+            users=users,
+            node_key=files.node_key if node.role == "compute" else None,
+            user_data=user_data if node.role == "compute" else None,
+        )
+        for node in nodes
+    }
+
+
+def trusted_nodes(
+    spec: ClusterSpec, address: Callable[[NodePlan], str | None], trust: ClusterTrust
+) -> list[TrustedNode]:
+    """Every planned node with its address (``address``: the provider's) and host key."""
+    files = ClusterFiles(trust.root)
+    return [
+        TrustedNode(n.name, address(n), public_key(files.host_key(n.name)))
+        for n in plan_nodes(spec)
+    ]
+
+
+def wait_for_boot(
+    trust: ClusterTrust, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30
+) -> None:
+    """Return once every node's boot script reports ``done``; raise naming failed nodes."""
+
+    def outcome(node: str, stop: threading.Event) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = proc.run(
+                trust.ssh_argv(node, ["cat", BOOT_STATUS]), check=False, timeout=15
+            ).stdout.strip()
+            if status == "done":
+                return None
+            if status.startswith("failed"):
+                return f"{node}: {status} (console log: {trust.root}/nodes/{node}/console.log)"
+            if stop.wait(0.2):
+                break
+        return f"{node}: boot did not finish within {timeout:.0f}s"
+
+    failures = [f for f in interrupt.parallel(outcome, nodes) if f]
+    if failures:
+        raise ConfigureError("compute nodes failed to boot: " + "; ".join(failures))
