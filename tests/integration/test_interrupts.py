@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from clusterkit.cli import RichProgress
+from clusterkit.cli.cluster import RichProgress
 from tests.integration.conftest import CK, Clusterkit, residue
 
 NAME = "sigtest"

@@ -18,6 +18,9 @@ from rich.console import Console
 
 from clusterkit import cli
 from clusterkit import cluster as lib
+from clusterkit.cli import app as cli_app
+from clusterkit.cli import cluster as cluster_commands
+from clusterkit.cli import console
 from clusterkit.errors import PrerequisiteError, StateError
 from clusterkit.providers import provider_class
 from clusterkit.spec import ClusterSpec, load_spec
@@ -30,8 +33,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture(autouse=True)
 def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
     """Consoles as the CLI makes them, but wide enough that no long tmp path wraps."""
-    monkeypatch.setattr(cli, "out", Console(highlight=False, width=1000))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, highlight=False, width=1000))
+    monkeypatch.setattr(console, "out", Console(highlight=False, width=1000))
+    monkeypatch.setattr(console, "err", Console(stderr=True, highlight=False, width=1000))
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -267,7 +270,7 @@ def test_ssh_to_a_missing_cluster(ck_home: Path, capsys: pytest.CaptureFixture[s
     ],
 )
 def test_split_remote(args: list[str], expected: tuple[list[str], list[str] | None]) -> None:
-    assert cli._split_remote(args) == expected
+    assert cli_app._split_remote(args) == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +283,7 @@ def test_an_unexpected_exception_is_exit_70_with_a_traceback_file(
     def broken(path: object) -> ClusterSpec:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "load_spec", broken)
+    monkeypatch.setattr(cluster_commands, "load_spec", broken)
     code, out, err = run(["validate", str(EXAMPLE)], capsys)
     assert code == cli.EXIT_INTERNAL == 70
     assert out == ""

@@ -36,6 +36,7 @@ from clusterkit.providers.aws.resources import DEFAULT_IMAGE_PARAM, USER_DATA_LI
 from clusterkit.providers.aws.session import Aws
 from clusterkit.render import render_file
 from clusterkit.resources import playbook_dir
+from clusterkit.spec import ClusterSpec
 
 TAG_IMAGE = "clusterkit:image"
 TAG_BUILD = "clusterkit:image-build"
@@ -360,6 +361,19 @@ def default_name(now: datetime | None = None) -> str:
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9()\[\]./\-'@_ ]{3,128}$")
+
+
+def session(region: str | None = None, spec: ClusterSpec | None = None) -> Aws:
+    """The AWS session image commands work in: ``region``, else the spec's, else boto3's."""
+    return Aws(region or (spec.aws.region if spec else None))
+
+
+def builder_subnet(subnet_id: str | None, spec: ClusterSpec | None = None) -> str | None:
+    """Where the builder runs: ``subnet_id``, else the spec's first subnet, else (None) the
+    region's default subnet."""
+    if subnet_id or spec is None:
+        return subnet_id
+    return spec.aws.subnet_ids[0] if spec.aws.subnet_ids else None
 
 
 def build(

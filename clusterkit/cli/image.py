@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from clusterkit.cli_steps import StepProgress, err, out, output_option
+from clusterkit.cli import console
+from clusterkit.cli.console import StepProgress, output_option
 from clusterkit.providers.aws import image as lib
-from clusterkit.providers.aws.session import Aws
 from clusterkit.spec import load_spec
 
 STEP_LABELS = {
@@ -79,25 +79,26 @@ def build(  # noqa: PLR0917 - one parameter per option, as click passes them
     The builder has no key pair, no instance role and a security group that admits
     nothing; the recipe leaves no key or secret in the image.
     """
-    if path is not None:
-        spec = load_spec(path)
-        region = region or spec.aws.region
-        subnet_id = subnet_id or (spec.aws.subnet_ids[0] if spec.aws.subnet_ids else None)
-    aws = Aws(region)
+    spec = load_spec(path) if path is not None else None
+    aws = lib.session(region, spec)
     request = lib.BuildRequest(
         name=name,
         base_image=base_image,
         instance_type=instance_type,
-        subnet_id=subnet_id,
+        subnet_id=lib.builder_subnet(subnet_id, spec),
         timeout=timeout,
     )
-    err.print(f"Baking a clusterkit node image in {aws.region} (recipe {lib.recipe_id()})")
+    console.err.print(f"Baking a clusterkit node image in {aws.region} (recipe {lib.recipe_id()})")
     built = lib.build(aws, request, StepProgress(STEP_LABELS))
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(built)))
         return
-    err.print(f"[green]Image {built.image_id}[/] ({built.name}) is ready in {built.seconds:.0f}s.")
-    out.print(f"\nNext: set [bold]aws: {{image_id: {built.image_id}}}[/] in the cluster spec")
+    console.err.print(
+        f"[green]Image {built.image_id}[/] ({built.name}) is ready in {built.seconds:.0f}s."
+    )
+    console.out.print(
+        f"\nNext: set [bold]aws: {{image_id: {built.image_id}}}[/] in the cluster spec"
+    )
 
 
 @image.command("list")
@@ -105,17 +106,19 @@ def build(  # noqa: PLR0917 - one parameter per option, as click passes them
 @output_option
 def list_(region: str | None, output: str) -> None:
     """List this account's clusterkit node images in the region, newest first."""
-    images = lib.list_images(Aws(region))
+    images = lib.list_images(lib.session(region))
     if output == "json":
         click.echo(json.dumps([dataclasses.asdict(i) for i in images]))
         return
     if not images:
-        err.print("no clusterkit images in this region (`clusterkit image build` makes one)")
+        console.err.print(
+            "no clusterkit images in this region (`clusterkit image build` makes one)"
+        )
         return
     table = Table("IMAGE", "NAME", "STATE", "CREATED", "RECIPE", "BASE", box=None)
     for i in images:
         table.add_row(i.image_id, i.name, i.state, i.created, i.recipe, i.base_image)
-    out.print(table)
+    console.out.print(table)
 
 
 @image.command("delete")
@@ -124,14 +127,14 @@ def list_(region: str | None, output: str) -> None:
 def delete(image_id: str, region: str | None) -> None:
     """Deregister a clusterkit image and delete its snapshots (clusters using it keep
     running; new nodes can no longer boot from it)."""
-    snapshots = lib.delete_image(Aws(region), image_id)
-    err.print(f"[green]✓[/] {image_id} deregistered, {len(snapshots)} snapshot(s) deleted")
+    snapshots = lib.delete_image(lib.session(region), image_id)
+    console.err.print(f"[green]✓[/] {image_id} deregistered, {len(snapshots)} snapshot(s) deleted")
 
 
 @image.command("clean")
 @region_option
 def clean(region: str | None) -> None:
     """Delete what an interrupted build left behind: builder instances and their groups."""
-    removed = lib.clean(Aws(region))
-    err.print(f"[green]✓[/] removed {len(removed)} resource(s){': ' if removed else ''}"
+    removed = lib.clean(lib.session(region))
+    console.err.print(f"[green]✓[/] removed {len(removed)} resource(s){': ' if removed else ''}"
               + ", ".join(removed))  # fmt: skip

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from clusterkit import spot as lib
-from clusterkit.cli_steps import out
+from clusterkit.cli import console
+from clusterkit.cli.console import output_option
 
 # Fields every event has, or that the table shows in their own columns.
 SHOWN = {"time", "source", "action", "node", "nodes", "instance", "instance_id", "job", "jobs"}
@@ -22,8 +23,7 @@ SHOWN = {"time", "source", "action", "node", "nodes", "instance", "instance_id",
               help="Only interruption events (agents, notices, requeued jobs' ends).")  # fmt: skip
 @click.option("-n", "--last", type=click.IntRange(min=1), default=None, metavar="N",
               help="Only the newest N events.")  # fmt: skip
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)  # fmt: skip
+@output_option
 def events(name: str, spot_only: bool, last: int | None, output: str) -> None:
     """List the events of cluster NAME, oldest first.
 
@@ -48,7 +48,7 @@ def events(name: str, spot_only: bool, last: int | None, output: str) -> None:
             escape(_nodes(e)), str(e.get("instance") or e.get("instance_id") or "-"),
             escape(_jobs(e)), escape(_detail(e)),
         )  # fmt: skip
-    out.print(table)
+    console.out.print(table)
 
 
 def _is_spot(e: dict[str, Any]) -> bool:
@@ -73,8 +73,7 @@ def _detail(e: dict[str, Any]) -> str:
 
 @click.command("spot-report")
 @click.argument("name")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)  # fmt: skip
+@output_option
 def spot_report(name: str, output: str) -> None:
     """Sum up the Spot interruptions of cluster NAME.
 
@@ -107,5 +106,5 @@ def spot_report(name: str, output: str) -> None:
     table = Table("", "", box=None, show_header=False)
     for label, value in rows:
         table.add_row(label, value)
-    out.print(f"[bold]{name}[/]: Spot interruptions")
-    out.print(table)
+    console.out.print(f"[bold]{name}[/]: Spot interruptions")
+    console.out.print(table)

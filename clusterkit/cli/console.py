@@ -1,15 +1,21 @@
-"""What the CLI's command modules share: the consoles, the ``-o`` option, and how a library's
-long steps are drawn (a spinner, then a tick or a cross with the time)."""
+"""What every command of the CLI shares: the two consoles, the one ``-o/--output`` option,
+and how a library's long steps are drawn (a spinner, then a tick or a cross with the time).
+
+Commands print through ``console.out`` and ``console.err`` (looked up at call time, so a test
+can swap them)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 # Piped output (logs, CI, grep) is not cut at 80 columns: tables keep whole node names.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -44,3 +50,19 @@ class StepProgress:
             raise
         self.done.append(label)
         err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """One red line, then exit ``code``."""
+    # Messages quote user input (spec keys, paths): print them verbatim, never as markup.
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
+
+
+def stop(message: str, code: int) -> NoReturn:
+    """One red line, then exit at once after an interrupt: worker threads still finishing a
+    wait (an SSH probe) are not waited for, as a normal exit would."""
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from clusterkit import pack as lib
+from clusterkit.cli import console
+from clusterkit.cli.console import output_option
 from clusterkit.errors import ClusterkitError
-
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 user_option = click.option(
     "-u", "--user", default=None, help="The cluster user (default: the spec's first user)."
 )
-json_option = click.option(
-    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="json prints machine-readable output for scripts.",
-)  # fmt: skip
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -114,7 +107,7 @@ def pack() -> None:
 )  # fmt: skip
 @click.option("--hold", is_flag=True, help="Submit held; `scontrol release JOBID` starts it.")
 @user_option
-@json_option
+@output_option
 def submit(  # noqa: PLR0917 - click passes every option as an argument
     name: str, tasks: Path, template: str | None, cpus: int, memory_mb: int | None,
     time_s: float | None, estimate_s: float | None, chunk: int | None,
@@ -144,14 +137,14 @@ def submit(  # noqa: PLR0917 - click passes every option as an argument
 
 def _print_submitted(done: lib.Submitted, seconds: float) -> None:
     c = done.chunking
-    err.print(
+    console.err.print(
         f"Pack [bold]{done.pack}[/]: {done.tasks} task(s) in {c.elements} array element(s) of "
         f"up to {c.chunk} task(s), {c.slots} slot(s) ({seconds:.1f}s)"
     )
-    err.print(f"[dim]chunk: {escape(c.rule)}[/]")
-    err.print(f"[dim]files: ~/{done.directory} on the cluster[/]")
-    err.print(f"Next: [bold]clusterkit pack status {done.cluster} {done.pack} --wait[/]")
-    out.print(done.job_id)
+    console.err.print(f"[dim]chunk: {escape(c.rule)}[/]")
+    console.err.print(f"[dim]files: ~/{done.directory} on the cluster[/]")
+    console.err.print(f"Next: [bold]clusterkit pack status {done.cluster} {done.pack} --wait[/]")
+    console.out.print(done.job_id)
 
 
 @pack.command("status")
@@ -162,7 +155,7 @@ def _print_submitted(done: lib.Submitted, seconds: float) -> None:
     "--interval", default=2.0, show_default=True, help="Seconds between polls with --wait."
 )
 @user_option
-@json_option
+@output_option
 def status_(  # noqa: PLR0917 - click passes every option as an argument
     name: str, pack_name: str | None, wait: bool, interval: float, user: str | None, output: str
 ) -> None:
@@ -190,7 +183,7 @@ def _wait(name: str, st: lib.PackStatus, interval: float, user: str | None) -> l
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
     )  # fmt: skip
-    with Progress(*columns, console=err, transient=False) as bar:
+    with Progress(*columns, console=console.err, transient=False) as bar:
         task = bar.add_task(st.pack, total=st.tasks, completed=st.done + st.failed, detail="")
         while True:
             detail = f"running {st.running}, pending {st.pending}, failed {st.failed}"
@@ -206,21 +199,23 @@ def _print_status(st: lib.PackStatus) -> None:
     failed = f"[red]{st.failed}[/]" if st.failed else "0"
     table.add_row(st.pack, str(st.tasks), f"[green]{st.done}[/]", str(st.running), failed,
                   str(st.pending))  # fmt: skip
-    out.print(table)
+    console.out.print(table)
     if st.failures:
         kinds = ", ".join(f"{k} {v}" for k, v in st.failures.items())
         lost = "  (lost: its element ended before running it)" if "lost" in st.failures else ""
-        out.print(f"failed: {kinds}{lost}")
+        console.out.print(f"failed: {kinds}{lost}")
     for run in st.runs:
         what = "submit" if run["run"] == 0 else f"retry {run['run']}"
         live = f", {run['live']} queued or running" if run["live"] else ""
-        out.print(f"[dim]{what}: job {run['job_id']}, {run['elements']} element(s){live}[/]")
+        console.out.print(
+            f"[dim]{what}: job {run['job_id']}, {run['elements']} element(s){live}[/]"
+        )
 
 
 @pack.command("list")
 @click.argument("name")
 @user_option
-@json_option
+@output_option
 def list_(name: str, user: str | None, output: str) -> None:
     """Every pack of the user on cluster NAME, oldest first."""
     packs = lib.list_packs(name, user)
@@ -230,7 +225,7 @@ def list_(name: str, user: str | None, output: str) -> None:
     table = Table("PACK", "TASKS", "CREATED", box=None)
     for p in packs:
         table.add_row(p["pack"], str(p.get("tasks", "?")), str(p.get("created", "?")))
-    out.print(table)
+    console.out.print(table)
 
 
 @pack.command()
@@ -241,7 +236,7 @@ def list_(name: str, user: str | None, output: str) -> None:
 @click.option("--retries", type=int, default=None, help="New number of in-element retries.")
 @click.option("-p", "--partition", default=None, help="Another partition.")
 @user_option
-@json_option
+@output_option
 def retry(  # noqa: PLR0917 - click passes every option as an argument
     name: str, pack_name: str | None, memory_mb: int | None, time_s: float | None,
     retries: int | None, partition: str | None, user: str | None, output: str,
@@ -260,7 +255,7 @@ def retry(  # noqa: PLR0917 - click passes every option as an argument
         click.echo(json.dumps(dataclasses.asdict(done)))
         return
     if done.submitted is None:
-        err.print(f"Nothing to retry: every task of pack {done.status.pack} is done.")
+        console.err.print(f"Nothing to retry: every task of pack {done.status.pack} is done.")
         return
     _print_submitted(done.submitted, 0.0)
 
@@ -273,7 +268,7 @@ def retry(  # noqa: PLR0917 - click passes every option as an argument
     help="Where to write DEST/PACK/: results.csv, summary.json and out/ (every task's output).",
 )  # fmt: skip
 @user_option
-@json_option
+@output_option
 def collect(name: str, pack_name: str | None, dest: Path, user: str | None, output: str) -> None:
     """Gather PACK's results: a summary, one CSV row per task, and every task's output."""
     done = lib.collect(name, dest, pack_name, user)
@@ -281,10 +276,10 @@ def collect(name: str, pack_name: str | None, dest: Path, user: str | None, outp
         click.echo(json.dumps({**done.summary, "directory": str(done.directory)}))
         return
     s = done.summary
-    out.print(
+    console.out.print(
         f"Pack [bold]{s['pack']}[/]: {s['done']} done, {s['failed']} failed, "
         f"{s['running'] + s['pending']} not finished, of {s['tasks']}"
     )
     if s.get("makespan_s") is not None:
-        out.print(f"task time {s['task_seconds']:.1f} s, makespan {s['makespan_s']:.1f} s")
-    out.print(f"written: {done.directory}/results.csv, summary.json, out/")
+        console.out.print(f"task time {s['task_seconds']:.1f} s, makespan {s['makespan_s']:.1f} s")
+    console.out.print(f"written: {done.directory}/results.csv, summary.json, out/")

@@ -1,0 +1,101 @@
+"""The ``clusterkit`` command: a thin layer over the library, one module per kind of command.
+
+It parses arguments, draws progress and tables, and maps errors to exit codes: an expected
+failure (``ClusterkitError``) is one red line and exit 1; anything else is a bug, written with
+its traceback to a file under ``$CLUSTERKIT_HOME/logs`` and reported in one line, exit 70.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any, NoReturn
+
+import click
+
+from clusterkit import __version__
+from clusterkit import interrupt as signals
+from clusterkit.cli import cluster, elastic, image, pack, spot
+from clusterkit.cli.console import fail, stop
+from clusterkit.errors import ClusterkitError, SpecError
+from clusterkit.state import home
+
+EXIT_INTERNAL = 70
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="clusterkit")
+def cli() -> None:
+    """Ephemeral Slurm clusters on demand.
+
+    \b
+    A cluster is a head node plus compute nodes, described by a YAML spec:
+      clusterkit init cluster.yaml        write an annotated example spec
+      clusterkit up -f cluster.yaml       build it (run again to reconcile)
+      clusterkit ssh NAME                 a shell on the head node
+      clusterkit ssh NAME NODE -- CMD     run CMD on one node
+      clusterkit down NAME                destroy it, leaving nothing behind
+
+    State lives in ~/.clusterkit (or $CLUSTERKIT_HOME).
+    """
+
+
+for command in (
+    cluster.up, cluster.down, cluster.list_, cluster.status, elastic.cloud_, elastic.interrupt,
+    cluster.ssh, cluster.verify_, cluster.inventory, cluster.env_, cluster.validate,
+    cluster.init, pack.pack, image.image, spot.events, spot.spot_report,
+):  # fmt: skip
+    cli.add_command(command)
+
+
+def _split_remote(args: list[str]) -> tuple[list[str], list[str] | None]:
+    """``ssh NAME [NODE] -- CMD``: the words after ``--`` are the remote command, verbatim."""
+    if "--" in args and "ssh" in args[: args.index("--")]:
+        cut = args.index("--")
+        return args[:cut], args[cut + 1 :]
+    return args, None
+
+
+def _report_bug(exc: BaseException) -> NoReturn:
+    logs = home() / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path: Any = logs / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        path = "(could not be written)"
+    fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", EXIT_INTERNAL)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args, remote = _split_remote(list(sys.argv[1:] if argv is None else argv))
+    try:
+        with signals.installed():
+            cli.main(
+                args=args, prog_name="clusterkit", obj={"remote": remote}, standalone_mode=False
+            )
+    except SpecError as exc:
+        if len(exc.problems) > 1:
+            detail = "".join(f"\n  {exc.source}: {p}" for p in exc.problems)
+            fail(f"{exc.source}: {len(exc.problems)} problems:{detail}", exc.exit_code)
+        fail(str(exc), exc.exit_code)
+    except ClusterkitError as exc:
+        fail(str(exc), exc.exit_code)
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except signals.Interrupted as exc:
+        stop(f"interrupted by {exc.signal_name}", exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; `clusterkit down NAME` cleans up whatever was made", 130)
+    except Exception as exc:  # noqa: BLE001 - the one place bugs are caught
+        _report_bug(exc)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
