@@ -64,7 +64,7 @@ bench-all: bench
 	$(VENV)/bin/python bench/htc.py
 
 golden: venv
-	CK_UPDATE_GOLDEN=1 $(VENV)/bin/pytest -q tests/unit/test_golden.py
+	CK_UPDATE_GOLDEN=1 $(VENV)/bin/pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -53,10 +53,7 @@ def render_cluster_files(
     )
     for name, text in files_.items():
         atomic_write(files.slurm_conf_dir / name, text)
-    prolog = render(
-        "slurm/prolog-slurmctld.sh.j2", cluster=spec.name, resume_timeout=spec.slurm.resume_timeout
-    )
-    atomic_write(files.prolog, prolog, mode=0o755)
+    atomic_write(files.prolog, slurmctld_prolog(spec), mode=0o755)
     atomic_write(files.power_config, json.dumps(power_config(spec), indent=1) + "\n")
     cloud = provider.cloud_config(spec, state.network)
     atomic_write(files.cloud_config, json.dumps(cloud, indent=1) + "\n")
@@ -67,6 +64,13 @@ def render_cluster_files(
     atomic_write(files.task_prolog, prolog, mode=0o755)
     atomic_write(files.boot_script, boot_script(spec, provider.traits), mode=0o700)
     write_nodetools_archive(files.nodetools_archive)
+
+
+def slurmctld_prolog(spec: ClusterSpec) -> str:
+    """The PrologSlurmctld: a job on powered-up nodes starts as soon as they are ready."""
+    return render(
+        "slurm/prolog-slurmctld.sh.j2", cluster=spec.name, resume_timeout=spec.slurm.resume_timeout
+    )
 
 
 def capacity_options(group: GroupSpec) -> list[dict[str, str]]:

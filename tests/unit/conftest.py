@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-REFRESH_COMMAND = "CK_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_golden.py"
+REFRESH_COMMAND = "make golden"
 
 GoldenCheck = Callable[[str, str], None]
 

@@ -1,7 +1,7 @@
 """Rendered SSH and hosts files compared with committed golden files.
 
 Refresh them after an intended template change with:
-    CK_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_golden.py
+    make golden
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from clusterkit.render import render
 from clusterkit.trust import ClusterTrust, TrustedNode, ssh_hosts
 
 GoldenCheck = Callable[[str, str], None]
-REFRESH = "CK_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_golden.py"
+REFRESH = "make golden"
 
 NODES = [
     TrustedNode("demo-head", "10.250.7.2", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHeadHeadHead"),

@@ -1,7 +1,7 @@
 """slurm.conf, cgroup.conf and gres.conf: golden files, plus what they must always say.
 
 Refresh the golden files after an intended change with:
-    CK_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_slurmconf.py
+    make golden
 """
 
 from __future__ import annotations

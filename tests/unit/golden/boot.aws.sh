@@ -1,0 +1,69 @@
+#!/bin/bash
+# Boot script (user-data) of a compute node of cluster demo, written by clusterkit.
+# It fetches what the node needs from the head demo-head, mounts shared storage and starts
+# slurmd in configless mode. No Ansible runs on a booting node. Safe to run twice.
+set -euo pipefail
+status=/var/lib/clusterkit/boot.status
+mkdir -p /var/lib/clusterkit
+echo running > "$status"
+log() { echo "$(date -u +%FT%TZ) boot[$(hostname)]: $*"; }
+fail() { echo "failed: $*" > "$status"; log "FAILED: $*"; exit 1; }
+trap 'fail "line $LINENO: $BASH_COMMAND"' ERR
+# Reads from the head over SFTP; the key is authorised there for SFTP only.
+sftp_head() { sftp -q -b - -i /etc/ssh/ck_node_key -o BatchMode=yes -o ConnectTimeout=5 root@demo-head; }
+retry() {  # COMMAND...: a few tries, for what crosses the network to a busy head
+    local n
+    for n in 1 2 3 4 5; do "$@" && return 0; log "retry $n: $*"; sleep "$n"; done
+    "$@"
+}
+start() {  # NAME COMMAND...: start a daemon unless this node already runs it
+    local name=$1; shift
+    systemctl start "$name"
+}
+
+log "waiting for the head to be ready"
+# A TCP probe of slurmctld's port costs nothing; an SSH login costs a key exchange, and many
+# nodes polling with logins every second starve a head that is still being configured.
+deadline=$((SECONDS + 300))
+until timeout 2 bash -c 'exec 3<>/dev/tcp/demo-head/6817' 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "head demo-head not ready after 300s"
+    sleep 1
+done
+until echo "ls /var/lib/clusterkit/head-ready" | sftp_head >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "head demo-head not ready after 300s"
+    sleep 2
+done
+
+log "munge key from the head"
+umask 077
+fetch_key() { echo "get /etc/munge/munge.key /etc/munge/munge.key.new" | sftp_head >/dev/null; }
+retry fetch_key
+install -o munge -g munge -m 0400 /etc/munge/munge.key.new /etc/munge/munge.key
+rm -f /etc/munge/munge.key.new
+umask 022
+chown munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
+chmod 0755 /run/munge
+start munged runuser -u munge -- /usr/sbin/munged
+
+log "cluster users"
+getent group ckuser >/dev/null || groupadd -g 2001 ckuser
+getent passwd ckuser >/dev/null ||
+    useradd -M -u 2001 -g 2001 -d /shared/home/ckuser -s /bin/bash ckuser
+
+log "shared storage /shared (nfs)"
+mkdir -p /shared
+if ! mountpoint -q /shared; then
+    mount -t nfs -o vers=4.1,hard demo-head:/shared /shared
+fi
+
+log "slurmd (configless, from demo-head:6817)"
+mkdir -p /var/spool/slurmd /var/log/slurm
+echo 'SLURMD_OPTIONS="--conf-server demo-head:6817"' > /etc/default/slurmd
+start slurmd /usr/sbin/slurmd --conf-server demo-head:6817
+
+log "Spot agent (watches the metadata service for interruption notices)"
+mkdir -p /var/log/clusterkit
+agent="/shared/clusterkit/bin/ck-spot-agent --config /shared/clusterkit/etc/spot.json"
+systemctl is-active --quiet ck-spot-agent || systemd-run --unit=ck-spot-agent -p Restart=always $agent
+echo done > "$status"
+log "done"
