@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit import elastic, interrupt, proc
-from clusterkit.boot import node_boots, wait_for_boot
+from clusterkit.boot import node_boots, trusted_nodes, wait_for_boot
 from clusterkit.errors import ClusterkitError, CommandError, ConfigureError, SSHError, StateError
 from clusterkit.files import ClusterFiles
 from clusterkit.headfiles import render_cluster_files
@@ -43,7 +43,7 @@ from clusterkit.state import (
     spec_of,
     try_load_state,
 )
-from clusterkit.trust import ClusterTrust, TrustedNode, keygen, public_key
+from clusterkit.trust import ClusterTrust, TrustedNode, keygen
 from clusterkit.verify import failures, verify
 
 SSH_WAIT_SECONDS = Provider.ssh_wait_seconds  # a provider may need longer
@@ -97,8 +97,7 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
     progress = progress or NoProgress()
     cls = provider_class(spec.provider)
     cls.check_spec(spec, configure)
-    cls.check_prerequisites()
-    cls.check_owner(spec.name, cluster_dir(spec.name), creating=True)
+    check_prerequisites(spec)
     with cluster_lock(spec.name):
         state = _begin(spec)
         provider = cls(state, spec)
@@ -170,13 +169,8 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
         keygen(files.user_key(user.name), f"{user.name}@{spec.name}")
     if not files.munge_key.exists():
         atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
-    nodes = plan_nodes(spec)
-    keys = [files.host_key(n.name) for n in nodes]
-    interrupt.parallel(lambda kn, _: keygen(kn[0], kn[1].name), zip(keys, nodes, strict=True), 8)
-    trusted = [
-        TrustedNode(n.name, provider.address(n), public_key(k))
-        for n, k in zip(nodes, keys, strict=True)
-    ]
+    interrupt.parallel(lambda n, _: keygen(files.host_key(n.name), n.name), plan_nodes(spec), 8)
+    trusted = trusted_nodes(spec, provider.address, trust)
     trust.write(trusted)
     return trusted
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -92,6 +93,14 @@ class Clusterkit:
 
     def cluster_dir(self, name: str) -> Path:
         return self.home / "clusters" / name
+
+    def client_env(self, name: str) -> dict[str, str]:
+        """The environment `eval "$(clusterkit env NAME)"` gives a shell on this machine."""
+        env = dict(os.environ)
+        for line in self.run("env", name).stdout.splitlines():
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = shlex.split(value)[0]
+        return env
 
 
 def residue(ck: Clusterkit, name: str) -> list[str]:

@@ -8,8 +8,6 @@ nodes. A second, short-lived cluster lives in a symlinked home under /root."""
 from __future__ import annotations
 
 import ipaddress
-import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -42,15 +40,6 @@ def under_root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def client_env(ck: Clusterkit, name: str) -> dict[str, str]:
-    """The environment `eval "$(clusterkit env NAME)"` gives a shell on the host."""
-    env = dict(os.environ)
-    for line in ck.run("env", name).stdout.splitlines():
-        key, value = line.removeprefix("export ").split("=", 1)
-        env[key] = shlex.split(value)[0]
-    return env
-
-
 def sbatch_wait(env: dict[str, str], out: Path, command: str) -> str:
     """Submit ``command`` from this machine, wait for it, return what it printed."""
     proc = subprocess.run(
@@ -79,7 +68,7 @@ def test_a_job_runs_a_program_and_a_venv_that_live_under_root(
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     script = under_root / "where.py"
     script.write_text("import socket, sys\nprint(sys.prefix, socket.gethostname())\n")
-    env = client_env(spaced, NAME)
+    env = spaced.client_env(NAME)
     prefix, host = sbatch_wait(env, tmp_path / "venv.out", f"{venv}/bin/python {script}").split()
     assert prefix == str(venv)
     assert host in COMPUTES
@@ -101,7 +90,7 @@ def test_dask_jobqueue_computes_a_sum_on_two_nodes(
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
-    for key, value in client_env(spaced, NAME).items():
+    for key, value in spaced.client_env(NAME).items():
         monkeypatch.setenv(key, value)
     # The scheduler listens on the host's end of the cluster bridge, where workers reach it.
     bridge = str(next(ipaddress.ip_network(spaced.status(NAME)["subnet"]).hosts()))

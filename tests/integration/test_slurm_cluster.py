@@ -109,11 +109,7 @@ def test_a_file_written_on_one_compute_is_read_on_another(
 def test_slurm_commands_on_this_machine_reach_the_cluster(
     ck: Clusterkit, cluster: dict[str, Any]
 ) -> None:
-    exports = ck.run("env", NAME).stdout
-    env = dict(os.environ)
-    for line in exports.splitlines():
-        key, value = line.removeprefix("export ").split("=", 1)
-        env[key] = shlex.split(value)[0]
+    env = ck.client_env(NAME)
 
     def host_side(*argv: str) -> str:
         return subprocess.run(
