@@ -35,8 +35,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
-	cd clusterkit/playbooks && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint site.yml
-	cd clusterkit/images/aws && PATH="$(abspath $(VENV))/bin:$$PATH" \
+	cd playbooks && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint site.yml
+	cd images/aws && PATH="$(abspath $(VENV))/bin:$$PATH" \
 		ANSIBLE_ROLES_PATH=../../playbooks/roles ansible-lint -c ../../playbooks/.ansible-lint bake.yml
 
 typecheck: venv

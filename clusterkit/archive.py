@@ -13,10 +13,14 @@ import tarfile
 from pathlib import Path
 
 import clusterkit
+from clusterkit.resources import templates_dir
 
 # What of the package the nodes get: the package marker, errors, the subprocess helper,
 # rendering, Slurm helpers, templates, and the node tools themselves.
-ARCHIVE = ("__init__.py", "errors.py", "proc.py", "render.py", "slurm.py", "nodetools", "templates")
+ARCHIVE = (
+    "__init__.py", "errors.py", "proc.py", "render.py", "resources.py", "slurm.py",
+    "nodetools", "templates",
+)  # fmt: skip
 # What the nodes' python3 has besides the standard library (Debian's python3-jinja2 and
 # python3-boto3, which the node image and the local host install).
 NODE_PACKAGES = ("jinja2", "boto3", "botocore")
@@ -37,8 +41,8 @@ def write_nodetools_archive(path: Path) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in ARCHIVE:
-            if (pkg / name).exists():
-                tar.add(pkg / name, arcname=f"clusterkit/{name}", filter=_no_cache)
+            source = templates_dir() if name == "templates" else pkg / name
+            tar.add(source, arcname=f"clusterkit/{name}", filter=_no_cache)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.getvalue())
 

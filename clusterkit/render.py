@@ -1,7 +1,8 @@
 """All template rendering: Jinja2 with StrictUndefined, values computed by the caller.
 
-Templates live in the package (``clusterkit/templates/``) so an installed clusterkit finds
-them. A template only places values; any decision is made in Python before rendering.
+Templates live in ``templates/`` (``resources.templates_dir``: at the top of a checkout, in
+the package of a wheel or of the nodes' archive). A template only places values; any
+decision is made in Python before rendering.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from typing import Any
 
 import jinja2
 
+from clusterkit.resources import templates_dir
+
 
 @cache
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("clusterkit", "templates"),
+        loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +23,7 @@ from pydantic import (
 )
 
 from clusterkit.errors import SpecError
+from clusterkit.resources import templates_dir
 
 # DNS-label-like names: they become host names (NAME-head, GROUP-st-N) and file names.
 NAME_PATTERN = r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z]$"
@@ -456,5 +456,5 @@ def _message(err: Any) -> str:
 
 def example_spec_text(name: str = "demo") -> str:
     """The annotated example written by ``clusterkit init``."""
-    text = (files("clusterkit") / "templates" / "cluster.example.yaml").read_text(encoding="utf-8")
+    text = (templates_dir() / "cluster.example.yaml").read_text(encoding="utf-8")
     return text.replace("name: demo", f"name: {name}", 1)

@@ -39,7 +39,7 @@ def image() -> None:
       clusterkit image list                      clusterkit's images in the region
       clusterkit image delete ami-...            deregister one and delete its snapshots
 
-    The recipe is clusterkit/images/aws/bake.yml (the playbooks' common role in bake mode);
+    The recipe is images/aws/bake.yml (the playbooks' common role in bake mode);
     it also runs by hand on any Debian 12 host: ansible-playbook -c local -i localhost, bake.yml
     """
 

@@ -16,7 +16,7 @@ from clusterkit.providers.aws import image
 from clusterkit.providers.aws.resources import USER_DATA_LIMIT
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
-RECIPE = Path(image.__file__).resolve().parents[2] / "images" / "aws"
+RECIPE = image.recipe_dir()
 
 
 def _unpack(user_data: str, into: Path) -> None:

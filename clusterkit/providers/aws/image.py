@@ -1,7 +1,7 @@
 """Node images for AWS: ``clusterkit image build``, ``list``, ``delete`` and ``clean``.
 
 A build launches a builder instance from a Debian 12 image with the recipe
-(``clusterkit/images/aws/``: ``bake.yml`` and the roles it uses) packed into its user-data.
+(``images/aws/``: ``bake.yml`` and the roles it uses) packed into its user-data.
 The builder runs the playbook on itself and powers off; its disk becomes the image
 (``CreateImage`` of the stopped instance), and the builder and its security group are
 deleted whatever happened. The builder needs no SSH, key pair or instance role: its
@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from clusterkit.providers.aws.errors import AwsError, aws_call
 from clusterkit.providers.aws.resources import DEFAULT_IMAGE_PARAM, USER_DATA_LIMIT
 from clusterkit.providers.aws.session import Aws
 from clusterkit.render import render_file
-from clusterkit.resources import playbook_dir
+from clusterkit.resources import images_dir, playbook_dir
 from clusterkit.spec import ClusterSpec
 
 TAG_IMAGE = "clusterkit:image"
@@ -90,7 +89,7 @@ class ImageInfo:
 
 
 def recipe_dir() -> Path:
-    return Path(str(files("clusterkit") / "images" / "aws"))
+    return images_dir() / "aws"
 
 
 def recipe_archive() -> bytes:
@@ -133,7 +132,7 @@ def builder_user_data(build_id: str) -> str:
     if len(text.encode()) > USER_DATA_LIMIT:
         raise ImageError(
             f"the image builder's user-data is {len(text.encode())} bytes, over AWS's 16 KiB: "
-            "the recipe (clusterkit/images/aws) has grown too large"
+            "the recipe (images/aws) has grown too large"
         )
     return text
 
