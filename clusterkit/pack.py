@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit import proc
-from clusterkit.errors import ClusterkitError, CommandError, StateError
-from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, RunSpec, task_files
+from clusterkit.errors import CommandError, StateError
+from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.render import render
 from clusterkit.slurm import SlurmNode, SlurmReader
@@ -45,10 +45,6 @@ PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 _MEMORY = re.compile(r"^(\d+)\s*([MGT]?)B?$", re.IGNORECASE)
-
-
-class PackError(ClusterkitError):
-    """A pack's tasks or options are invalid, or a pack command failed on the cluster."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ VARYING = [
     (re.compile(r"\b\d{4}-\d\d-\d\dT[0-9:.]+Z?\b"), "<time>"),
     (re.compile(r"\b10\.250\.\d{1,3}\.\d{1,3}\b"), "<address>"),
     (re.compile(r"\bSubmitted batch job \d+\b"), "Submitted batch job <id>"),
-    (re.compile(r"^srun: job \d+ "), "srun: job <id> "),
 ]
 
 

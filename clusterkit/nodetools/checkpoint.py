@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from clusterkit.errors import ClusterkitError
+
 ENV = "CK_CHECKPOINT_DIR"
 META = "ck-meta.json"
 PREFIX = "ckpt-"
@@ -41,7 +43,7 @@ KEEP = 2  # the newest checkpoint and the one before it
 STALE_TEMP_SECONDS = 600.0  # a temporary checkpoint this old was left by a killed save
 
 
-class CheckpointError(Exception):
+class CheckpointError(ClusterkitError):
     """A checkpoint could not be saved or read; the message says what to do."""
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit.errors import SlurmError
+from clusterkit.errors import ClusterkitError, SlurmError
 from clusterkit.slurm import SQUEUE_ARGV, WAITING_STATES, SlurmJob, parse_squeue
 
 PROG = "ck-pack"
@@ -48,8 +48,10 @@ _ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 Record = dict[str, Any]
 
 
-class PackError(Exception):
-    """A pack directory is missing or unreadable; one line says which file and why."""
+class PackError(ClusterkitError):
+    """A pack's tasks, options or directory are invalid or unreadable, or a pack command
+    failed; one line says which file or option and why. One class for the host's side
+    (``clusterkit.pack``) and the nodes'."""
 
 
 # ---------------------------------------------------------------------------------------------

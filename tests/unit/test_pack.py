@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.nodetools.packstate import RunSpec
+from clusterkit.errors import ClusterkitError
+from clusterkit.nodetools.packstate import PackError, RunSpec
 from clusterkit.pack import (
-    PackError,
     PackOptions,
     auto_chunk,
     cluster_slots,
@@ -270,3 +270,13 @@ def test_a_bad_chunk_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["pack", "submit", "demo", str(tasks), "--chunk", "lots"])
     assert result.exit_code == 2
     assert "a number of tasks per element (1 or more), or auto" in result.output
+
+
+def test_pack_and_checkpoint_errors_are_expected_errors(tmp_path: Path) -> None:
+    """One error base: the CLI prints either as one line, never as a bug's traceback."""
+    from clusterkit.nodetools.checkpoint import CheckpointError
+
+    with pytest.raises(PackError):  # the host's side raises the nodes' class: there is one
+        load_tasks(tmp_path / "missing.txt")
+    assert issubclass(PackError, ClusterkitError)
+    assert issubclass(CheckpointError, ClusterkitError)
