@@ -21,7 +21,6 @@ from clusterkit.trust import ClusterTrust
 
 # Events of these actions are only bookkeeping, not actions on nodes.
 QUIET_ACTIONS = frozenset({"called", "started", "done"})
-REBALANCE = "rebalance"
 
 
 def power_state(slurm_state: str | None, kind: str) -> str:

@@ -11,6 +11,7 @@ import click
 from clusterkit import elastic
 from clusterkit.cli import console
 from clusterkit.cli.console import output_option
+from clusterkit.providers.base import REBALANCE
 
 
 @click.command("cloud")
@@ -112,7 +113,7 @@ def interrupt(  # noqa: PLR0917 - one parameter per option, as click passes them
     """
     if rebalance and (action is not None or in_seconds is not None):
         raise click.UsageError("--rebalance takes neither --action nor --in: nothing ends")
-    what = elastic.REBALANCE if rebalance else action or "terminate"
+    what = REBALANCE if rebalance else action or "terminate"
     sent = elastic.interrupt(name, node, what, in_seconds)
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(sent), indent=2))

@@ -22,7 +22,10 @@ from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, NodeState
 from clusterkit.traits import Traits
 
-__all__ = ["CostRange", "DryRun", "Interruption", "NodeBoot", "Provider"]
+__all__ = ["REBALANCE", "CostRange", "DryRun", "Interruption", "NodeBoot", "Provider"]
+
+
+REBALANCE = "rebalance"  # an Interruption's action for a rebalance recommendation: nothing ends
 
 
 @dataclass(frozen=True)

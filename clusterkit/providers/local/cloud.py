@@ -23,7 +23,6 @@ IN_HEAD = Path("/var/lib/clusterkit/cloud")  # where the head sees the socket's 
 MODULE = "clusterkit.providers.local.cloudsvc"  # the service, run as `python -m MODULE NAME`
 START_TIMEOUT_SECONDS = 10.0
 NOTICE_ACTIONS = ("terminate", "stop", "hibernate")  # what spot/instance-action may say
-REBALANCE = "rebalance"
 MAX_NOTICE_SECONDS = 86400.0
 EVENT_SOURCE = "cloud"
 

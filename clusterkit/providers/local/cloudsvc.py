@@ -46,13 +46,13 @@ from clusterkit.boot import NodeBoot, node_boots, trusted_nodes
 from clusterkit.errors import ClusterkitError, ProviderError, StateError
 from clusterkit.nodetools import events
 from clusterkit.plan import NodePlan, head_name, plan_nodes
+from clusterkit.providers.base import REBALANCE
 from clusterkit.providers.local import imds, net
 from clusterkit.providers.local.cloud import (
     EVENT_SOURCE,
     MAX_NOTICE_SECONDS,
     MODULE,
     NOTICE_ACTIONS,
-    REBALANCE,
     socket_path,
 )
 from clusterkit.providers.local.node import alive

@@ -10,12 +10,10 @@ from clusterkit.errors import ProviderError, StateError
 from clusterkit.files import ClusterFiles
 from clusterkit.nodetools.cloud import CloudError, Instance
 from clusterkit.plan import head_name, plan_nodes
-from clusterkit.providers.base import Interruption
+from clusterkit.providers.base import REBALANCE, Interruption
 from clusterkit.providers.local import cloud
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, atomic_write
-
-REBALANCE = "rebalance"
 
 
 def instances(name: str) -> dict[str, Instance]:
