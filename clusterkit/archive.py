@@ -16,10 +16,10 @@ import clusterkit
 from clusterkit.resources import templates_dir
 
 # What of the package the nodes get: the package marker, errors, the subprocess helper,
-# rendering, Slurm helpers, templates, and the node tools themselves.
+# rendering, Slurm helpers (its JSON, its reader, hostlists), templates, and the node tools.
 ARCHIVE = (
     "__init__.py", "errors.py", "proc.py", "render.py", "resources.py", "slurm.py",
-    "nodetools", "templates",
+    "slurmreader.py", "hostlist.py", "nodetools", "templates",
 )  # fmt: skip
 # What the nodes' python3 has besides the standard library (Debian's python3-jinja2 and
 # python3-boto3, which the node image and the local host install).

@@ -26,7 +26,8 @@ from clusterkit.playbook import ansible_vars, inventory, run_playbook, write_inv
 from clusterkit.progress import NoProgress, Progress
 from clusterkit.providers import provider_class, provider_classes
 from clusterkit.providers.base import DryRun, Provider
-from clusterkit.slurm import SlurmJob, SlurmReader
+from clusterkit.slurm import SlurmJob
+from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import DEFAULT_PROVIDER, ClusterSpec
 from clusterkit.state import (
     ClusterState,

@@ -30,7 +30,8 @@ from clusterkit.errors import CommandError, StateError
 from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.render import render
-from clusterkit.slurm import SlurmNode, SlurmReader
+from clusterkit.slurm import SlurmNode
+from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust

@@ -1,11 +1,9 @@
-"""Read Slurm's view of a cluster: its nodes and jobs, as typed, frozen dataclasses.
+"""Slurm's view of a cluster, its nodes and jobs, as typed frozen dataclasses parsed from
+the JSON of ``sinfo --json`` and ``squeue --json``.
 
 Slurm here is Debian's 22.05.8, whose ``sinfo --json`` and ``squeue --json`` print the
-OpenAPI ``v0.0.38`` shapes; PyPI's pyslurm cannot be built against it. So the default (and the
-tested) way to read Slurm is to run those commands through a *runner* — a callable that runs an
-argv where Slurm is reachable (over SSH on the head node, or locally with ``SLURM_CONF`` set) and
-returns its stdout — and to parse their JSON here. pyslurm is used only when it imports *and* the
-caller runs on a machine with Slurm's own configuration (``SlurmReader.create(..., local=True)``).
+OpenAPI ``v0.0.38`` shapes. This module only parses what they printed; ``slurmreader`` runs
+them (or pyslurm) against a live Slurm, and ``hostlist`` handles hostlist expressions.
 
 Facts about the 22.05 output that this module relies on (seen in ``tests/unit/data/``):
 
@@ -26,21 +24,12 @@ Facts about the 22.05 output that this module relies on (seen in ``tests/unit/da
 
 from __future__ import annotations
 
-import importlib
-import itertools
 import json
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from clusterkit.errors import SlurmError
-
-Runner = Callable[[list[str]], str]
-"""Runs a Slurm command (an argv) where Slurm is reachable and returns its stdout."""
-
-Backend = Literal["cli", "pyslurm"]
 
 SINFO_ARGV: tuple[str, ...] = ("sinfo", "--json")
 # 22.05 ignores --states with --json (it always dumps every job slurmctld holds); it is passed
@@ -53,12 +42,6 @@ SIG_OOM = 253
 
 NO_VAL = 0xFFFFFFFE
 """Slurm's "no value" for a 32-bit field."""
-
-MAX_HOSTS = 1 << 20
-"""Most names ``hostnames`` expands one expression to (Slurm's own hostlists stop near here)."""
-
-MAX_DIGITS = 30
-"""Longest number in a host name that hostlists count with (Python refuses over 4300)."""
 
 # States after which a job has really ended: its end time and exit status are facts.
 ENDED_STATES = frozenset(
@@ -210,13 +193,13 @@ def decode_exit_code(raw: int | None) -> tuple[int | None, int | None]:
 def parse_sinfo(text: str) -> list[SlurmNode]:
     """The nodes in ``sinfo --json`` output; ``SlurmError`` if it is not usable output."""
     command = " ".join(SINFO_ARGV)
-    return [_node(entry, command) for entry in _entries(text, command, "nodes")]
+    return [node_from_entry(entry, command) for entry in _entries(text, command, "nodes")]
 
 
 def parse_squeue(text: str) -> list[SlurmJob]:
     """The jobs in ``squeue --json`` output; ``SlurmError`` if it is not usable output."""
     command = " ".join(SQUEUE_ARGV[:2])
-    return [_job(entry, command) for entry in _entries(text, command, "jobs")]
+    return [job_from_entry(entry, command) for entry in _entries(text, command, "jobs")]
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
@@ -315,7 +298,8 @@ def _time(entry: Mapping[str, Any], key: str, where: str) -> int | None:
     return value if value is not None and value > 0 else None
 
 
-def _node(entry: Mapping[str, Any], command: str) -> SlurmNode:
+def node_from_entry(entry: Mapping[str, Any], command: str) -> SlurmNode:
+    """One ``sinfo --json`` node entry (or one mapped onto its keys); ``command`` names it."""
     name = _str(entry, "name", f"{command}: a node")
     if not name:
         raise SlurmError(f"{command}: a node has no name: {_excerpt(repr(dict(entry)))}")
@@ -335,7 +319,8 @@ def _node(entry: Mapping[str, Any], command: str) -> SlurmNode:
     )
 
 
-def _job(entry: Mapping[str, Any], command: str) -> SlurmJob:
+def job_from_entry(entry: Mapping[str, Any], command: str) -> SlurmJob:
+    """One ``squeue --json`` job entry (or one mapped onto its keys); ``command`` names it."""
     job_id = _opt_int(entry, "job_id", f"{command}: a job")
     if job_id is None:
         raise SlurmError(f"{command}: a job has no job_id: {_excerpt(repr(dict(entry)))}")
@@ -368,266 +353,3 @@ def _job(entry: Mapping[str, Any], command: str) -> SlurmJob:
         start_time=None if state in WAITING_STATES else _time(entry, "start_time", where),
         end_time=_time(entry, "end_time", where) if ended else None,
     )
-
-
-# --- reading a live Slurm -----------------------------------------------------------------
-
-
-class SlurmReader:
-    """Reads nodes and jobs from Slurm through a ``Runner`` (``sinfo``/``squeue --json``).
-
-    The runner's own failures (``CommandError``, ``SSHError``) pass through unchanged; output
-    that is not usable, or that carries Slurm's ``errors``, raises ``SlurmError``.
-    """
-
-    backend: ClassVar[Backend] = "cli"
-
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-
-    @classmethod
-    def create(cls, runner: Runner, *, local: bool = False) -> SlurmReader:
-        """The reader to use: pyslurm if ``local`` and it imports, else the CLI (the default).
-
-        ``local`` says the caller runs where libslurm finds the cluster's configuration; a
-        runner over SSH is never replaced by a pyslurm that would talk to another Slurm.
-        """
-        if local:
-            module = _import_pyslurm()
-            if module is not None:
-                return _PyslurmReader(runner, module)
-        return cls(runner)
-
-    def nodes(self) -> list[SlurmNode]:
-        """Every node Slurm knows, in Slurm's order."""
-        return parse_sinfo(self._runner(list(SINFO_ARGV)))
-
-    def jobs(self) -> list[SlurmJob]:
-        """Every job slurmctld holds (finished ones until ``MinJobAge`` purges them)."""
-        return parse_squeue(self._runner(list(SQUEUE_ARGV)))
-
-    def node(self, name: str) -> SlurmNode:
-        """The node called ``name``; ``SlurmError`` if Slurm has no such node."""
-        nodes = self.nodes()
-        for node in nodes:
-            if node.name == name:
-                return node
-        try:
-            known = compress_hostlist(n.name for n in nodes) or "none"
-        except SlurmError:  # a name no hostlist can hold: list them plainly
-            known = ",".join(n.name for n in nodes)
-        raise SlurmError(f"Slurm has no node named {name!r}; its nodes: {known}")
-
-    def job(self, job_id: int) -> SlurmJob | None:
-        """The job with this id, or ``None`` once slurmctld has forgotten it (``MinJobAge``).
-
-        A job that has gone is normal (it finished a while ago), unlike an unknown node, so
-        it is not an error; ``sacct`` still knows it.
-        """
-        return next((job for job in self.jobs() if job.job_id == job_id), None)
-
-
-def _import_pyslurm() -> ModuleType | None:
-    try:
-        return importlib.import_module("pyslurm")
-    except (ImportError, OSError):  # not installed, or built against another libslurm
-        return None
-
-
-# --- optional pyslurm backend (untested here: PyPI's pyslurm cannot be built on 22.05) ----
-
-
-class _PyslurmReader(SlurmReader):  # pragma: no cover
-    """Reads through pyslurm 22.5's dict API (``node().get()``, ``job().get()``) into the same
-    dataclasses, by mapping its keys onto the ``--json`` ones and reusing the parsers."""
-
-    backend: ClassVar[Backend] = "pyslurm"
-
-    def __init__(self, runner: Runner, module: ModuleType) -> None:
-        super().__init__(runner)
-        self._pyslurm = module
-
-    def _load(self, kind: str) -> list[Mapping[str, Any]]:
-        try:
-            records = getattr(self._pyslurm, kind)().get()
-        except Exception as exc:  # pyslurm raises plain ValueError/RuntimeError
-            raise SlurmError(f"pyslurm could not load {kind}s: {exc}") from exc
-        if not isinstance(records, dict):
-            raise SlurmError(f"pyslurm returned {type(records).__name__} for {kind}s")
-        return [r for r in records.values() if isinstance(r, dict)]
-
-    def nodes(self) -> list[SlurmNode]:
-        nodes = []
-        for rec in self._load("node"):
-            base, *flags = str(rec.get("state") or "UNKNOWN").split("+")
-            entry = {
-                "name": rec.get("name"),
-                "state": base,
-                "state_flags": flags,
-                "cpus": rec.get("cpus"),
-                "alloc_cpus": rec.get("alloc_cpus"),
-                "real_memory": rec.get("real_memory"),
-                "alloc_memory": rec.get("alloc_mem"),
-                "partitions": list(rec.get("partitions") or []),
-                "reason": rec.get("reason"),
-                "address": rec.get("node_addr"),
-                "hostname": rec.get("node_hostname"),
-            }
-            nodes.append(_node(entry, "pyslurm"))
-        return nodes
-
-    def jobs(self) -> list[SlurmJob]:
-        jobs = []
-        for rec in self._load("job"):
-            entry = dict(rec)
-            entry["array_task_string"] = rec.get("array_task_str")
-            entry["user_name"] = None
-            status, _, sig = str(rec.get("exit_code") or "").partition(":")  # "exit:signal"
-            if sig.isdigit() and int(sig):
-                entry["exit_code"] = int(sig)
-            else:
-                entry["exit_code"] = int(status) << 8 if status.isdigit() else None
-            jobs.append(_job(entry, "pyslurm"))
-        return jobs
-
-
-# --- hostlist expressions -----------------------------------------------------------------
-
-_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
-_TRAILING_DIGITS = re.compile(r"(.*?)([0-9]+)")
-_FORBIDDEN_IN_NAME = re.compile(r"[\[\],\s]")
-
-
-def hostnames(nodelist: str) -> list[str]:
-    """Expand a Slurm hostlist expression, like ``scontrol show hostnames`` does.
-
-    ``"compute-st-[1-3,5],gpu-dy-[01-02],head"`` gives ``compute-st-1`` ... ``compute-st-5``
-    (no 4), ``gpu-dy-01``, ``gpu-dy-02``, ``head``: order and duplicates are kept, a range keeps
-    the zero padding of its lower bound, several brackets in one name multiply, and commas or
-    whitespace separate names. A malformed expression raises ``SlurmError``.
-    """
-    names: list[str] = []
-    for item in _split_hostlist(nodelist):
-        names.extend(_expand_item(item, nodelist, MAX_HOSTS - len(names)))
-    return names
-
-
-def _split_hostlist(nodelist: str) -> list[str]:
-    items: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for char in nodelist:
-        if char == "[":
-            depth += 1
-            if depth > 1:
-                raise SlurmError(f"hostlist {_excerpt(nodelist)}: nested '['")
-        elif char == "]":
-            depth -= 1
-            if depth < 0:
-                raise SlurmError(f"hostlist {_excerpt(nodelist)}: ']' without '['")
-        if depth == 0 and (char == "," or char.isspace()):
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    if depth:
-        raise SlurmError(f"hostlist {_excerpt(nodelist)}: '[' is never closed")
-    items.append("".join(current))
-    return [item for item in items if item]
-
-
-def _expand_item(item: str, nodelist: str, room: int) -> list[str]:
-    """One comma-free item: literal text and bracket groups; their cartesian product."""
-    pieces: list[list[str]] = []
-    count = 1
-    for i, part in enumerate(re.split(r"\[([^\]]*)\]", item)):
-        if i % 2 == 0:  # literal text between groups (brackets are balanced by now)
-            pieces.append([part])
-            continue
-        values = _expand_group(part, nodelist)
-        count *= len(values)
-        if count > room:
-            raise SlurmError(f"hostlist {_excerpt(nodelist)} names more than {MAX_HOSTS} hosts")
-        pieces.append(values)
-    return ["".join(parts) for parts in itertools.product(*pieces)]
-
-
-def _expand_group(group: str, nodelist: str) -> list[str]:
-    values: list[str] = []
-    for spec in group.split(","):
-        match = _RANGE.fullmatch(spec)
-        if match is None:
-            raise SlurmError(
-                f"hostlist {_excerpt(nodelist)}: [{group}] must hold numbers and ranges (1-3)"
-            )
-        lo_text, hi_text = match.group(1), match.group(2) or match.group(1)
-        if max(len(lo_text), len(hi_text)) > MAX_DIGITS:
-            raise SlurmError(
-                f"hostlist {_excerpt(nodelist)}: a number has over {MAX_DIGITS} digits"
-            )
-        lo, hi = int(lo_text), int(hi_text)
-        if hi < lo:
-            raise SlurmError(f"hostlist {_excerpt(nodelist)}: range {spec} runs backwards")
-        if hi - lo >= MAX_HOSTS - len(values):
-            raise SlurmError(f"hostlist {_excerpt(nodelist)} names more than {MAX_HOSTS} hosts")
-        values.extend(str(n).zfill(len(lo_text)) for n in range(lo, hi + 1))
-    return values
-
-
-def hostname_sort_key(name: str) -> tuple[str, int, int]:
-    """Order names as Slurm does: by the text before the trailing number, then by number.
-
-    ``node9`` sorts before ``node10``; a name without a trailing number comes first among
-    names with the same text; ``n1`` sorts before ``n01``.
-    """
-    match = _TRAILING_DIGITS.fullmatch(name)
-    if match is None or len(match.group(2)) > MAX_DIGITS:  # no number, or not one to count on
-        return name, -1, 0
-    return match.group(1), int(match.group(2)), len(match.group(2))
-
-
-def compress_hostlist(names: Iterable[str]) -> str:
-    """The shortest-ish hostlist expression for ``names``: the inverse of ``hostnames``.
-
-    Names are deduplicated and ordered by ``hostname_sort_key``; consecutive numbers with the
-    same text before them and the same zero padding become ranges
-    (``compute-st-[1-3,5],gpu-dy-[01-02],head``). So
-    ``hostnames(compress_hostlist(x)) == sorted(set(x), key=hostname_sort_key)``.
-    A name that is empty or holds ``[``, ``]``, ``,`` or whitespace raises ``SlurmError``.
-    """
-    unique = set(names)
-    for name in unique:
-        if not name or _FORBIDDEN_IN_NAME.search(name):
-            raise SlurmError(f"{name!r} cannot be part of a hostlist expression")
-    # (prefix, padding width or 0 for unpadded, [[lo, hi], ...]) per run of names, in order.
-    groups: list[tuple[str, int, list[list[int]]]] = []
-    plain: dict[int, str] = {}  # index in groups -> a name without a trailing number
-    for name in sorted(unique, key=hostname_sort_key):
-        prefix, number, width = hostname_sort_key(name)
-        if number < 0:
-            plain[len(groups)] = name
-            groups.append((name, -1, []))
-            continue
-        pad = width if width > 1 and name[-width] == "0" else 0
-        if groups and groups[-1][0] == prefix and groups[-1][1] == pad:
-            ranges = groups[-1][2]
-            if ranges[-1][1] + 1 == number:
-                ranges[-1][1] = number
-            else:
-                ranges.append([number, number])
-        else:
-            groups.append((prefix, pad, [[number, number]]))
-    return ",".join(
-        plain[i] if i in plain else _render_group(prefix, pad, ranges)
-        for i, (prefix, pad, ranges) in enumerate(groups)
-    )
-
-
-def _render_group(prefix: str, pad: int, ranges: Sequence[Sequence[int]]) -> str:
-    def fmt(n: int) -> str:
-        return str(n).zfill(pad)
-
-    if len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
-        return prefix + fmt(ranges[0][0])
-    inner = ",".join(fmt(lo) if lo == hi else f"{fmt(lo)}-{fmt(hi)}" for lo, hi in ranges)
-    return f"{prefix}[{inner}]"

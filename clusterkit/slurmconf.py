@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clusterkit.hostlist import compress_hostlist
 from clusterkit.render import render
-from clusterkit.slurm import compress_hostlist
 from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec, GroupSpec
 from clusterkit.traits import Traits
 

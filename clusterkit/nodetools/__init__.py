@@ -2,8 +2,9 @@
 
 They run with the node's system ``python3`` and ``python3-jinja2``, not with clusterkit's
 virtualenv, so they may import only the standard library, ``jinja2``, ``clusterkit.render``
-and ``clusterkit.slurm`` (with ``clusterkit.errors``, which it raises) -- never pydantic or
-``clusterkit.spec``. A unit test holds them to it.
+and the Slurm helpers ``clusterkit.slurm``, ``slurmreader`` and ``hostlist`` (with
+``clusterkit.errors``, which they raise) -- never pydantic or ``clusterkit.spec``. A unit test
+holds them to it.
 """
 
 # Commands installed on shared storage (``/shared/clusterkit/bin``): command -> ``module`` with

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Literal, cast
 
 from clusterkit.errors import SlurmError
+from clusterkit.hostlist import hostnames
 from clusterkit.render import render
-from clusterkit.slurm import hostnames
 
 Flavor = Literal["openmpi", "mpich"]
 FLAVORS: tuple[Flavor, ...] = ("openmpi", "mpich")

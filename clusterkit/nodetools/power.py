@@ -27,6 +27,7 @@ from typing import Any
 
 from clusterkit import proc
 from clusterkit.errors import CommandError
+from clusterkit.hostlist import compress_hostlist, hostnames
 from clusterkit.nodetools import events
 from clusterkit.nodetools.cloud import (
     CAPACITY_CODES,
@@ -37,7 +38,6 @@ from clusterkit.nodetools.cloud import (
     Option,
 )
 from clusterkit.nodetools.clouds import cloud_from_config, load_config
-from clusterkit.slurm import compress_hostlist, hostnames
 
 POWER_CONFIG = Path("/etc/clusterkit/power.json")
 RESUME_FILES = Path("/var/lib/clusterkit/power")  # copies of SLURM_RESUME_FILE

@@ -32,7 +32,8 @@ from clusterkit.nodetools.clouds import cloud_from_config, load_config
 from clusterkit.nodetools.power import PowerConfig, Scontrol, launch_group
 from clusterkit.nodetools.spot import CONFIG as SPOT_CONFIG
 from clusterkit.nodetools.spot import SlurmOps, SpotConfig
-from clusterkit.slurm import SlurmNode, SlurmReader
+from clusterkit.slurm import SlurmNode
+from clusterkit.slurmreader import SlurmReader
 
 INTERVAL_SECONDS = 3.0
 # The playbook starts the reconciler before slurmctld, and slurmctld may restart: until Slurm

@@ -1,4 +1,5 @@
-"""clusterkit.slurm against output captured from Slurm 22.05.8 (see tests/unit/data/README.md).
+"""clusterkit.slurm, slurmreader and hostlist against output captured from Slurm 22.05.8 (see
+tests/unit/data/README.md).
 
 No Slurm runs here: the reader gets a plain function as its runner that returns the captured
 text, and records the argv it was asked to run.
@@ -18,21 +19,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterkit.errors import CommandError, SlurmError
+from clusterkit.hostlist import MAX_HOSTS, compress_hostlist, hostname_sort_key, hostnames
 from clusterkit.slurm import (
-    MAX_HOSTS,
     NO_VAL,
     SINFO_ARGV,
     SQUEUE_ARGV,
     SlurmJob,
     SlurmNode,
-    SlurmReader,
-    compress_hostlist,
     decode_exit_code,
-    hostname_sort_key,
-    hostnames,
     parse_sinfo,
     parse_squeue,
 )
+from clusterkit.slurmreader import SlurmReader
 
 DATA = Path(__file__).parent / "data"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

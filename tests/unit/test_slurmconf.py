@@ -17,10 +17,10 @@ import jinja2
 import pytest
 
 from clusterkit.errors import SpecError
+from clusterkit.hostlist import hostnames
 from clusterkit.plan import plan_nodes
 from clusterkit.providers import provider_class
 from clusterkit.render import render
-from clusterkit.slurm import hostnames
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec, parse_spec
 from clusterkit.traits import Traits
