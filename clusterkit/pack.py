@@ -1,7 +1,7 @@
-"""High-throughput packing: many short tasks run by one Slurm job array on a live cluster.
+"""High-throughput packing on a live cluster: submit a pack of many short tasks as one Slurm
+job array, and read, retry and collect it.
 
-``submit`` reads the tasks (a file of commands, or a command template and a CSV/JSONL of
-parameters), picks how many tasks each array element runs (``auto_chunk``), writes the pack
+``submit`` takes the tasks (``packtasks``) and the chunking (``packplan``), writes the pack
 onto shared storage and submits ONE ``sbatch --array`` as the cluster user, both in a single
 SSH session to the head. Elements run ``ck-pack-run`` (``nodetools/packrun.py``), which
 writes the manifest; ``status``, ``retry`` and ``collect`` read it on the head through
@@ -11,16 +11,13 @@ writes the manifest; ``status``, ``retry`` and ``collect`` read it on the head t
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
-import math
-import re
 import secrets
 import shlex
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,283 +25,24 @@ from typing import Any
 from clusterkit import proc
 from clusterkit.errors import CommandError, StateError
 from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
+from clusterkit.packplan import (
+    DEFAULT_ESTIMATE_S,
+    Chunking,
+    PackOptions,
+    auto_chunk,
+    cluster_slots,
+    element_time_limit,
+    fixed_chunk,
+)
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.render import render
-from clusterkit.slurm import SlurmNode
 from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
-TARGET_ELEMENT_S = 60.0  # an element should run at least this long: Slurm's cost is ~1 s
-DEFAULT_ESTIMATE_S = 1.0  # assumed task duration without --estimate: errs to fewer elements
-KILL_GRACE_S = 5  # ck-pack-run's SIGTERM-to-SIGKILL grace, counted in an element's time
-ELEMENT_SLACK_S = 120  # start-up and manifest writes of an element, in its time limit
 SUBMIT_TIMEOUT_S = 120.0
 QUERY_TIMEOUT_S = 60.0
-PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
-_MEMORY = re.compile(r"^(\d+)\s*([MGT]?)B?$", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------------------------------------
-# tasks
-
-
-def load_tasks(path: Path, template: str | None = None) -> list[str]:
-    """The commands of a TASKS file: one per line, or ``template`` filled from each row of
-    a ``.csv`` (header row names the columns) or ``.jsonl`` (one JSON object per line)."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise PackError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise PackError(f"{path} line {line}: not UTF-8 text") from None
-    except OSError as exc:
-        raise PackError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if template is None:
-        commands = command_lines(text)
-    elif path.suffix.lower() == ".csv":
-        commands = fill_csv(template, text, str(path))
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        commands = fill_jsonl(template, text, str(path))
-    else:
-        raise PackError(
-            f"{path}: with --template, TASKS must be a .csv or .jsonl file of parameters"
-        )
-    if not commands:
-        raise PackError(f"{path}: no tasks in it")
-    return commands
-
-
-def command_lines(text: str) -> list[str]:
-    """One command per line; blank lines and ``#`` comments are not tasks."""
-    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
-
-
-def placeholders(template: str, source: str = "--template") -> list[str]:
-    """The ``{name}`` placeholders of ``template`` (``{{``/``}}`` are literal braces)."""
-    names = []
-    for m in _PLACEHOLDER.finditer(template):
-        if m.group(0) in ("{{", "}}"):
-            continue
-        if m.group(1) is None:
-            raise PackError(
-                f"{source}: a lone {m.group(0)!r} at column {m.start() + 1}; write "
-                "{name} for a parameter, {{ or }} for a literal brace"
-            )
-        names.append(m.group(1))
-    if not names:
-        raise PackError(f"{source}: no {{name}} placeholder; every task would be the same")
-    return names
-
-
-def fill(template: str, values: dict[str, str]) -> str:
-    """``template`` with each ``{name}`` replaced by its value, shell-quoted."""
-
-    def one(m: re.Match[str]) -> str:
-        if m.group(0) in ("{{", "}}"):
-            return m.group(0)[0]
-        return shlex.quote(values[m.group(1)])
-
-    return _PLACEHOLDER.sub(one, template)
-
-
-def fill_csv(template: str, text: str, source: str) -> list[str]:
-    names = placeholders(template)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = reader.fieldnames or []
-    missing = [n for n in names if n not in columns]
-    if missing:
-        raise PackError(
-            f"{source}: no column {missing[0]!r} for placeholder {{{missing[0]}}}; its "
-            f"columns: {', '.join(columns) or 'none (no header row)'}"
-        )
-    commands = []
-    for row in reader:
-        line = reader.line_num
-        if any(v is None for v in row.values()) or None in row:
-            raise PackError(
-                f"{source} line {line}: {len(columns)} columns expected, as in the header"
-            )
-        commands.append(_one_line(fill(template, row), source, line))
-    return commands
-
-
-def fill_jsonl(template: str, text: str, source: str) -> list[str]:
-    names = placeholders(template)
-    commands = []
-    for line, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError as exc:
-            raise PackError(f"{source} line {line}: not JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise PackError(f'{source} line {line}: a JSON object expected, like {{"x": 1}}')
-        values = {}
-        for name in names:
-            if name not in obj:
-                keys = ", ".join(obj) or "none"
-                raise PackError(
-                    f"{source} line {line}: no key {name!r} for placeholder {{{name}}}; "
-                    f"its keys: {keys}"
-                )
-            values[name] = _scalar(obj[name], source, line, name)
-        commands.append(_one_line(fill(template, values), source, line))
-    return commands
-
-
-def _scalar(value: Any, source: str, line: int, name: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise PackError(
-        f"{source} line {line}: {name!r} is {type(value).__name__}; a string or number expected"
-    )
-
-
-def _one_line(command: str, source: str, line: int) -> str:
-    if "\n" in command or "\r" in command:
-        raise PackError(f"{source} line {line}: a value holds a line break; tasks are one line")
-    return command
-
-
-# ---------------------------------------------------------------------------------------------
-# options
-
-
-def parse_duration(text: str, what: str = "--time") -> float:
-    """Seconds from ``90``, ``1.5m``, ``2h``, ``1d`` or ``[[H:]M:]S`` (``1:30`` is 90 s)."""
-    s = text.strip().lower()
-    if ":" in s:
-        parts = s.split(":")
-        if len(parts) <= 3 and all(p.isdigit() for p in parts):
-            return float(sum(int(p) * 60**i for i, p in enumerate(reversed(parts))))
-    elif m := _DURATION.match(s):
-        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        if seconds > 0:
-            return seconds
-    raise PackError(f"{what} {text!r}: give seconds (90), 90s, 1.5m, 2h, 1d or H:MM:SS, above 0")
-
-
-def parse_memory(text: str) -> int:
-    """MiB from ``512``, ``512M``, ``2G``, ``1T`` (a bare number is MiB, as in Slurm)."""
-    m = _MEMORY.match(text.strip())
-    if m is None or int(m.group(1)) == 0:
-        raise PackError(f"--mem {text!r}: give MiB (512), or 512M, 2G, above 0")
-    return int(m.group(1)) * {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[m.group(2).lower()]
-
-
-@dataclass(frozen=True)
-class PackOptions:
-    """How every task of a pack runs; ``None`` means Slurm's (or clusterkit's) default."""
-
-    cpus: int = 1
-    memory_mb: int | None = None  # per task; None: the cluster's DefMemPerCPU
-    time_s: float | None = None  # per task; None: no limit
-    estimate_s: float | None = None  # expected duration, for auto chunking
-    chunk: int | None = None  # tasks per element; None: auto
-    max_concurrent: int | None = None  # elements running at once (``--array=...%N``)
-    retries: int = 0
-    partition: str | None = None
-    chdir: str | None = None  # the tasks' working directory; None: the user's home
-    name: str | None = None  # the pack's name; None: a timestamp
-    user: str | None = None  # the cluster user; None: the spec's first user
-    hold: bool = False  # submit held (``scontrol release JOBID`` starts it)
-
-    def check(self) -> None:
-        for label, value in (("--cpus", self.cpus), ("--chunk", self.chunk),
-                             ("--max-concurrent", self.max_concurrent)):  # fmt: skip
-            if value is not None and value < 1:
-                raise PackError(f"{label} {value}: must be at least 1")
-        if self.retries < 0:
-            raise PackError(f"--retries {self.retries}: must be 0 or more")
-        if self.name is not None and not PACK_NAME.match(self.name):
-            raise PackError(
-                f"--name {self.name!r}: letters, digits, '.', '_', '-' (at most 64, "
-                "starting with a letter or digit)"
-            )
-
-
-# ---------------------------------------------------------------------------------------------
-# chunking
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """How a run's tasks are cut into array elements, and why."""
-
-    chunk: int  # tasks per element
-    elements: int
-    slots: int  # elements that can run at once on the partition
-    waves: int  # elements per slot
-    rule: str  # one sentence: how the chunk was chosen
-
-
-def cluster_slots(
-    nodes: Iterable[SlurmNode], partition: str | None, cpus: int, memory_mb: int | None
-) -> int:
-    """How many one-task elements the partition's nodes hold at once (CPUs and memory)."""
-    total = 0
-    for node in nodes:
-        if partition is not None and partition not in node.partitions:
-            continue
-        if partition is None and not node.partitions:
-            continue
-        fit = node.cpus // cpus
-        if memory_mb:
-            fit = min(fit, node.memory_mb // memory_mb)
-        total += fit
-    return total
-
-
-def auto_chunk(tasks: int, slots: int, estimate_s: float, max_elements: int) -> Chunking:
-    """The chunk size: whole *waves* of elements (one element per slot per wave), as many
-    waves as keep every element at ``TARGET_ELEMENT_S`` of estimated work or more, and at
-    least one wave so that every slot gets an element.
-
-    ``waves = max(1, floor(tasks * estimate / (slots * TARGET_ELEMENT_S)))`` and
-    ``chunk = ceil(tasks / (slots * waves))``; the element count never exceeds the array
-    limit (``MaxArraySize``).
-    """
-    slots = max(1, slots)
-    work = tasks * estimate_s
-    waves = max(1, math.floor(work / (slots * TARGET_ELEMENT_S)))
-    chunk = math.ceil(tasks / (slots * waves))
-    chunk = max(chunk, math.ceil(tasks / max_elements))
-    elements = math.ceil(tasks / chunk)
-    rule = (
-        f"{tasks} task(s) x {estimate_s:g} s estimated on {slots} slot(s): {waves} wave(s) "
-        f"of elements of >= {TARGET_ELEMENT_S:g} s each where the work allows"
-    )
-    return Chunking(chunk, elements, slots, math.ceil(elements / slots), rule)
-
-
-def fixed_chunk(tasks: int, chunk: int, slots: int, max_elements: int) -> Chunking:
-    if math.ceil(tasks / chunk) > max_elements:
-        raise PackError(
-            f"--chunk {chunk}: {math.ceil(tasks / chunk)} elements is over the cluster's "
-            f"MaxArraySize ({max_elements}); use --chunk {math.ceil(tasks / max_elements)} or more"
-        )
-    elements = math.ceil(tasks / chunk)
-    return Chunking(chunk, elements, slots, math.ceil(elements / max(1, slots)), "--chunk")
-
-
-def element_time_limit(chunk: int, options: PackOptions) -> int | None:
-    """Minutes an element may run: every attempt of every task at its limit, plus slack."""
-    if options.time_s is None:
-        return None
-    worst = chunk * (options.retries + 1) * (options.time_s + KILL_GRACE_S) + ELEMENT_SLACK_S
-    return math.ceil(worst / 60)
-
-
-# ---------------------------------------------------------------------------------------------
-# the cluster side
 
 
 @dataclass(frozen=True)

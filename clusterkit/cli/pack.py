@@ -1,4 +1,5 @@
-"""``clusterkit pack``: the command group for many short tasks (a thin layer over ``pack``)."""
+"""``clusterkit pack``: the command group for many short tasks (a thin layer over ``pack``,
+``packplan`` and ``packtasks``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clusterkit import pack as lib
+from clusterkit import packplan, packtasks
 from clusterkit.cli import console
 from clusterkit.cli.console import output_option
 from clusterkit.errors import ClusterkitError
@@ -24,11 +26,11 @@ user_option = click.option(
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    return None if value is None else lib.parse_duration(value, f"--{param.name}")
+    return None if value is None else packplan.parse_duration(value, f"--{param.name}")
 
 
 def _memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    return None if value is None else lib.parse_memory(value)
+    return None if value is None else packplan.parse_memory(value)
 
 
 def _chunk(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
@@ -83,12 +85,12 @@ def pack() -> None:
 @click.option(
     "--estimate", "estimate_s", callback=_duration, default=None,
     help=f"Expected duration of a task, for --chunk auto (default: "
-    f"{lib.DEFAULT_ESTIMATE_S:g} s, which errs towards fewer, longer elements).",
+    f"{packplan.DEFAULT_ESTIMATE_S:g} s, which errs towards fewer, longer elements).",
 )  # fmt: skip
 @click.option(
     "--chunk", callback=_chunk, default="auto", show_default=True,
     help="Tasks per array element. auto: whole waves of elements, one per free slot, each "
-    f"running >= {lib.TARGET_ELEMENT_S:g} s of estimated work where the work allows.",
+    f"running >= {packplan.TARGET_ELEMENT_S:g} s of estimated work where the work allows.",
 )  # fmt: skip
 @click.option(
     "--max-concurrent", type=int, default=None, help="Elements running at once (--array=%N)."
@@ -122,8 +124,8 @@ def submit(  # noqa: PLR0917 - click passes every option as an argument
     from 0), CK_PACK_ATTEMPT and CK_PACK_DIR (the pack's directory) in its environment.
     """
     start = time.monotonic()
-    commands = lib.load_tasks(tasks, template)
-    options = lib.PackOptions(
+    commands = packtasks.load_tasks(tasks, template)
+    options = packplan.PackOptions(
         cpus=cpus, memory_mb=memory_mb, time_s=time_s, estimate_s=estimate_s, chunk=chunk,
         max_concurrent=max_concurrent, retries=retries, partition=partition, chdir=chdir,
         name=pack_name, user=user, hold=hold,

@@ -8,19 +8,17 @@ import pytest
 
 from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools.packstate import PackError, RunSpec
-from clusterkit.pack import (
+from clusterkit.pack import job_script
+from clusterkit.packplan import (
     PackOptions,
     auto_chunk,
     cluster_slots,
-    command_lines,
     element_time_limit,
     fixed_chunk,
-    job_script,
-    load_tasks,
     parse_duration,
     parse_memory,
-    placeholders,
 )
+from clusterkit.packtasks import command_lines, load_tasks, placeholders
 from clusterkit.slurm import SlurmNode
 
 
