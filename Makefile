@@ -16,7 +16,7 @@ down: venv
 	$(CK) down $(NAME)
 
 test: setup lint typecheck
-	$(VENV)/bin/pytest tests/unit tests/integration tests/aws
+	$(VENV)/bin/pytest tests/unit tests/integration tests/aws tests/contract
 
 setup: host venv
 
@@ -46,10 +46,10 @@ unit: venv
 	$(VENV)/bin/pytest tests/unit
 
 integration: setup
-	$(VENV)/bin/pytest tests/integration
+	$(VENV)/bin/pytest tests/integration tests/contract -m integration
 
 aws: venv
-	$(VENV)/bin/pytest tests/aws
+	$(VENV)/bin/pytest tests/aws tests/contract -m aws
 
 # The quick benchmarks (a few minutes); bench-all adds the long ones (about 40 minutes).
 bench: setup

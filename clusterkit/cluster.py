@@ -18,7 +18,7 @@ from typing import Any
 
 from clusterkit import elastic, interrupt, proc
 from clusterkit.boot import node_boots, trusted_nodes, wait_for_boot
-from clusterkit.errors import ClusterkitError, CommandError, ConfigureError, SSHError, StateError
+from clusterkit.errors import ClusterkitError, ConfigureError, SSHError, StateError
 from clusterkit.files import ClusterFiles
 from clusterkit.headfiles import render_cluster_files
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
@@ -29,6 +29,7 @@ from clusterkit.providers.base import DryRun, Provider
 from clusterkit.slurm import SlurmJob
 from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import DEFAULT_PROVIDER, ClusterSpec
+from clusterkit.sshpool import NodeUnreachable, Pool
 from clusterkit.state import (
     ClusterState,
     NodeState,
@@ -41,6 +42,7 @@ from clusterkit.state import (
     load_state,
     now,
     remove_cluster_dir,
+    salvage_state,
     spec_of,
     try_load_state,
 )
@@ -103,6 +105,7 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
         state = _begin(spec)
         provider = cls(state, spec)
         trust = ClusterTrust(spec.name, state.dir)
+        pool = Pool(trust)  # one SSH connection per node for the waits and verify
         try:
             with _logged_step(state, progress, "network"):
                 provider.prepare()
@@ -124,11 +127,11 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
             if configure or provider.ssh_when_bare:
                 with _logged_step(state, progress, "ssh"):
                     static = [n.name for n in static_nodes(spec)]
-                    wait_for_ssh(trust, static, provider.ssh_wait_seconds, provider.ssh_hint())
+                    wait_for_ssh(pool, static, provider.ssh_wait_seconds, provider.ssh_hint())
             if configure:
-                _configure(spec, state, trust, provider, progress)
+                _configure(spec, state, trust, provider, progress, pool=pool)
                 with _logged_step(state, progress, "verify"):
-                    _verify(spec.name)
+                    _verify(spec.name, pool)
                     state.mark("verify")
             state.status = "ready"
             state.mark("ready")
@@ -136,6 +139,8 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
             state.status = "failed"
             state.save()
             raise
+        finally:
+            pool.close()
     return state
 
 
@@ -208,6 +213,8 @@ def _configure(
     trust: ClusterTrust,
     provider: Provider,
     progress: Progress,
+    *,
+    pool: Pool,
 ) -> None:
     with _logged_step(state, progress, "configure"):
         run_playbook(
@@ -219,12 +226,12 @@ def _configure(
         state.mark("configure")
     with _logged_step(state, progress, "boot"):
         computes = [n.name for n in static_nodes(spec) if n.role == "compute"]
-        wait_for_boot(trust, computes)
+        wait_for_boot(pool, computes)
         state.mark("boot")
 
 
-def _verify(name: str) -> None:
-    failed = failures(verify(name))
+def _verify(name: str, pool: Pool) -> None:
+    failed = failures(verify(name, pool))
     if failed:
         raise ConfigureError(
             "cluster verification failed: "
@@ -275,9 +282,10 @@ def _record_launching(
 
 
 def wait_for_ssh(
-    trust: ClusterTrust, nodes: list[str], timeout: float = SSH_WAIT_SECONDS, hint: str = ""
+    pool: Pool, nodes: list[str], timeout: float = SSH_WAIT_SECONDS, hint: str = ""
 ) -> None:
-    """Return once every node answers a real SSH login with strict host key checking;
+    """Return once every node answers a real SSH login with the cluster's trust (its own
+    host keys only), through ``pool``, whose connections stay open for what follows;
     ``hint`` (what to check) ends the error otherwise."""
 
     def reach(node: str, stop: threading.Event) -> str | None:
@@ -285,12 +293,14 @@ def wait_for_ssh(
         last = ""
         while time.monotonic() < deadline:
             try:
-                proc.run(trust.ssh_argv(node, ["true"]), timeout=10)
-                return None
-            except CommandError as exc:
-                last = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
-                if stop.wait(0.1):
-                    break
+                rc, _, err = pool.run(node, ["true"], timeout=10)
+                if rc == 0:
+                    return None
+                last = f"`true` exited {rc}: " + " | ".join(err.strip().splitlines()[-1:])
+            except NodeUnreachable as exc:
+                last = exc.reason
+            if stop.wait(0.1):
+                break
         return f"{node}: {last or 'no answer'}"
 
     failures = [f for f in interrupt.parallel(reach, nodes) if f]
@@ -327,7 +337,7 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
     check_name(name)
     progress = progress or NoProgress()
     with cluster_lock(name):
-        state = try_load_state(name)
+        state = try_load_state(name) or salvage_state(name)
         kind = state.provider if state else DEFAULT_PROVIDER
         cls = provider_class(kind)
         has_dir = cluster_dir(name).exists()

@@ -27,6 +27,9 @@ from clusterkit.spec import NAME_PATTERN, ClusterSpec, parse_spec
 
 Status = Literal["creating", "ready", "failed", "deleting"]
 STATE_VERSION = 1
+# Beside state.json, what `down` needs should state.json be lost or unreadable: the provider
+# (the default one is not always right) and its network record (where the cluster lives).
+ORIGIN = "origin.json"
 
 
 def home() -> Path:
@@ -88,6 +91,11 @@ class ClusterState(BaseModel):
 
     def save(self) -> None:
         self.updated_at = now()
+        # origin.json first, so no state.json ever exists without it; rewritten on a change.
+        origin = self.dir / ORIGIN
+        text = json.dumps({"name": self.name, "provider": self.provider, "network": self.network})
+        if not origin.is_file() or origin.read_text(encoding="utf-8") != text:
+            atomic_write(origin, text)
         atomic_write(self.dir / "state.json", self.model_dump_json(indent=2) + "\n")
 
 
@@ -146,6 +154,16 @@ def try_load_state(name: str) -> ClusterState | None:
     try:
         return load_state(name)
     except StateError:
+        return None
+
+
+def salvage_state(name: str) -> ClusterState | None:
+    """What ``origin.json`` still tells of cluster ``name`` (its provider and network, no nodes)
+    when ``state.json`` is lost or unreadable; ``None`` without it."""
+    try:
+        data = json.loads((cluster_dir(name) / ORIGIN).read_text(encoding="utf-8"))
+        return ClusterState(name=name, provider=data["provider"], network=data["network"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
         return None
 
 

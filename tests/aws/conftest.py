@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +19,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-CK = str(Path(sys.executable).with_name("clusterkit"))
+from tests.driver import Clusterkit, Result
+
 REGION = "eu-west-1"
 TAG = "clusterkit:cluster"
 ADMIN_CIDR = "203.0.113.0/24"
@@ -98,21 +96,14 @@ class Aws:
         path.write_text(json.dumps(doc), encoding="utf-8")
         return path
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [CK, *args],
-            env=dict(os.environ),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"clusterkit {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-            )
-        return proc
+    @property
+    def ck(self) -> Clusterkit:
+        """The CLI with this home; the account's endpoint and credentials are in the
+        environment (the ``aws`` fixture set them)."""
+        return Clusterkit(self.home)
+
+    def run(self, *args: str, check: bool = True) -> Result:
+        return self.ck.run(*args, check=check, timeout=300)
 
     def tagged(self, cluster: str) -> dict[str, list[str]]:
         """Everything in the account tagged for ``cluster``, found with the test's own calls

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from clusterkit.resources import playbook_dir
-from tests.integration.conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "byhand"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.integration.conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "cfgfail"
 

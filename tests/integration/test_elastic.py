@@ -16,8 +16,8 @@ import pytest
 
 from clusterkit.providers.local import net
 from clusterkit.providers.local.node import stop_nodes
-
-from .conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "elastic"
 DYNAMIC = [f"compute-dy-{i}" for i in range(1, 5)]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "hostcl"
 COMPUTES = ["compute-st-1", "compute-st-2"]

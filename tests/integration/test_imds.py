@@ -20,8 +20,8 @@ from clusterkit.plan import gateway_address, node_address, pick_subnet
 from clusterkit.providers.local import imds, net
 from clusterkit.providers.local.provider import MACHINE_LOCK
 from clusterkit.state import locked
-
-from .conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "imdsit"
 PROBES = ("imdsprobe-a", "imdsprobe-b")

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from clusterkit.cli.cluster import RichProgress
-from tests.integration.conftest import CK, Clusterkit, residue
+from tests.driver import CK, Clusterkit
+from tests.local_residue import residue
 
 NAME = "sigtest"
 STEP_LABELS = RichProgress("local").labels

@@ -15,7 +15,8 @@ import pytest
 
 from clusterkit.providers.local import net
 from clusterkit.trust import ClusterTrust, TrustedNode, public_key
-from tests.integration.conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "itest"
 NODES = ["itest-head", "compute-st-1", "compute-st-2", "compute-st-3"]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Clusterkit
+from tests.driver import Clusterkit, Result
 
 NAME = "pkit"
 USER = "ckuser"
@@ -58,7 +57,7 @@ def submit(ck: Clusterkit, tasks_file: Path, *options: str) -> dict[str, Any]:
     return data
 
 
-def wait(ck: Clusterkit, pack: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def wait(ck: Clusterkit, pack: str, timeout: float = 120) -> Result:
     return ck.run("pack", "status", NAME, pack, "--wait", "--interval", "0.5", "-o", "json",
                   check=False, timeout=timeout)  # fmt: skip
 

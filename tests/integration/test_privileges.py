@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.integration.conftest import CK, Clusterkit
+from tests.driver import CK, Clusterkit
 
 
 def test_up_without_root_says_so(ck: Clusterkit) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CK, Clusterkit, residue
+from tests.driver import CK, Clusterkit
+from tests.local_residue import residue
 from tests.readme_tour import Step, matches, parse_tour, strip_comment, tour_block
 
 README = Path(__file__).parents[2] / "README.md"

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Clusterkit, residue
+from tests.driver import Clusterkit, Result
+from tests.local_residue import residue
 
 NAME = "slurmit"
 USER = "ckuser"
@@ -28,7 +29,7 @@ def cluster(ck: Clusterkit) -> dict[str, Any]:
     return ck.status(NAME)
 
 
-def as_user(ck: Clusterkit, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def as_user(ck: Clusterkit, command: str, check: bool = True) -> Result:
     """Run ``command`` on the head as the cluster user, in their home."""
     return ck.run("ssh", NAME, "-u", USER, "--", f"cd ~ && {command}", check=check, timeout=180)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "spotit"
 LEAD = 8  # seconds of notice

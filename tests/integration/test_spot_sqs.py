@@ -19,7 +19,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from .conftest import Clusterkit, residue
+from tests.driver import Clusterkit
+from tests.local_residue import residue
 
 NAME = "spotsqs"
 SUBNET = "10.250.201.0/24"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from clusterkit.verify import COMPUTE_CHECKS, HEAD_CHECKS, Check, failures, verify
-from tests.integration.conftest import Clusterkit
+from tests.driver import Clusterkit
 
 NAME = "vfy-it"
 HEAD = f"{NAME}-head"

@@ -126,6 +126,23 @@ def test_corrupt_state_points_to_down(ck_home: Path, content: bytes) -> None:
     assert "\n" not in message
 
 
+def test_a_lost_state_leaves_its_provider_and_network_for_down(ck_home: Path) -> None:
+    saved = make_state()
+    saved.provider = "aws"
+    saved.network["region"] = "eu-west-1"
+    saved.save()
+    (saved.dir / "state.json").write_text("{not json")
+    salvaged = state.salvage_state("demo")
+    assert salvaged is not None
+    assert (salvaged.provider, salvaged.network) == ("aws", saved.network)
+    assert salvaged.nodes == {}  # nodes are found by name, not remembered
+    (saved.dir / "state.json").unlink()
+    assert state.salvage_state("demo") == salvaged
+    (saved.dir / state.ORIGIN).write_text("[]")
+    assert state.salvage_state("demo") is None
+    assert state.salvage_state("never-made") is None
+
+
 # ---------------------------------------------------------------------------------------------
 # atomic_write
 
