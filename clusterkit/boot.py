@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterkit import interrupt, proc
+from clusterkit import interrupt
 from clusterkit.errors import ConfigureError
 from clusterkit.files import ClusterFiles
 from clusterkit.plan import ClusterUser, NodePlan, cluster_users, head_name, plan_nodes
 from clusterkit.render import render
 from clusterkit.spec import ClusterSpec
+from clusterkit.sshpool import Pool, PoolError
 from clusterkit.traits import Traits, shared_type
 from clusterkit.trust import ClusterTrust, TrustedNode, public_key
 
@@ -103,24 +104,26 @@ def trusted_nodes(
     ]
 
 
-def wait_for_boot(
-    trust: ClusterTrust, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30
-) -> None:
-    """Return once every node's boot script reports ``done``; raise naming failed nodes."""
+def wait_for_boot(pool: Pool, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30) -> None:
+    """Return once every node's boot script reports ``done`` (read through ``pool``); raise
+    naming failed nodes."""
 
     def outcome(node: str, stop: threading.Event) -> str | None:
         deadline = time.monotonic() + timeout
+        last = ""
         while time.monotonic() < deadline:
-            status = proc.run(
-                trust.ssh_argv(node, ["cat", BOOT_STATUS]), check=False, timeout=15
-            ).stdout.strip()
+            try:
+                status, last = pool.run(node, ["cat", BOOT_STATUS], timeout=15)[1].strip(), ""
+            except PoolError as exc:  # not up yet, or gone: tried again until the deadline
+                status, last = "", f" (last: {exc})"
             if status == "done":
                 return None
             if status.startswith("failed"):
-                return f"{node}: {status} (console log: {trust.root}/nodes/{node}/console.log)"
+                log = f"{pool.trust.root}/nodes/{node}/console.log"
+                return f"{node}: {status} (console log: {log})"
             if stop.wait(0.2):
                 break
-        return f"{node}: boot did not finish within {timeout:.0f}s"
+        return f"{node}: boot did not finish within {timeout:.0f}s{last}"
 
     failures = [f for f in interrupt.parallel(outcome, nodes) if f]
     if failures:

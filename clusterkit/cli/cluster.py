@@ -55,7 +55,7 @@ STEP_LABELS = {
     "ssh": "SSH reachable on every node",
     "configure": "Head configured (Ansible: munge, users, storage, slurmctld)",
     "boot": "Compute nodes booted (munge, shared storage, slurmd)",
-    "verify": "Verified on every node (testinfra)",
+    "verify": "Verified on every node",
 }
 
 
@@ -277,7 +277,7 @@ def ssh(ctx: click.Context, name: str, node: str | None, user: str) -> None:
 @click.argument("name")
 @output_option
 def verify_(name: str, output: str) -> None:
-    """Check a live cluster on every node over SSH (testinfra) and print the results.
+    """Check a live cluster on every node over SSH and print the results.
 
     Daemons running, munge credentials across nodes, the same Slurm configuration
     everywhere, shared storage mounted and writable, cgroup limits applied, nodes IDLE.

@@ -1,6 +1,7 @@
-"""clusterkit.verify without a cluster: batches, parsing, judging and result aggregation.
+"""clusterkit.verify and clusterkit.checks without a cluster: batches, parsing, judging and
+result aggregation.
 
-Nothing here fakes testinfra or SSH: batch scripts run in a local ``sh``, and the judges get
+Nothing here fakes SSH: batch scripts run in a local ``sh``, and the judges get
 ``Output`` values shaped like what the node commands print (unmunge's text as captured on a
 live cluster, ``sinfo --json`` from ``tests/unit/data``).
 """
@@ -10,31 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from clusterkit.providers.local.provider import LocalProvider
-from clusterkit.slurm import parse_sinfo
-from clusterkit.spec import parse_spec
-from clusterkit.state import ClusterState, NodeState
-from clusterkit.trust import ClusterTrust
-from clusterkit.verify import (
+from clusterkit.checks import (
     CACHED_SLURM_CONF,
     COMPUTE_CHECKS,
     HEAD_CHECKS,
     NOT_RUN,
     STEP_MEMORY_BYTES,
     Check,
-    Command,
     Key,
     Layout,
     Output,
-    Remote,
-    batch_script,
-    cleanup_plan,
     failures,
-    first_plan,
     judge_all,
     judge_conf,
     judge_cpus,
@@ -46,13 +38,26 @@ from clusterkit.verify import (
     judge_ping,
     judge_shared_rw,
     judge_step,
-    layout_of,
-    parse_batch,
     parse_sha256sum,
     parse_step,
-    second_plan,
     unmunge_host,
     unmunge_status,
+)
+from clusterkit.providers.local.provider import LocalProvider
+from clusterkit.slurm import parse_sinfo
+from clusterkit.spec import parse_spec
+from clusterkit.sshpool import NodeUnreachable, Pool
+from clusterkit.state import ClusterState, NodeState
+from clusterkit.trust import ClusterTrust
+from clusterkit.verify import (
+    Command,
+    Remote,
+    batch_script,
+    cleanup_plan,
+    first_plan,
+    layout_of,
+    parse_batch,
+    second_plan,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -144,30 +149,38 @@ def test_output_why_names_the_exit_status_or_the_reason() -> None:
     assert Output(NOT_RUN, "", "SSH to n failed: refused").why() == "SSH to n failed: refused"
 
 
-def test_testinfra_runs_ssh_with_the_clusters_config_and_never_relaxes_host_keys(
-    tmp_path: Path,
-) -> None:
-    trust = ClusterTrust("demo", tmp_path)
-    remote = Remote(trust, ["demo-head"], tmp_path / "mux")
-    cmd, args = remote.host("demo-head").backend._build_ssh_command("true")
-    line = " ".join(cmd) % tuple(args)
-    assert f"-F {trust.ssh_config}" in line
-    assert "BatchMode=yes" in line
-    assert "StrictHostKeyChecking" not in line
-    assert "UserKnownHostsFile" not in line
+class CountingPool(Pool):
+    """A pool that counts the sessions it is asked for."""
+
+    def __init__(self, trust: ClusterTrust) -> None:
+        super().__init__(trust)
+        self.sessions = 0
+
+    def run(self, node: str, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+        self.sessions += 1
+        return super().run(node, argv, timeout)
 
 
 def test_when_ssh_fails_every_command_of_the_batch_says_why(tmp_path: Path) -> None:
-    trust = ClusterTrust("demo", tmp_path)  # no ssh_config yet: ssh itself refuses to start
-    with Remote.open(trust, ["demo-head"]) as remote:
+    trust = ClusterTrust("demo", tmp_path)  # no ssh_config yet: no connection can be made
+    pool = CountingPool(trust)
+    with Remote.open(trust, pool) as remote:
         outs = remote.run_batch("demo-head", [Command("demo-head", "true")] * 2)
         assert [o.rc for o in outs] == [NOT_RUN, NOT_RUN]
         assert outs[0].why().startswith("SSH to demo-head failed: ")
         assert str(trust.ssh_config) in outs[0].why()
         again = remote.run_batch("demo-head", [Command("demo-head", "true")])
         assert again == outs[:1]  # not tried again
-        control_dir = remote._control_dir
-    assert not control_dir.exists()
+    assert pool.sessions == 1
+    with pytest.raises(NodeUnreachable, match="cannot read"):  # lent: still open, not closed
+        pool.run("demo-head", ["true"], 1)
+
+
+def test_a_remote_of_its_own_closes_its_pool(tmp_path: Path) -> None:
+    with Remote.open(ClusterTrust("demo", tmp_path)) as remote:
+        pool = remote._pool
+    with pytest.raises(NodeUnreachable, match="pool is closed"):
+        pool.run("demo-head", ["true"], 1)
 
 
 # --- parsing ------------------------------------------------------------------------------
