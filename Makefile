@@ -35,6 +35,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/python -m tests.provider_names
 	cd playbooks && PATH="$(abspath $(VENV))/bin:$$PATH" ansible-lint site.yml
 	cd images/aws && PATH="$(abspath $(VENV))/bin:$$PATH" \
 		ANSIBLE_ROLES_PATH=../../playbooks/roles ansible-lint -c ../../playbooks/.ansible-lint bake.yml

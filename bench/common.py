@@ -1,28 +1,33 @@
-"""What the benchmarks share: the CLI, a cluster for one run, a timed command's outcome,
-and the results table."""
+"""What the benchmarks share: the CLI (through the tests' driver), a cluster for one run, and
+the results table."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-CK = str(Path(sys.executable).with_name("clusterkit"))
+# The repository's root, for the CLI driver the tests use too (bench/ itself is on sys.path).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+from tests.driver import CK, Clusterkit, Result, sh
+
+__all__ = [
+    "CK", "Clusterkit", "Result", "ck", "last_line", "local_cluster", "need_root", "save_results",
+    "sh", "table", "verdict",
+]  # fmt: skip
 
 
 def ck(home: Path, *args: str, stdin: str | None = None, timeout: float = 600) -> str:
     """``clusterkit ARGS`` with ``home`` as CLUSTERKIT_HOME; its stdout, or RuntimeError."""
-    env = {**os.environ, "CLUSTERKIT_HOME": str(home)}
-    done = subprocess.run([CK, *args], env=env, capture_output=True, text=True, input=stdin,
-                          timeout=timeout, check=False)  # fmt: skip
-    if done.returncode != 0:
+    done = Clusterkit(home).run(*args, input=stdin, timeout=timeout, check=False)
+    if done.rc != 0:
         raise RuntimeError(f"clusterkit {' '.join(args)}: {done.stderr.strip()[-500:]}")
     return done.stdout
 
@@ -39,14 +44,6 @@ def local_cluster(spec: dict[str, Any], prefix: str) -> Iterator[Path]:
             yield home
         finally:
             ck(home, "down", str(spec["name"]))
-
-
-@dataclass(frozen=True)
-class Timed:
-    seconds: float
-    rc: int
-    stdout: str
-    stderr: str
 
 
 def last_line(text: str) -> str:

@@ -52,11 +52,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import Timed, last_line, table  # bench/ is on sys.path when run
+from common import Clusterkit as Cli
+from common import Result, last_line, table  # bench/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "htc.json"
-CLI = Path(sys.executable).parent / "clusterkit"
 
 NAME = "pkbench"
 USER = "ckuser"
@@ -90,25 +90,11 @@ srun --cpu-bind=none -N{nodes} -n{nodes} -c{cpus} bash -c \\
 """
 
 
-def sh(argv: list[str], timeout: float, stdin: str | None = None) -> Timed:
-    start = time.monotonic()
-    env = {**os.environ, "CLUSTERKIT_HOME": str(HOME)}
-    try:
-        done = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
-            env=env,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return Timed(time.monotonic() - start, 124, out, "timed out")
-    return Timed(time.monotonic() - start, done.returncode, done.stdout, done.stderr)
+def ck(*args: str, timeout: float = 300.0) -> Result:
+    return Cli(HOME).run(*args, check=False, timeout=timeout)
 
 
-def ck(*args: str, timeout: float = 300.0) -> Timed:
-    return sh([str(CLI), *args], timeout)
-
-
-def as_user(command: str, timeout: float = RUN_TIMEOUT_S) -> Timed:
+def as_user(command: str, timeout: float = RUN_TIMEOUT_S) -> Result:
     return ck("ssh", NAME, "-u", USER, "--", f"cd ~ && {command}", timeout=timeout)
 
 
@@ -216,7 +202,7 @@ def variant_d(tasks: int, tasks_file: Path) -> Variant:
     return Variant("d", "(d) clusterkit pack", end - start, 0, note, errors)
 
 
-def big_submit(tmp: Path) -> tuple[Timed, Timed]:
+def big_submit(tmp: Path) -> tuple[Result, Result]:
     """``pack submit --hold`` of BIG tasks (then cancelled) and the plain sbatch baseline."""
     path = tmp / "big.txt"
     path.write_text("".join(f"sleep {TASK_S} # {i}\n" for i in range(BIG)), encoding="utf-8")
@@ -225,7 +211,7 @@ def big_submit(tmp: Path) -> tuple[Timed, Timed]:
         info = json.loads(sub.stdout)
         as_user(f"scancel {info['job_id']}", timeout=60)
         if info["tasks"] != BIG:  # the figure counts only a submission of every task
-            sub = Timed(sub.seconds, 1, sub.stdout, f"submitted {info['tasks']} tasks")
+            sub = Result(sub.seconds, 1, sub.stdout, f"submitted {info['tasks']} tasks")
     script = (
         "s=$(date +%s%N); j=$(sbatch --parsable --hold -o /dev/null "
         f"--array=0-{BIG - 1} --wrap 'sleep {TASK_S}'); e=$(date +%s%N); scancel $j; "
@@ -234,7 +220,7 @@ def big_submit(tmp: Path) -> tuple[Timed, Timed]:
     base = as_user(script, timeout=120)
     m = re.search(r"inner_ns (\d+)", base.stdout)
     if m:
-        base = Timed(int(m.group(1)) / 1e9, base.rc, base.stdout, base.stderr)
+        base = Result(int(m.group(1)) / 1e9, base.rc, base.stdout, base.stderr)
     return sub, base
 
 
@@ -262,7 +248,7 @@ class Figure:
         return [self.name, m, self.target or "-", b, ratio, verdict]
 
 
-def figures(variants: dict[str, Variant], tasks: int, big: tuple[Timed, Timed]) -> list[Figure]:
+def figures(variants: dict[str, Variant], tasks: int, big: tuple[Result, Result]) -> list[Figure]:
     ideal = tasks * TASK_S / (COMPUTES * CPUS)
     figs = [
         Figure(f"ideal makespan ({tasks} x {TASK_S} s / {COMPUTES * CPUS} cores)", ideal, " s", "")

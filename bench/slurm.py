@@ -60,13 +60,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from common import Timed, last_line, table  # bench/ is on sys.path when run
+from common import Clusterkit as Cli
+from common import Result, last_line, sh, table  # bench/ is on sys.path when run
 
 from clusterkit.providers.local import cgroups, net
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "slurm.json"
-CLI = Path(sys.executable).parent / "clusterkit"
 
 NAME = "benchslurm"
 USER = "ckuser"
@@ -114,34 +114,6 @@ STRUCTURAL = "(not a setting) "  # prefix of findings that no slurm.conf change 
 # running commands
 
 
-def sh(argv: list[str], timeout: float = 60.0, **env: str) -> Timed:
-    """Run ``argv`` with output captured and timed; a timeout is exit code 124.
-
-    On any exception (Ctrl-C, SIGTERM through ``sys.exit``) ``subprocess.run`` kills the
-    child before the exception propagates, so nothing outlives the benchmark's clean-up.
-    """
-    start = time.monotonic()
-    try:
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env={**os.environ, **env},
-        )
-    except subprocess.TimeoutExpired as exc:
-        return Timed(time.monotonic() - start, 124, _text(exc.stdout), _text(exc.stderr))
-    return Timed(time.monotonic() - start, done.returncode, done.stdout, done.stderr)
-
-
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode(errors="replace")
-    return data or ""
-
-
 # ---------------------------------------------------------------------------------------------
 # clusterkit through its CLI
 
@@ -153,8 +125,8 @@ class Clusterkit:
     home: Path
     specs: Path
 
-    def run(self, *args: str, timeout: float = SSH_TIMEOUT_S) -> Timed:
-        return sh([str(CLI), *args], timeout=timeout, CLUSTERKIT_HOME=str(self.home))
+    def run(self, *args: str, timeout: float = SSH_TIMEOUT_S) -> Result:
+        return Cli(self.home).run(*args, check=False, timeout=timeout)
 
     def spec(self, computes: int) -> Path:
         path = self.specs / f"{NAME}-{computes}.yaml"
@@ -165,22 +137,22 @@ class Clusterkit:
         )
         return path
 
-    def up(self, spec: Path, configure: bool) -> Timed:
+    def up(self, spec: Path, configure: bool) -> Result:
         extra = [] if configure else ["--no-configure"]
         return self.run("up", "-f", str(spec), *extra, timeout=UP_TIMEOUT_S)
 
     def has_verify(self) -> bool:
         return self.run("verify", "--help").rc == 0
 
-    def verify(self) -> Timed:
+    def verify(self) -> Result:
         return self.run("verify", NAME, timeout=VERIFY_TIMEOUT_S)
 
     def ssh(self, command: str, node: str | None = None, user: str = "root",
-            timeout: float = SSH_TIMEOUT_S) -> Timed:  # fmt: skip
+            timeout: float = SSH_TIMEOUT_S) -> Result:  # fmt: skip
         where = [node] if node else []
         return self.run("ssh", NAME, *where, "-u", user, "--", command, timeout=timeout)
 
-    def down(self) -> Timed:
+    def down(self) -> Result:
         return self.run("down", NAME, timeout=SSH_TIMEOUT_S)
 
     def residue(self) -> list[str]:

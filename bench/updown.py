@@ -51,14 +51,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common import Timed, last_line, table  # bench/ is on sys.path when run
+from common import CK, Result, last_line, table  # bench/ is on sys.path when run
+from common import Clusterkit as Cli
+from common import sh as run_timed
 
 from clusterkit.providers.local import cgroups
 from clusterkit.providers.local.net import cluster_id
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "updown.json"
-CLI = Path(sys.executable).parent / "clusterkit"
 NETNS_DIR = Path("/run/netns")
 
 BIG = "bench"  # head + 8: the up/down timing
@@ -76,20 +77,11 @@ STEPS = ("Network", "Keys", "Slurm", "Nodes", "SSH")
 # running commands
 
 
-def sh(argv: list[str], check: bool = True, timeout: float = 60.0, **env: str) -> Timed:
+def sh(argv: list[str], check: bool = True, timeout: float = 60.0) -> Result:
     """Run ``argv`` with output captured and timed; with ``check`` a non-zero exit raises."""
-    start = time.monotonic()
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **env},
-    )
-    result = Timed(time.monotonic() - start, done.returncode, done.stdout, done.stderr)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    result = run_timed(argv, timeout=timeout)
+    if check and result.rc != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {result.rc}: {result.stderr.strip()}")
     return result
 
 
@@ -155,8 +147,8 @@ class Clusterkit:
     home: Path
     specs: Path
 
-    def run(self, *args: str, timeout: float = 120.0) -> Timed:
-        return sh([str(CLI), *args], check=False, timeout=timeout, CLUSTERKIT_HOME=str(self.home))
+    def run(self, *args: str, timeout: float = 120.0) -> Result:
+        return Cli(self.home).run(*args, check=False, timeout=timeout)
 
     def spec(self, name: str, computes: int) -> Path:
         path = self.specs / f"{name}.yaml"
@@ -167,16 +159,16 @@ class Clusterkit:
         )
         return path
 
-    def up(self, spec: Path) -> Timed:
+    def up(self, spec: Path) -> Result:
         # Nodes and SSH only: this benchmark measures the foundation, not Slurm's set-up.
         return self.run("up", "-f", str(spec), "--no-configure")
 
-    def down(self, name: str) -> Timed:
+    def down(self, name: str) -> Result:
         return self.run("down", name)
 
     def popen_up(self, spec: Path) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [str(CLI), "up", "-f", str(spec), "--no-configure"],
+            [CK, "up", "-f", str(spec), "--no-configure"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
