@@ -22,7 +22,8 @@ import pytest
 
 from clusterkit.nodetools import events
 from clusterkit.providers.local import imds
-from clusterkit.providers.local.cloudsvc import CloudService, Refused
+from clusterkit.providers.local.cloudinstances import Refused
+from clusterkit.providers.local.cloudsvc import CloudService
 from clusterkit.spec import parse_spec
 from clusterkit.state import ClusterState, NodeState
 
@@ -259,12 +260,12 @@ class Service:
         self.service = CloudService(CLUSTER)
         self.ended: list[tuple[str, str | None]] = []
         monkeypatch.setattr(
-            self.service.provider, "terminate",
+            self.service.instances.provider, "terminate",
             lambda node: self.ended.append((node.name, node.instance_id)),
         )  # fmt: skip
 
     def events(self) -> list[dict[str, object]]:
-        return list(events.read(self.service.events))
+        return list(events.read(self.service.interruptions.events))
 
 
 @pytest.fixture
@@ -281,8 +282,8 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_the_service_answers_each_node_with_its_own_instance(service: Service) -> None:
-    head = service.service.metadata(f"{SUBNET}.2")
-    st1 = service.service.metadata(f"{SUBNET}.3")
+    head = service.service.interruptions.metadata(f"{SUBNET}.2")
+    st1 = service.service.interruptions.metadata(f"{SUBNET}.3")
     assert head is not None and st1 is not None
     assert (head.instance_id, head.hostname, head.lifecycle, head.instance_type) == (
         "i-head", "svc-head", "on-demand", "m7i.large",
@@ -290,8 +291,10 @@ def test_the_service_answers_each_node_with_its_own_instance(service: Service) -
     assert (st1.instance_id, st1.hostname, st1.lifecycle, st1.instance_type) == (
         "i-st1", "compute-st-1", "spot", "c7i.large",
     )  # fmt: skip
-    assert service.service.metadata(f"{SUBNET}.4") is None  # compute-dy-1: powered down
-    assert service.service.metadata("10.0.0.9") is None
+    assert (
+        service.service.interruptions.metadata(f"{SUBNET}.4") is None
+    )  # compute-dy-1: powered down
+    assert service.service.interruptions.metadata("10.0.0.9") is None
 
 
 @pytest.mark.parametrize(
@@ -309,9 +312,9 @@ def test_interruptions_refused(
     service: Service, node: str, action: str, seconds: object, code: str
 ) -> None:
     with pytest.raises(Refused) as info:
-        service.service.interrupt(node, action, seconds)  # type: ignore[arg-type]
+        service.service.interruptions.interrupt(node, action, seconds)  # type: ignore[arg-type]
     assert info.value.code == code
-    assert service.service.notices == {} and service.events() == []
+    assert service.service.instances.notices == {} and service.events() == []
 
 
 def interrupt(service: Service, action: str, seconds: float) -> dict[str, object]:
@@ -324,7 +327,7 @@ def test_a_notice_shows_in_the_metadata_then_ends_the_instance(service: Service)
     before = time.time()
     reply = interrupt(service, "stop", 0.5)
     assert reply["instance_id"] == "i-st1" and reply["action"] == "stop"
-    seen = service.service.metadata(f"{SUBNET}.3")
+    seen = service.service.interruptions.metadata(f"{SUBNET}.3")
     assert seen is not None and seen.instance_action is not None
     assert seen.instance_action[0] == "stop"
     assert before + 0.5 <= seen.instance_action[1] <= time.time() + 0.5
@@ -340,7 +343,7 @@ def test_a_notice_shows_in_the_metadata_then_ends_the_instance(service: Service)
     assert (ended["action"], ended["instance_id"], ended["instance_action"]) == (
         "spot-terminated", "i-st1", "stop",
     )  # fmt: skip
-    assert service.service.notices == {}
+    assert service.service.instances.notices == {}
 
 
 def test_a_second_notice_to_the_same_instance_is_refused(service: Service) -> None:
@@ -352,7 +355,7 @@ def test_a_second_notice_to_the_same_instance_is_refused(service: Service) -> No
 
 def test_a_rebalance_recommendation_ends_nothing(service: Service) -> None:
     reply = interrupt(service, "rebalance", 0)
-    seen = service.service.metadata(f"{SUBNET}.3")
+    seen = service.service.interruptions.metadata(f"{SUBNET}.3")
     assert seen is not None and seen.rebalance_at is not None and seen.instance_action is None
     assert reply["time"] == imds.rfc3339(seen.rebalance_at)
     assert [e["action"] for e in service.events()] == ["rebalance-sent"]
@@ -365,16 +368,18 @@ def test_notices_survive_a_restart_and_a_pending_end_is_carried_out(
 ) -> None:
     write_state(ck_home)
     first = Service(ck_home, monkeypatch)
-    monkeypatch.setattr(first.service, "_schedule", lambda notice: None)  # it dies first
+    monkeypatch.setattr(
+        first.service.interruptions, "_schedule", lambda notice: None
+    )  # it dies first
     interrupt(first, "rebalance", 0)
     interrupt(first, "terminate", 0.3)
     time.sleep(0.4)
     assert first.ended == []
     second = Service(ck_home, monkeypatch)
-    seen = second.service.metadata(f"{SUBNET}.3")
+    seen = second.service.interruptions.metadata(f"{SUBNET}.3")
     assert seen is not None and seen.rebalance_at is not None
     assert seen.instance_action is not None and seen.instance_action[0] == "terminate"
-    second.service.resume_interruptions()
+    second.service.interruptions.resume()
     wait_for(lambda: second.ended == [("compute-st-1", "i-st1")])
 
 
@@ -384,8 +389,8 @@ def test_a_node_launched_again_meanwhile_is_left_alone(ck_home: Path, service: S
     time.sleep(0.6)
     assert service.ended == []
     assert [e["action"] for e in service.events()] == ["spot-notice-sent"]
-    assert service.service.notices == {}
-    seen = service.service.metadata(f"{SUBNET}.3")
+    assert service.service.instances.notices == {}
+    seen = service.service.interruptions.metadata(f"{SUBNET}.3")
     assert seen is not None and seen.instance_id == "i-new" and seen.instance_action is None
 
 
@@ -393,8 +398,8 @@ def test_a_launch_that_fails_unexpectedly_leaves_no_pending_record(service: Serv
     def broken(plans: object) -> None:
         raise ImportError("half-installed")
 
-    service.service._boots = broken  # type: ignore[method-assign,assignment]
+    service.service.instances._boots = broken  # type: ignore[method-assign,assignment]
     with pytest.raises(ImportError):
-        service.service.launch("compute", ["compute-dy-1"], "c7i.large", "spot")
-    assert service.service.records == {}
-    assert service.service.metadata(f"{SUBNET}.4") is None
+        service.service.instances.launch("compute", ["compute-dy-1"], "c7i.large", "spot")
+    assert service.service.instances.records == {}
+    assert service.service.interruptions.metadata(f"{SUBNET}.4") is None
