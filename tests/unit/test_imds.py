@@ -291,9 +291,8 @@ def test_the_service_answers_each_node_with_its_own_instance(service: Service) -
     assert (st1.instance_id, st1.hostname, st1.lifecycle, st1.instance_type) == (
         "i-st1", "compute-st-1", "spot", "c7i.large",
     )  # fmt: skip
-    assert (
-        service.service.interruptions.metadata(f"{SUBNET}.4") is None
-    )  # compute-dy-1: powered down
+    # compute-dy-1: powered down
+    assert service.service.interruptions.metadata(f"{SUBNET}.4") is None
     assert service.service.interruptions.metadata("10.0.0.9") is None
 
 
@@ -368,9 +367,8 @@ def test_notices_survive_a_restart_and_a_pending_end_is_carried_out(
 ) -> None:
     write_state(ck_home)
     first = Service(ck_home, monkeypatch)
-    monkeypatch.setattr(
-        first.service.interruptions, "_schedule", lambda notice: None
-    )  # it dies first
+    # it dies first
+    monkeypatch.setattr(first.service.interruptions, "_schedule", lambda notice: None)
     interrupt(first, "rebalance", 0)
     interrupt(first, "terminate", 0.3)
     time.sleep(0.4)
