@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit.providers.aws import image
-from clusterkit.providers.aws.resources import USER_DATA_LIMIT
+from clusterkit.providers.aws.launchdata import USER_DATA_LIMIT
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 RECIPE = image.recipe_dir()

@@ -31,7 +31,7 @@ from typing import Any
 from clusterkit.errors import ProviderError
 from clusterkit.progress import NoProgress, Progress
 from clusterkit.providers.aws.errors import AwsError, aws_call
-from clusterkit.providers.aws.resources import DEFAULT_IMAGE_PARAM, USER_DATA_LIMIT
+from clusterkit.providers.aws.launchdata import DEFAULT_IMAGE_PARAM, USER_DATA_LIMIT
 from clusterkit.providers.aws.session import Aws
 from clusterkit.render import render_file
 from clusterkit.resources import images_dir, playbook_dir
