@@ -21,6 +21,7 @@ NODE_TOOLS = {
     "ck-spot-events": "clusterkit.nodetools.spot_events",
     "ck-checkpoint": "clusterkit.nodetools.checkpoint",
     "ck-run": "clusterkit.nodetools.ckrun",
+    "ck-supervise": "clusterkit.nodetools.supervise",
 }
 
 
