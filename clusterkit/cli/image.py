@@ -12,6 +12,7 @@ from rich.table import Table
 from clusterkit.cli import console
 from clusterkit.cli.console import StepProgress, output_option
 from clusterkit.providers.aws import image as lib
+from clusterkit.providers.aws import imagebuild, imagerecipe
 from clusterkit.spec import load_spec
 
 STEP_LABELS = {
@@ -53,13 +54,13 @@ def image() -> None:
 @click.option("--base-image", default=None, metavar="AMI",
               help="Image to start from (default: Debian 12's latest, from AWS's public "
               "SSM parameter).")  # fmt: skip
-@click.option("--instance-type", default=lib.DEFAULT_INSTANCE_TYPE, show_default=True,
+@click.option("--instance-type", default=imagebuild.DEFAULT_INSTANCE_TYPE, show_default=True,
               help="The builder's instance type (x86_64).")  # fmt: skip
 @click.option("--subnet-id", default=None, metavar="SUBNET",
               help="The builder's subnet; it must reach the internet (default: the region's "
               "default subnet).")  # fmt: skip
 @click.option("--name", default=None, help="Image name (default: clusterkit-node-<UTC time>).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=lib.DEFAULT_TIMEOUT,
+@click.option("--timeout", type=click.FloatRange(min=1), default=imagebuild.DEFAULT_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Give up (and delete the builder) if the bake takes longer.")  # fmt: skip
 @output_option
@@ -81,15 +82,17 @@ def build(  # noqa: PLR0917 - one parameter per option, as click passes them
     """
     spec = load_spec(path) if path is not None else None
     aws = lib.session(region, spec)
-    request = lib.BuildRequest(
+    request = imagebuild.BuildRequest(
         name=name,
         base_image=base_image,
         instance_type=instance_type,
-        subnet_id=lib.builder_subnet(subnet_id, spec),
+        subnet_id=imagebuild.builder_subnet(subnet_id, spec),
         timeout=timeout,
     )
-    console.err.print(f"Baking a clusterkit node image in {aws.region} (recipe {lib.recipe_id()})")
-    built = lib.build(aws, request, StepProgress(STEP_LABELS))
+    console.err.print(
+        f"Baking a clusterkit node image in {aws.region} (recipe {imagerecipe.recipe_id()})"
+    )
+    built = imagebuild.build(aws, request, StepProgress(STEP_LABELS))
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(built)))
         return

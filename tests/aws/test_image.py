@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from clusterkit.providers.aws import image as lib
+from clusterkit.providers.aws import imagebuild, imagerecipe
 from clusterkit.providers.aws.session import Aws as Session
 from tests.aws.conftest import REGION, Aws
 
@@ -110,7 +111,7 @@ def test_build_makes_a_tagged_image_and_deletes_the_builder(aws: Aws) -> None:
 
     # How the builder was launched: the requested image, IMDSv2 only, no way in, and a
     # poweroff that stops it (its disk is the image).
-    assert seen["image"] == base and seen["type"] == lib.DEFAULT_INSTANCE_TYPE
+    assert seen["image"] == base and seen["type"] == imagebuild.DEFAULT_INSTANCE_TYPE
     assert seen["metadata"]["HttpTokens"] == "required"
     assert seen["key"] is None and seen["profile"] is None
     assert seen["ingress"] == []
@@ -121,7 +122,7 @@ def test_build_makes_a_tagged_image_and_deletes_the_builder(aws: Aws) -> None:
     assert seen["subnet"] in {s["SubnetId"] for s in default}
     # Its user-data carries the recipe and no secret.
     assert "ansible-playbook -c local" in seen["user_data"]
-    assert lib.recipe_id() in seen["user_data"]
+    assert imagerecipe.recipe_id() in seen["user_data"]
     assert "PRIVATE KEY" not in seen["user_data"]
 
     # The image: made from that builder, tagged, available; the builder and group are gone.
@@ -130,7 +131,7 @@ def test_build_makes_a_tagged_image_and_deletes_the_builder(aws: Aws) -> None:
     tags = {t["Key"]: t["Value"] for t in image["Tags"]}
     assert image["Name"] == "ck-test" and image["State"] == "available"
     assert tags["clusterkit:image"] == "node"
-    assert tags["clusterkit:recipe"] == lib.recipe_id() == built["recipe"]
+    assert tags["clusterkit:recipe"] == imagerecipe.recipe_id() == built["recipe"]
     assert tags["clusterkit:base-image"] == base
     assert built["builder"] == seen["id"]
     assert _alive(aws) == [] and _groups(aws) == []
@@ -149,7 +150,9 @@ def test_build_makes_a_tagged_image_and_deletes_the_builder(aws: Aws) -> None:
 
 def test_a_spec_can_name_the_built_image(aws: Aws, session: Session) -> None:
     with Builder(aws):
-        built = lib.build(session, lib.BuildRequest(base_image=aws.image()), sleep=_fast)
+        built = imagebuild.build(
+            session, imagebuild.BuildRequest(base_image=aws.image()), sleep=_fast
+        )
     spec = aws.spec("awi", static=1, dynamic=1, image_id=built.image_id)
     aws.run("up", "-f", str(spec), "--no-configure")
     try:
@@ -172,7 +175,9 @@ def test_a_spec_can_name_the_built_image(aws: Aws, session: Session) -> None:
 
 def test_a_bake_that_never_ends_times_out_and_leaves_nothing(aws: Aws, session: Session) -> None:
     with Builder(aws, stop=False) as builder, pytest.raises(lib.ImageError) as caught:
-        lib.build(session, lib.BuildRequest(base_image=aws.image(), timeout=2), sleep=_fast)
+        imagebuild.build(
+            session, imagebuild.BuildRequest(base_image=aws.image(), timeout=2), sleep=_fast
+        )
     message = str(caught.value)
     assert builder.seen["id"] in message and "did not finish in 2 s" in message
     assert _alive(aws) == [] and _groups(aws) == []
@@ -203,7 +208,7 @@ def test_errors_are_one_line_and_make_nothing(aws: Aws) -> None:
 
 
 def test_clean_removes_what_a_killed_build_left(aws: Aws, session: Session) -> None:
-    job = lib._Build(session, lib.BuildRequest(base_image=aws.image()), _fast)
+    job = imagebuild._Build(session, imagebuild.BuildRequest(base_image=aws.image()), _fast)
     subnet, vpc = job.subnet()
     job.launch(aws.image(), subnet, job.security_group(vpc))  # and then the build died
     assert len(_alive(aws)) == 1 and len(_groups(aws)) == 1

@@ -12,14 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clusterkit.providers.aws import image
+from clusterkit.providers.aws import imagerecipe
 from tests.unit.test_image import _unpack
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 
 
 def test_recipe_runs_in_check_mode_on_debian_12(tmp_path: Path) -> None:
-    _unpack(image.builder_user_data("check"), tmp_path)
+    _unpack(imagerecipe.builder_user_data("check"), tmp_path)
     result = subprocess.run(
         [ANSIBLE_PLAYBOOK, "-c", "local", "-i", "localhost,", "--check", "bake.yml",
          "-e", "ansible_python_interpreter=/usr/bin/python3"],

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit.providers.aws import image
+from clusterkit.providers.aws import imagebuild, imagerecipe
 from clusterkit.providers.aws.launchdata import USER_DATA_LIMIT
 
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
-RECIPE = image.recipe_dir()
+RECIPE = imagerecipe.recipe_dir()
 
 
 def _unpack(user_data: str, into: Path) -> None:
@@ -28,8 +28,8 @@ def _unpack(user_data: str, into: Path) -> None:
 
 
 def test_the_recipe_archive_depends_on_contents_only() -> None:
-    first, second = image.recipe_archive(), image.recipe_archive()
-    assert first == second and image.recipe_id(first) == image.recipe_id(second)
+    first, second = imagerecipe.recipe_archive(), imagerecipe.recipe_archive()
+    assert first == second and imagerecipe.recipe_id(first) == imagerecipe.recipe_id(second)
     with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as tar:
         names = tar.getnames()
     assert names[0] == "bake.yml"
@@ -39,7 +39,7 @@ def test_the_recipe_archive_depends_on_contents_only() -> None:
 def test_builder_user_data_carries_the_recipe_and_powers_off_only_when_done(
     tmp_path: Path,
 ) -> None:
-    text = image.builder_user_data("b1")
+    text = imagerecipe.builder_user_data("b1")
     assert len(text.encode()) < USER_DATA_LIMIT
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
     _unpack(text, tmp_path)
@@ -52,7 +52,7 @@ def test_builder_user_data_carries_the_recipe_and_powers_off_only_when_done(
 
 
 def test_bake_playbook_passes_ansible_syntax_check(tmp_path: Path) -> None:
-    _unpack(image.builder_user_data("b1"), tmp_path)
+    _unpack(imagerecipe.builder_user_data("b1"), tmp_path)
     result = subprocess.run(
         [ANSIBLE_PLAYBOOK, "--syntax-check", "-i", "localhost,", "-c", "local", "bake.yml"],
         cwd=tmp_path,
@@ -80,9 +80,9 @@ def test_bake_playbook_passes_ansible_syntax_check(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_bake_failure_is_read_from_the_console(console: str, reason: str | None) -> None:
-    assert image.bake_failure(console) == reason
+    assert imagerecipe.bake_failure(console) == reason
 
 
 def test_image_names_are_checked() -> None:
-    assert image.NAME_RE.match(image.default_name())
-    assert not image.NAME_RE.match("x") and not image.NAME_RE.match("a" * 129)
+    assert imagebuild.NAME_RE.match(imagebuild.default_name())
+    assert not imagebuild.NAME_RE.match("x") and not imagebuild.NAME_RE.match("a" * 129)
