@@ -1,4 +1,5 @@
-"""The library's front door: ``up``, ``down``, ``status`` and ``list_clusters``.
+"""The library's front door for making and removing clusters: ``up`` and ``down`` (with
+``down_all``, ``left_behind`` and ``orphans``); looking at one is ``clusterinfo``.
 
 Nothing here prints. Long operations report through a ``Progress`` the caller passes in
 (the CLI draws it; tests pass nothing). State is saved after every step, so ``down`` always
@@ -12,22 +13,19 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from clusterkit import elastic, interrupt, proc
+from clusterkit import interrupt
 from clusterkit.boot import node_boots, trusted_nodes, wait_for_boot
 from clusterkit.errors import ClusterkitError, ConfigureError, SSHError, StateError
 from clusterkit.files import ClusterFiles
 from clusterkit.headfiles import render_cluster_files
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
-from clusterkit.playbook import ansible_vars, inventory, run_playbook, write_inventory
+from clusterkit.playbook import ansible_vars, inventory, run_playbook
 from clusterkit.progress import NoProgress, Progress
 from clusterkit.providers import provider_class, provider_classes
 from clusterkit.providers.base import DryRun, Provider
-from clusterkit.slurm import SlurmJob
-from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import DEFAULT_PROVIDER, ClusterSpec
 from clusterkit.sshpool import NodeUnreachable, Pool
 from clusterkit.state import (
@@ -39,11 +37,9 @@ from clusterkit.state import (
     cluster_lock,
     clusters_dir,
     list_states,
-    load_state,
     now,
     remove_cluster_dir,
     salvage_state,
-    spec_of,
     try_load_state,
 )
 from clusterkit.trust import ClusterTrust, TrustedNode, keygen
@@ -381,141 +377,3 @@ def _discover(cls: type[Provider]) -> list[str]:
         return cls.discover()
     except ClusterkitError:
         return []
-
-
-# ---------------------------------------------------------------------------------------------
-# status, list, ssh
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    name: str
-    role: str
-    group: str | None
-    kind: str
-    address: str | None
-    instance_id: str | None
-    state: str  # running | stopped | launching | off (a dynamic node without instance)
-    power: str = "-"  # on | off | powering up | powering down | down (from Slurm)
-
-
-@dataclass(frozen=True)
-class SlurmView:
-    """Slurm's own view of a cluster: node states and the queue, or why it is unavailable."""
-
-    nodes: dict[str, str]  # node -> Slurm state, e.g. IDLE, MIXED+DRAIN
-    jobs: list[SlurmJob]
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    name: str
-    provider: str
-    status: str
-    created_at: str
-    subnet: str | None
-    nodes: list[NodeStatus]
-    slurm: SlurmView | None = None
-    actions: list[dict[str, Any]] = field(default_factory=list)  # newest power actions
-
-
-def status(name: str, with_slurm: bool = False) -> ClusterStatus:
-    """A cluster's nodes as the provider sees them; with ``with_slurm``, Slurm's view too."""
-    check_name(name)
-    state = load_state(name)
-    spec = spec_of(state)
-    provider = provider_class(state.provider)(state, spec)
-    view = slurm_view(state) if with_slurm else None
-    slurm_states = view.nodes if view else {}
-    live = provider.instances()
-    nodes = []
-    for plan in plan_nodes(spec):
-        node = state.nodes.get(plan.name)
-        inst = live.get(plan.name)
-        iid: str | None
-        addr: str | None
-        if inst is not None and (node is None or node.instance_id != inst.instance_id):
-            run, iid, addr = "running", inst.instance_id, inst.address
-        elif node is not None:
-            run, iid, addr = _live_state(provider, node), node.instance_id, node.address
-        elif not plan.static:
-            run, iid, addr = "off", None, None
-        else:
-            continue
-        power = "-" if plan.role == "head" else elastic.power_state(
-            slurm_states.get(plan.name), plan.kind
-        )  # fmt: skip
-        nodes.append(NodeStatus(plan.name, plan.role, plan.group, plan.kind, addr, iid, run, power))
-    actions = elastic.recent_actions(state) if with_slurm else []
-    return ClusterStatus(
-        state.name, state.provider, state.status, state.created_at,
-        state.network.get("subnet"), nodes, view, actions,
-    )  # fmt: skip
-
-
-def slurm_reader(state: ClusterState) -> SlurmReader:
-    """Reads Slurm by running its commands on the head over SSH."""
-    trust = ClusterTrust(state.name, state.dir)
-    head = head_name(state.name)
-    return SlurmReader.create(lambda argv: proc.run(trust.ssh_argv(head, argv), timeout=30).stdout)
-
-
-def slurm_view(state: ClusterState) -> SlurmView:
-    if "configure" not in state.steps:
-        return SlurmView({}, [], "Slurm is not configured on this cluster (--no-configure)")
-    try:
-        reader = slurm_reader(state)
-        return SlurmView({n.name: n.display_state for n in reader.nodes()}, reader.jobs())
-    except ClusterkitError as exc:
-        return SlurmView({}, [], str(exc))
-
-
-def _live_state(provider: Provider, node: NodeState) -> str:
-    if node.status == "launching":
-        return "launching"
-    return "running" if provider.running(node) else "stopped"
-
-
-def list_clusters() -> list[ClusterStatus]:
-    return [status(s.name) for s in list_states()]
-
-
-def ssh_argv(
-    name: str, node: str | None = None, command: list[str] | None = None, user: str = "root"
-) -> list[str]:
-    """The ssh command line reaching ``node`` (default: the head) of cluster ``name``."""
-    check_name(name)
-    state = load_state(name)
-    target = node or next((n.name for n in state.nodes.values() if n.role == "head"), None)
-    planned = [n.name for n in plan_nodes(spec_of(state))] if state.spec else list(state.nodes)
-    if target is None or target not in planned:
-        known = ", ".join(planned) or "none yet"
-        raise StateError(f"cluster {name!r} has no node {node!r}; its nodes: {known}")
-    host = None
-    recorded = state.nodes.get(target)
-    if (recorded is None or not recorded.address) and state.spec:
-        # A dynamic node: its address is the one of its current power-up, if it is up.
-        host = provider_class(state.provider)(state, spec_of(state)).dial_address(target)
-    trust = ClusterTrust(name, state.dir)
-    return trust.ssh_argv(target, command, batch=False, user=user, host=host)
-
-
-def write_inventory_dir(name: str, directory: Path) -> Path:
-    """An Ansible inventory of cluster ``name`` with every variable the playbooks need."""
-    check_name(name)
-    state = load_state(name)
-    spec = spec_of(state)
-    trust = ClusterTrust(name, state.dir)
-    traits = provider_class(state.provider).traits
-    return write_inventory(
-        directory, inventory(state, trust), ansible_vars(spec, state, trust, traits)
-    )
-
-
-def client_env(name: str) -> dict[str, str]:
-    """Environment that lets Slurm commands on this machine talk to cluster ``name``, where
-    its provider allows it (local: the head's munge socket is on this machine)."""
-    check_name(name)
-    state = load_state(name)
-    return provider_class(state.provider)(state, spec_of(state)).client_env()

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clusterkit import cluster as lib
+from clusterkit import clusterinfo
 from clusterkit import interrupt as signals
 from clusterkit.cli import console
 from clusterkit.cli.console import StepProgress, output_option
@@ -98,7 +99,7 @@ def up(path: Path | None, no_configure: bool, dry_run: bool) -> None:
     except signals.Interrupted as exc:
         console.stop(_interrupted_up(spec.name, exc, progress), exc.exit_code)
     console.err.print(f"[green]Cluster {spec.name} is ready[/] in {time.monotonic() - start:.1f}s.")
-    _print_status(lib.status(spec.name, with_slurm=not no_configure))
+    _print_status(clusterinfo.status(spec.name, with_slurm=not no_configure))
     user = spec.users[0].name if spec.users else "root"
     console.out.print(
         f"\nNext: [bold]clusterkit ssh {spec.name} -u {user}[/] (submit jobs there)   ·   "
@@ -167,7 +168,7 @@ def down(name: str | None, everything: bool) -> None:
 @output_option
 def list_(output: str) -> None:
     """List clusters with their provider, status and nodes."""
-    clusters = lib.list_clusters()
+    clusters = clusterinfo.list_clusters()
     if output == "json":
         click.echo(json.dumps([dataclasses.asdict(c) for c in clusters], indent=2))
         return
@@ -191,14 +192,14 @@ def list_(output: str) -> None:
 @output_option
 def status(name: str, output: str) -> None:
     """Show a cluster's nodes (role, group, address, instance, state, Slurm state) and queue."""
-    st = lib.status(name, with_slurm=True)
+    st = clusterinfo.status(name, with_slurm=True)
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(st), indent=2))
         return
     _print_status(st)
 
 
-def _print_status(st: lib.ClusterStatus) -> None:
+def _print_status(st: clusterinfo.ClusterStatus) -> None:
     console.out.print(
         f"[bold]{st.name}[/]  provider={st.provider}  status={st.status}  subnet={st.subnet}"
     )
@@ -268,7 +269,7 @@ def ssh(ctx: click.Context, name: str, node: str | None, user: str) -> None:
       clusterkit ssh demo -u ckuser -- sbatch --wrap hostname
     """
     command = (ctx.obj or {}).get("remote")
-    argv = lib.ssh_argv(name, node, command, user=user)
+    argv = clusterinfo.ssh_argv(name, node, command, user=user)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # noqa: S606 - ssh replaces this process, as a shell would
 
@@ -315,7 +316,7 @@ def inventory(name: str, directory: Path) -> None:
       clusterkit inventory demo -o ops/
       ansible-playbook -i ops/inventory.yml PLAYBOOKS/site.yml
     """
-    path = lib.write_inventory_dir(name, directory)
+    path = clusterinfo.write_inventory_dir(name, directory)
     console.out.print(f"wrote {path}")
     console.out.print(f"run: ansible-playbook -i {path} {playbook_dir() / 'site.yml'}")
 
@@ -329,7 +330,7 @@ def env_(name: str) -> None:
       eval "$(clusterkit env demo)"
       sinfo; sbatch --wrap hostname; squeue
     """
-    for key, value in lib.client_env(name).items():
+    for key, value in clusterinfo.client_env(name).items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import cluster
+from clusterkit import cluster, clusterinfo
 from clusterkit.errors import ProviderError, SSHError
 from clusterkit.nodetools.cloud import SPOT, Option
 from clusterkit.nodetools.clouds import cloud_from_config
@@ -81,13 +81,13 @@ def test_configured_up_dials_the_head_at_its_public_address(
         assert route["stricthostkeychecking"] == "true"
 
     # A dynamic node is dialled at the address of its current power-up, through the head.
-    down = cluster.ssh_argv("awc", "compute-dy-1")
+    down = clusterinfo.ssh_argv("awc", "compute-dy-1")
     assert not any(a.startswith("HostName=") for a in down)  # not up: nothing to add
     config_json = json.loads((config.parent.parent / "rendered" / "cloud.json").read_text())
     backend = cloud_from_config(config_json)
     launched = backend.launch("compute", ["compute-dy-1"], Option("c6i.2xlarge", SPOT))
     private = launched.instances[0].address
-    argv = cluster.ssh_argv("awc", "compute-dy-1", ["hostname"])
+    argv = clusterinfo.ssh_argv("awc", "compute-dy-1", ["hostname"])
     at = argv.index(f"HostName={private}")
     assert argv[at - 1] == "-o" and argv[-3:] == ["compute-dy-1", "--", "hostname"]
     route = _ssh_g_argv(argv)

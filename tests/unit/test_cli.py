@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from clusterkit import cli
-from clusterkit import cluster as lib
+from clusterkit import cli, clusterinfo
 from clusterkit.cli import app as cli_app
 from clusterkit.cli import cluster as cluster_commands
 from clusterkit.cli import console
@@ -238,7 +237,7 @@ def test_ssh_passes_the_remote_command_through(
         calls.append((name, node, command))
         raise StateError("stopped before exec")
 
-    monkeypatch.setattr(lib, "ssh_argv", fake_ssh_argv)
+    monkeypatch.setattr(clusterinfo, "ssh_argv", fake_ssh_argv)
     code, _, err = run(["ssh", "demo", "compute-st-1", "--", "ls", "-l", "--", "x y"], capsys)
     assert code == 1
     assert err.splitlines() == ["error: stopped before exec"]
