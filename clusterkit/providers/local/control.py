@@ -4,6 +4,8 @@ sees them, simulated capacity, failures and Spot interruptions (``clusterkit clo
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import ProviderError, StateError
@@ -11,7 +13,7 @@ from clusterkit.files import ClusterFiles
 from clusterkit.nodetools.cloud import CloudError, Instance
 from clusterkit.plan import head_name, plan_nodes
 from clusterkit.providers.base import REBALANCE, Interruption
-from clusterkit.providers.local import cloud
+from clusterkit.providers.local import cloud, owners
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, atomic_write
 
@@ -69,7 +71,7 @@ def client_env(state: ClusterState) -> dict[str, str]:
     conf = ClusterFiles(state.dir).slurm_conf_dir / "slurm.conf"
     if not conf.exists():
         raise StateError(f"cluster {name!r} has no Slurm configuration (made with --no-configure?)")
-    socket = state.dir / "nodes" / head_name(name) / "run" / "munge" / "munge.socket.2"
+    socket = munge_socket(state)
     client = state.dir / "client" / "slurm.conf"
     text = conf.read_text(encoding="utf-8")
     # Quoted: slurm.conf ends a value at a space, and a home's path may have one.
@@ -78,6 +80,27 @@ def client_env(state: ClusterState) -> dict[str, str]:
         text + f'\n# Host-side clients reach the head\'s munged:\nAuthInfo="socket={socket}"\n',
     )
     return {"SLURM_CONF": str(client)}
+
+
+# A UNIX socket's address holds 107 bytes and a NUL: a home deep in the file system gives the
+# head's munge socket a longer path than munge clients can connect to.
+MAX_SOCKET_PATH = 107
+
+
+def munge_socket(state: ClusterState) -> Path:
+    """The head's munge socket as host-side clients reach it: its own path, or a short
+    symlink to it under /run when that path is too long (connect() follows the link)."""
+    socket = state.dir / "nodes" / head_name(state.name) / "run" / "munge" / "munge.socket.2"
+    if len(os.fsencode(socket)) <= MAX_SOCKET_PATH:
+        return socket
+    link = owners.socket_link(state.name)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not (link.is_symlink() and os.readlink(link) == str(socket)):
+        tmp = link.with_name(f".{link.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(socket)
+        tmp.replace(link)
+    return link
 
 
 def _check_interruptible(name: str, node: str, computes: list[str]) -> None:

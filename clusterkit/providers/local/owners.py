@@ -18,6 +18,12 @@ from clusterkit.providers.local import net
 from clusterkit.state import atomic_write
 
 OWNERS_DIR = Path("/run/clusterkit/local")
+# Short links to sockets whose own paths are too long (no cluster is named with a dot).
+SOCKETS_DIR = OWNERS_DIR / ".sockets"
+
+
+def socket_link(name: str) -> Path:
+    return SOCKETS_DIR / f"{name}.munge"
 
 
 def owner(name: str) -> Path | None:
@@ -67,8 +73,7 @@ def claim(name: str, state_dir: Path) -> None:
 def release(name: str, state_dir: Path) -> None:
     """Forget the claim on ``name`` if ``state_dir`` holds it, or if its owner is gone."""
     other = owner(name)
-    if other is None:
-        return
-    if _same(other, state_dir) or not (other / "state.json").exists():
+    if other is None or _same(other, state_dir) or not (other / "state.json").exists():
         with contextlib.suppress(FileNotFoundError):
             (OWNERS_DIR / name).unlink()
+        socket_link(name).unlink(missing_ok=True)
