@@ -8,13 +8,14 @@ every provider use this module; it uses neither.
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterkit import interrupt
+from clusterkit import interrupt, supervision
 from clusterkit.errors import ConfigureError
 from clusterkit.files import ClusterFiles
 from clusterkit.plan import ClusterUser, NodePlan, cluster_users, head_name, plan_nodes
@@ -28,6 +29,7 @@ READY_MARKER = "/var/lib/clusterkit/head-ready"
 BOOT_STATUS = "/var/lib/clusterkit/boot.status"  # written by the boot script: running|done|failed
 BOOT_TIMEOUT_SECONDS = 300
 NODE_KEY_ON_NODE = "/etc/ssh/ck_node_key"
+USER_KEYS_ON_NODE = "/var/lib/clusterkit/keys"  # the users' keys that mount their homes (sshfs)
 SLURMCTLD_PORT = 6817
 
 
@@ -45,16 +47,26 @@ class NodeBoot:
 
 
 def boot_script(spec: ClusterSpec, traits: Traits) -> str:
+    head, shared = head_name(spec.name), spec.shared_storage.mount_point
+    services = supervision.compute_services(
+        spec, traits, node_key=NODE_KEY_ON_NODE, user_key_dir=USER_KEYS_ON_NODE
+    )
+    events = f"{shared}/clusterkit/events/{{node}}-supervisor.jsonl"
+    mount = {s.mount: shlex.join(s.command) for s in services if s.mount}
     return render(
         "boot/compute.sh.j2",
+        shared_mount=mount.get(shared, ""),
+        home_mounts=mount,
+        user_keys=USER_KEYS_ON_NODE,
+        supervise=supervision.shell_lines(services, supervision.tool(spec), events),
         cluster=spec.name,
-        head=head_name(spec.name),
+        head=head,
         node_key=NODE_KEY_ON_NODE,
         ready_marker=READY_MARKER,
         service_manager=traits.service_manager,
         slurmd_flags=traits.slurmd_flags,
         users=cluster_users(spec),
-        shared_dir=spec.shared_storage.mount_point,
+        shared_dir=shared,
         shared_type=shared_type(spec, traits),
         slurmctld_port=SLURMCTLD_PORT,
         timeout=BOOT_TIMEOUT_SECONDS,

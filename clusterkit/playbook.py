@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from clusterkit import interrupt
+from clusterkit import interrupt, supervision
 from clusterkit.boot import READY_MARKER
 from clusterkit.errors import ConfigureError
 from clusterkit.files import ClusterFiles
@@ -38,6 +38,7 @@ def ansible_vars(
     """Every variable the playbooks use (the roles' ``ck_*`` inputs), computed here."""
     paths = ClusterFiles(state.dir)
     admin_key = public_key(trust.user_key)
+    spot_events = events_queue(spec, state.network) is not None
     users = []
     for user in cluster_users(spec):
         spec_keys = next(u.ssh_public_keys for u in spec.users if u.name == user.name)
@@ -70,7 +71,11 @@ def ansible_vars(
         "ck_cloud_config_src": str(paths.cloud_config),
         "ck_spot_config_src": str(paths.spot_config),
         "ck_task_prolog_src": str(paths.task_prolog),
-        "ck_spot_events": events_queue(spec, state.network) is not None,
+        "ck_spot_events": spot_events,
+        "ck_supervise": [
+            s.add_argv(supervision.tool(spec))
+            for s in supervision.head_services(spec, traits, spot_events=spot_events)
+        ],
         "ck_users": users,
     }
 

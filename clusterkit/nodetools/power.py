@@ -89,6 +89,16 @@ class Scontrol:
         pairs = [f"{k}={v}" for k, v in settings.items()]
         proc.run(["scontrol", "update", f"nodename={compress_hostlist(nodes)}", *pairs])
 
+    def resume(self, nodes: Sequence[str]) -> None:
+        """Clear a drain or DOWN. A node that registered again already (ReturnToService) is
+        no longer DOWN, and Slurm refuses RESUME as an invalid state: nothing to do then."""
+        if not nodes:
+            return
+        done = proc.run(["scontrol", "update", f"nodename={compress_hostlist(nodes)}",
+                         "state=RESUME"], check=False)  # fmt: skip
+        if done.returncode != 0 and "Invalid node state" not in done.stderr:
+            raise CommandError(list(done.args), done.returncode, done.stderr)
+
     def set_addresses(self, instances: Sequence[Instance]) -> None:
         """Tell Slurm where each node now lives (one call: lists in the same order)."""
         if instances:

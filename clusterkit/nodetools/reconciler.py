@@ -156,7 +156,7 @@ class Reconciler:
             slurm.set_addresses(made)
             # A fresh instance: whatever drained the old one (a Spot notice, the DOWN above)
             # does not apply to it. Slurm keeps a drain across a new slurmd's registration.
-            slurm.update([i.node for i in made], state="RESUME")
+            slurm.resume([i.node for i in made])
             if error is not None:
                 events.record("reconciler", "replace failed", nodes=members, error=error.code,
                               detail=error.message)  # fmt: skip

@@ -9,8 +9,8 @@ node's running jobs (their ``slurmstepd`` and processes live on). A service that
 failing is retried less often (backoff), never given up on. Each restart is an event.
 
 On a local node the node's init restarts the supervisor itself when it dies (the command it
-runs is left in ``ARGV_FILE`` beside the services). On systemd hosts the units' ``Restart=`` does all this and
-the tool is not used.
+runs is left in ``ARGV_FILE`` beside the services). On systemd hosts the units' ``Restart=``
+does all this and the tool is not used.
 """
 
 from __future__ import annotations
@@ -43,14 +43,18 @@ MAX_BACKOFF_SECONDS = 30.0
 class Service:
     name: str
     start: list[str]  # the command that starts it
-    process: str = ""  # alive while a process of this name runs...
-    mount: str = ""  # ...or while this path is a mount point that answers
+    process: str = ""  # alive while a process of this name runs,
+    mount: str = ""  # or while this path is a mount point that answers,
+    listen: int = 0  # or while something listens on this TCP port
     background: bool = False  # the command stays in the foreground: run it detached
     log: str = ""  # where a background command's output goes
+    # A restart means the node's running jobs lost their files (a mount died under them):
+    # they are requeued, to run again from their start or their last checkpoint.
+    requeue: bool = False
 
     def __post_init__(self) -> None:
-        if bool(self.process) == bool(self.mount):
-            raise ValueError(f"service {self.name}: give exactly one of process or mount")
+        if sum(map(bool, (self.process, self.mount, self.listen))) != 1:
+            raise ValueError(f"service {self.name}: give exactly one of process, mount, listen")
 
     @classmethod
     def load(cls, path: Path) -> Service:
@@ -116,8 +120,30 @@ def mount_answers(path: str, timeout: float = STAT_TIMEOUT_SECONDS) -> bool:
     return bool(result and result[0])
 
 
+def listening(port: int, net_dir: Path = Path("/proc/net")) -> bool:
+    """Whether a TCP socket of this network namespace listens on ``port``."""
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (net_dir / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if (
+                len(fields) > 3
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                return True
+    return False
+
+
 def alive(service: Service) -> bool:
-    return process_running(service.process) if service.process else mount_answers(service.mount)
+    if service.process:
+        return process_running(service.process)
+    if service.mount:
+        return mount_answers(service.mount)
+    return listening(service.listen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,8 +238,37 @@ def one_pass(
         if wait:
             fields["next_try_in"] = wait
         record("supervisor", "restarted" if ok else "restart failed", **fields)
+        if ok and service.requeue:
+            requeue_jobs(service.name, record)
         restarted.append(service.name)
     return restarted
+
+
+def requeue_jobs(cause: str, record: Record) -> list[str]:
+    """Requeue the jobs running on this node, eligible at once; their ids."""
+    node = os.uname().nodename
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-w", node, "-t", "RUNNING,COMPLETING", "-o", "%A"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.split()  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        record("supervisor", "requeue failed", service=cause, error=str(exc)[-300:])
+        return []
+    for job in listed:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
+                              timeout=30, check=False)  # fmt: skip
+        # Eligible now, not after Slurm's 121 s.
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"],
+                       capture_output=True, timeout=30, check=False)  # fmt: skip
+        fields = {"job": job, "reason": f"{cause} was repaired under it", "node": node}
+        if "pending" in done.stderr:  # requeued by the repair of another mount just before
+            continue
+        if done.returncode != 0:
+            record("supervisor", "requeue failed", error=done.stderr.strip()[-300:], **fields)
+        else:
+            record("supervisor", "requeued", **fields)
+    return listed
 
 
 def run(directory: Path, interval: float, record: Record) -> int:
@@ -235,7 +290,9 @@ def ensure_supervisor(directory: Path, argv: list[str], log: Path) -> None:
     start(Service(SUPERVISOR_NAME, argv, process=SUPERVISOR_NAME, background=True, log=str(log)))
 
 
-def _recorder(path: Path | None) -> Record:
+def _recorder(events_path: str | None) -> Record:
+    path = Path(events_path.format(node=os.uname().nodename)) if events_path else None
+
     def record(source: str, action: str, **fields: Any) -> None:
         fields.setdefault("node", os.uname().nodename)
         with contextlib.suppress(OSError):  # an events file on a dead mount: the log has it
@@ -248,7 +305,9 @@ def _recorder(path: Path | None) -> Record:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ck-supervise", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=SERVICES_DIR, help="the services' files")
-    parser.add_argument("--events", type=Path, help="event log (default: the node's own)")
+    parser.add_argument(
+        "--events", help="event log, {node} replaced by this node's name (default: the node's)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser(
         "add", help="register a service, start it, wait until it is alive",
@@ -258,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     what = add.add_mutually_exclusive_group(required=True)
     what.add_argument("--process", default="", help="alive while a process of this name runs")
     what.add_argument("--mount", default="", help="alive while this mount point answers")
+    what.add_argument("--listen", type=int, default=0, help="alive while a TCP port listens")
     add.add_argument("--background", action="store_true", help="the command does not fork")
     add.add_argument("--log", default="", help="output of a --background command")
+    add.add_argument("--requeue-jobs", action="store_true",
+                     help="after a repair, requeue the node's running jobs")  # fmt: skip
     loop = sub.add_parser("run", help="the supervisor: restart what dies")
     loop.add_argument("--interval", type=float, default=INTERVAL_SECONDS)
     sub.add_parser("status", help="each service and whether it is alive, as JSON lines")
@@ -282,7 +344,10 @@ def _add(args: argparse.Namespace) -> int:
     if not command:
         print(f"ck-supervise add {args.name}: no command after --", file=sys.stderr)
         return 2
-    service = Service(args.name, command, args.process, args.mount, args.background, args.log)
+    service = Service(
+        args.name, command, process=args.process, mount=args.mount, listen=args.listen,
+        background=args.background, log=args.log, requeue=args.requeue_jobs,
+    )  # fmt: skip
     service.save(args.dir)
     error = "" if alive(service) else start(service)
     if error or not wait_alive(service, START_WAIT_SECONDS):
@@ -291,7 +356,7 @@ def _add(args: argparse.Namespace) -> int:
     # The command file itself (its #! line runs python3), so the process is named after it.
     supervisor = [os.path.abspath(sys.argv[0]), "--dir", str(args.dir)]
     if args.events:
-        supervisor += ["--events", str(args.events)]
+        supervisor += ["--events", args.events]
     ensure_supervisor(args.dir, [*supervisor, "run"], events.LOG_DIR / "supervisor.log")
     return 0
 

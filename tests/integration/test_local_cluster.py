@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -170,8 +169,9 @@ def test_up_again_reconciles_without_duplicating(ck: Clusterkit, cluster: dict[s
     gateway_mac = _bridge_mac()
     ck.up(NAME, 3)
     assert _pids(ck) == state_before  # healthy nodes are left alone
-    # Break one node's sshd: `up` replaces that node and only that node.
-    os.kill(state_before["compute-st-2"]["sshd"], signal.SIGKILL)
+    # Break one node's sshd (its listener; a bare node has no supervisor to restart it):
+    # `up` replaces that node and only that node.
+    ck.ssh(NAME, "compute-st-2", "pkill -9 -f '^sshd: .*listener'")
     ck.up(NAME, 3)
     after = _pids(ck)
     assert after["compute-st-2"] != state_before["compute-st-2"]

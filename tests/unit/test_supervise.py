@@ -18,7 +18,7 @@ from clusterkit.nodetools.supervise import Service, Tracker, load_services, one_
 
 
 def test_a_service_is_alive_by_exactly_one_rule() -> None:
-    with pytest.raises(ValueError, match="exactly one of process or mount"):
+    with pytest.raises(ValueError, match="exactly one of process, mount, listen"):
         Service("both", ["true"], process="x", mount="/x")
     with pytest.raises(ValueError, match="exactly one"):
         Service("neither", ["true"])
@@ -166,3 +166,16 @@ def test_add_without_a_command_or_a_service_that_never_lives_is_an_error(
     rc = supervise.main(["--dir", str(tmp_path), "add", "x", "--process", "nothing-by-that", "--",
                          sys.executable, "-c", "pass"])  # fmt: skip
     assert rc == 1 and "x did not start: not alive" in capsys.readouterr().err
+
+
+def test_a_port_listens_only_in_the_listen_state(tmp_path: Path) -> None:
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+    (tmp_path / "tcp").write_text(
+        header
+        + "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0\n"
+        + "   1: 0200FA0A:1AA1 0300FA0A:D2F0 01 00000000:00000000 00:00000000 00000000     0\n"
+    )
+    (tmp_path / "tcp6").write_text(header)
+    assert supervise.listening(22, tmp_path)  # 0x0016, state 0A
+    assert not supervise.listening(6817, tmp_path)  # 0x1AA1 is only an established connection
+    assert not supervise.listening(22, tmp_path / "missing")

@@ -264,7 +264,10 @@ class Instances:
 
     @staticmethod
     def alive(pids: dict[str, int]) -> bool:
-        return bool(pids) and all(alive(p) for p in pids.values())
+        """An instance lives while its node's init does (the kernel ends the node with it);
+        a daemon that died inside it, sshd included, is the node's supervisor's to restart."""
+        init = pids.get("init")
+        return init is not None and alive(init)
 
     def simulate(
         self,

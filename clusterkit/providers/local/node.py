@@ -59,18 +59,45 @@ def covered_paths() -> list[str]:
 
 
 # PID 1 of a node: reap every orphan; exit on SIGTERM (the kernel then ends the whole node).
+# ck-supervise keeps the node's daemons alive once the boot script registered them; the init
+# keeps ck-supervise alive, rerunning the command it left (within SUPERVISOR_CHECK seconds).
 _INIT = """
-import os, signal, sys
+import json, os, signal, subprocess, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+ARGV = "/etc/clusterkit/services/supervisor.argv"
+
+def supervisor_runs():
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == "ck-supervise":
+                return True
+        except OSError:
+            pass
+    return False
+
+def keep_supervisor():
+    try:
+        with open(ARGV) as fh:
+            argv = json.load(fh)
+        if supervisor_runs():
+            return
+        with open("/var/log/clusterkit/supervisor.log", "ab") as log:
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True,
+                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD}))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+
 while True:
     try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
     except ChildProcessError:
         pass
-    signal.sigtimedwait({signal.SIGCHLD}, 60)
-"""
+    keep_supervisor()
+    signal.sigtimedwait({signal.SIGCHLD}, SUPERVISOR_CHECK)
+""".replace("SUPERVISOR_CHECK", "3")
 
 # Runs once in the new namespaces, then becomes the node's init.
 _SETUP_SCRIPT = r"""

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from clusterkit.errors import PrerequisiteError, ProviderError, SpecError
 from clusterkit.nodetools.cloud import LOCAL_SOCKET, Instance
+from clusterkit.nodetools.supervise import listening
 from clusterkit.plan import (
     ClusterUser,
     NodePlan,
@@ -40,6 +41,7 @@ from clusterkit.state import (
     list_states,
     locked,
 )
+from clusterkit.supervision import SSHD_PORT
 from clusterkit.traits import Traits
 
 MACHINE_LOCK = Path("/run/lock/clusterkit-local.lock")
@@ -229,12 +231,15 @@ class LocalProvider(Provider):
         cloud.start(self.state)
 
     def running(self, node: NodeState) -> bool:
+        """The node's init lives and its sshd listens (the one started here, or the one the
+        node's supervisor restarted after it died)."""
         path = net.netns_path(self.state.name, node.name)
-        init, sshd = node.pids.get("init"), node.pids.get("sshd")
-        if init is None or sshd is None or not path.exists():
+        init = node.pids.get("init")
+        if init is None or not path.exists() or not alive(init):
             return False
-        in_ns = set(pids_in_netns([path]))
-        return all(alive(p) and p in in_ns for p in (init, sshd))
+        if init not in set(pids_in_netns([path])):
+            return False
+        return listening(SSHD_PORT, Path(f"/proc/{init}/net"))
 
     def terminate(self, node: NodeState) -> None:
         stop_nodes([net.netns_path(self.state.name, node.name)])

@@ -61,8 +61,8 @@ mkdir -p /var/spool/slurmd /var/log/slurm
 echo 'SLURMD_OPTIONS="--conf-server demo-head:6817"' > /etc/default/slurmd
 start slurmd /usr/sbin/slurmd --conf-server demo-head:6817
 
-log "Spot agent (watches the metadata service for interruption notices)"
 mkdir -p /var/log/clusterkit
+log "Spot agent (watches the metadata service for interruption notices)"
 agent="/shared/clusterkit/bin/ck-spot-agent --config /shared/clusterkit/etc/spot.json"
 systemctl is-active --quiet ck-spot-agent || systemd-run --unit=ck-spot-agent -p Restart=always $agent
 echo done > "$status"
