@@ -54,8 +54,9 @@ def prepare_dir(cluster: str) -> Path:
 def start(state: ClusterState) -> int:
     """Start the service of ``state``'s cluster unless it runs; return its pid."""
     running = service_pids(state.name)
-    if running and _answers(state.name):
-        return running[0]
+    serving = server_pids(state.name)
+    if serving and len(running) > len(serving) and answers(state.name):
+        return running[0]  # the keeper and its server
     kill_pids(running)
     import subprocess  # noqa: PLC0415
 
@@ -68,7 +69,7 @@ def start(state: ClusterState) -> int:
         )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if _answers(state.name):
+        if answers(state.name):
             return child.pid
         if child.poll() is not None:
             break
@@ -79,7 +80,8 @@ def start(state: ClusterState) -> int:
     )
 
 
-def _answers(cluster: str) -> bool:
+def answers(cluster: str) -> bool:
+    """Whether the service of ``cluster`` accepts a connection on its socket."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(2)
@@ -89,8 +91,22 @@ def _answers(cluster: str) -> bool:
         return False
 
 
+def server_pids(cluster: str) -> list[int]:
+    """The server processes of ``cluster``'s service (its keeper apart)."""
+    return [pid for pid in service_pids(cluster) if _argv(pid)[4:5] == [b"--serve"]]
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().split(b"\0")
+    except OSError:
+        return []
+
+
 def service_pids(cluster: str) -> list[int]:
-    """Processes serving cluster ``cluster`` (found by command line: works without state)."""
+    """Processes of cluster ``cluster``'s service, its keeper and its server (found by
+    command line: works without state)."""
     wanted = [b"-m", MODULE.encode(), cluster.encode()]
     found = []
     for entry in os.scandir("/proc"):

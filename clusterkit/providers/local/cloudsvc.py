@@ -17,7 +17,8 @@ Requests go to ``cloudinstances`` (launch, terminate, describe, simulate) and ``
 (interrupt); what they keep is ``cloudrecords``. The service is also the cluster's instance
 metadata service (``imds``): on ``169.254.169.254:80`` on the cluster's bridge each node reads
 its own instance's metadata, and the notices sent by ``interrupt``. This module is the
-process: its two servers, and the dispatch of requests.
+process: its two servers, the dispatch of requests, and the keeper that runs the server as
+its child and starts it again when it dies (nothing on the head can restart it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import contextlib
 import grp
 import json
 import os
+import signal
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -34,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.errors import ClusterkitError, ProviderError
+from clusterkit.nodetools import events
 from clusterkit.providers.local import imds, net
 from clusterkit.providers.local.cloud import MODULE, socket_path
 from clusterkit.providers.local.cloudinstances import Instances, Refused
 from clusterkit.providers.local.cloudnotices import Interruptions
+from clusterkit.state import cluster_dir
 
 
 class CloudService:
@@ -129,16 +134,52 @@ def _share_with_slurm(path: Path) -> None:
         os.chmod(target, mode)
 
 
+SERVE = "--serve"  # the server itself; without it, the keeper that restarts the server
+START_FAILED = 3  # the server's exit code when it cannot start: the keeper stops too
+KEEPER_BACKOFF_SECONDS = (0.2, 1.0, 5.0, 30.0)  # after 1, 2, 3, 4+ deaths within a minute
+
+
+def keep(name: str) -> int:
+    """Run the server as a child and start it again whenever it dies (the head's programs
+    cannot restart a process on this machine). SIGTERM ends both."""
+    child: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    deaths: list[float] = []
+    log = cluster_dir(name) / "cloud" / "events.jsonl"
+    while not stopping:
+        child = subprocess.Popen([sys.executable, "-m", MODULE, name, SERVE])
+        code = child.wait()
+        if stopping or code in (0, START_FAILED):  # asked to, or a start-up error for `up`
+            return code
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < 60.0] + [now]
+        wait = KEEPER_BACKOFF_SECONDS[min(len(deaths), len(KEEPER_BACKOFF_SECONDS)) - 1]
+        events.record("cloud", "service restarted", path=log, exit=code, next_in=wait)
+        time.sleep(wait)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(f"usage: python -m {MODULE} CLUSTER", file=sys.stderr)
+    if len(args) not in (1, 2) or args[1:] not in ([], [SERVE]):
+        print(f"usage: python -m {MODULE} CLUSTER [{SERVE}]", file=sys.stderr)
         return 2
+    if args[1:] != [SERVE]:
+        return keep(args[0])
     try:
         serve(args[0])
     except ClusterkitError as exc:
         print(f"{time.strftime('%FT%T')} {exc}", file=sys.stderr, flush=True)
-        return 1
+        return START_FAILED
     return 0
 
 
