@@ -63,6 +63,7 @@ bench-all: bench
 	$(VENV)/bin/python bench/elastic.py
 	$(VENV)/bin/python bench/spot.py
 	$(VENV)/bin/python bench/htc.py
+	$(VENV)/bin/python bench/faults.py --json bench/results/faults.json
 
 golden: venv
 	CK_UPDATE_GOLDEN=1 $(VENV)/bin/pytest -q tests/unit

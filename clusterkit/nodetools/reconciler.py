@@ -9,7 +9,9 @@ Each pass compares Slurm's nodes with the provider's instances and fixes what di
 - an instance whose node Slurm has powered down, or that no node of the cluster owns, or that
   is an older duplicate of a node's instance, is an orphan and is terminated;
 - a static node whose instance is gone, or that Slurm has marked DOWN for not responding, is
-  replaced: jobs requeued, a fresh instance launched, its address given to Slurm.
+  replaced: jobs requeued, a fresh instance launched, its address given to Slurm;
+- what a slurmctld restarted from stale state leaves (a node drained for a "Duplicate jobid",
+  a job "launch failed requeued held") is undone: the node resumed, the job released.
 
 Deciding (``plan``) is separate from acting (``apply``), so the rules are tested on plain
 data. Every action is an event in the head's log. Each pass also follows the jobs that Spot
@@ -40,6 +42,11 @@ INTERVAL_SECONDS = 3.0
 # first answers, a failing pass is the daemon starting, not an error, for this long.
 STARTUP_GRACE_SECONDS = 120.0
 ORPHAN_GRACE_SECONDS = 10.0  # an instance this young may belong to a resume still running
+# What a slurmctld restarted from state older than what ran leaves behind (it saves its state
+# up to 5 s after a change): a job it launched again is found running already on its node, so
+# Slurm drains that node and holds the job. Neither is an operator's doing; both are undone.
+CONTROLLER_DRAINS = ("Duplicate jobid",)
+HELD_AFTER_FAILED_LAUNCH = "launch failed requeued held"
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,33 @@ class PassErrors:
         self.last = ""
 
 
+def drained_by_a_restart(nodes: Sequence[SlurmNode]) -> list[str]:
+    """Nodes Slurm itself drained because a restarted controller relaunched a running job."""
+    return [n.name for n in nodes if "DRAIN" in n.flags and n.reason.startswith(CONTROLLER_DRAINS)]
+
+
+def held_by_a_restart(squeue_text: str) -> list[str]:
+    """Jobs held after a relaunch failed (``squeue -h -t PD -o '%A|%R'`` lines)."""
+    return [
+        line.split("|", 1)[0].strip()
+        for line in squeue_text.splitlines()
+        if "|" in line and HELD_AFTER_FAILED_LAUNCH in line.split("|", 1)[1]
+    ]
+
+
+def undo_restart_artifacts(nodes: Sequence[SlurmNode], slurm: Scontrol) -> None:
+    """Resume what a controller restart drained and release what it held, so that every job
+    runs again (from its start or its checkpoint) instead of waiting forever."""
+    drained = drained_by_a_restart(nodes)
+    if drained:
+        slurm.resume(drained)
+        events.record("reconciler", "resume", nodes=drained, reason=CONTROLLER_DRAINS[0])
+    listed = _run(["squeue", "-h", "-t", "PD", "-o", "%A|%R"])
+    for job in held_by_a_restart(listed):
+        subprocess.run(["scontrol", "release", job], capture_output=True, timeout=30, check=False)
+        events.record("reconciler", "released", job=job, reason=HELD_AFTER_FAILED_LAUNCH)
+
+
 def _newest_by_node(instances: Sequence[Instance]) -> dict[str, Instance]:
     newest: dict[str, Instance] = {}
     for inst in instances:
@@ -224,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     errors = PassErrors(started=time.monotonic())
     while True:
         try:
-            actions = reconciler.plan(reader.nodes(), cloud.describe(), time.time())
+            nodes = reader.nodes()
+            actions = reconciler.plan(nodes, cloud.describe(), time.time())
             reconciler.apply(actions, cloud, slurm)
+            undo_restart_artifacts(nodes, slurm)
             follow_jobs(watch, Path(SpotConfig.load(args.spot_config).events_dir))
             errors.passed()
         except Exception as exc:  # noqa: BLE001 - a watchdog logs and tries again

@@ -16,7 +16,14 @@ from clusterkit.headfiles import capacity_options, power_config
 from clusterkit.nodetools import events
 from clusterkit.nodetools.cloud import Cloud, CloudError, Instance, LaunchResult, Option
 from clusterkit.nodetools.power import PowerConfig, failure_reason, launch_group
-from clusterkit.nodetools.reconciler import ORPHAN_GRACE_SECONDS, Action, PassErrors, Reconciler
+from clusterkit.nodetools.reconciler import (
+    ORPHAN_GRACE_SECONDS,
+    Action,
+    PassErrors,
+    Reconciler,
+    drained_by_a_restart,
+    held_by_a_restart,
+)
 from clusterkit.slurm import SlurmNode
 from clusterkit.spec import GroupSpec, parse_spec
 
@@ -257,3 +264,18 @@ def test_a_pass_that_never_succeeds_is_recorded_after_the_grace() -> None:
     errors = PassErrors(started=100.0, grace=120.0)
     assert not errors.failed("SlurmError: no slurmctld", now=150.0)
     assert errors.failed("SlurmError: no slurmctld", now=221.0)
+
+
+def test_what_a_controller_restart_drained_and_held_is_found_and_nothing_else() -> None:
+    nodes = [
+        node("c-st-1", "IDLE", "DRAIN", reason="Duplicate jobid"),
+        node("c-st-2", "IDLE", "DRAIN", reason="maintenance by the operator"),
+        node("c-st-3", "DOWN", reason="Duplicate jobid"),  # down, not drained: another rule's
+        node("c-st-4", "IDLE"),
+    ]
+    assert drained_by_a_restart(nodes) == ["c-st-1"]
+    listed = (
+        "7|launch failed requeued held\n8|ReqNodeNotAvail, UnavailableNodes:c-st-1\n9|JobHeldUser\n"
+    )
+    assert held_by_a_restart(listed) == ["7"]
+    assert held_by_a_restart("") == []
