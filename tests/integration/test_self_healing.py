@@ -138,23 +138,25 @@ def test_a_dead_shared_mount_is_mounted_again_and_its_job_requeued(cluster: Clus
     assert requeued and requeued[0]["node"] == node
 
 
-@pytest.mark.parametrize("daemon", ["slurmctld", "ck-reconciler"])
-def test_a_killed_head_daemon_comes_back_and_keeps_every_job(
-    cluster: Clusterkit, daemon: str
-) -> None:
-    out = f"heal-{daemon}.out"
-    # Slurm saves its state within 5 s of a change (SAVE_MAX_WAIT): a controller killed
-    # sooner after a job starts or ends forgets that. The kill comes later than that after
-    # every change here, as after most crashes; that window is Slurm's own.
+def test_killed_head_daemons_come_back_and_keep_every_job(cluster: Clusterkit) -> None:
+    out = "heal-head.out"
+    # Slurm saves its state up to 5 s after a change: a controller killed sooner after a job
+    # starts forgets that (the reconciler then releases the job it held, and it runs again;
+    # bench/faults.py meets that case). The kill here comes later, as after most crashes.
     job = submit(cluster, "compute-st-1", out, steps=2 * STEPS)
-    mark = f"heal-{daemon}-queued.out"
+    mark = "heal-head-queued.out"
     queued = as_user(cluster, f"rm -f {mark}; sbatch --parsable --hold -o /dev/null "
                               f"--wrap 'echo ran > {mark}'").strip()  # fmt: skip
     time.sleep(6)
     head = f"{NAME}-head"
-    on(cluster, head, f"pkill -9 -x {daemon}")
-    wait_for(f"{daemon} to run again", lambda: alive(cluster, head, daemon), REPAIRED_WITHIN)
-    wait_for("slurmctld to answer", lambda: "UP" in on(cluster, head, "scontrol ping || true"))
+    for daemon in ("slurmctld", "ck-reconciler"):
+        on(cluster, head, f"pkill -9 -x {daemon}")
+
+        def back(daemon: str = daemon) -> bool:
+            return alive(cluster, head, daemon)
+
+        wait_for(f"{daemon} to run again", back, REPAIRED_WITHIN)
+        wait_for("slurmctld to answer", lambda: "UP" in on(cluster, head, "scontrol ping || true"))
     assert whole(finished(cluster, job, out), 2 * STEPS)
     as_user(cluster, f"scontrol release {queued}")  # kept through the restart: it runs now
     wait_for(f"the queued job {queued} to run and end", lambda: gone(cluster, queued))
@@ -179,8 +181,12 @@ def test_the_local_cloud_service_is_restarted_by_its_keeper(cluster: Clusterkit)
     before = cloud.server_pids(NAME)
     assert len(before) == 1 and cloud.answers(NAME)
     kill_pids(before)
-    wait_for("the cloud service to answer again", lambda: cloud.answers(NAME), REPAIRED_WITHIN)
-    assert cloud.server_pids(NAME) not in ([], before)
+
+    def serving_again() -> bool:  # a new server (the old one may still answer as it dies)
+        now = cloud.server_pids(NAME)
+        return bool(now) and now != before and cloud.answers(NAME)
+
+    wait_for("a new cloud service to answer", serving_again, REPAIRED_WITHIN)
     # It serves what it kept: the cluster's instances, as before.
     assert sorted(i.node for i in cloud.client(NAME).describe()) == ["compute-st-1", "compute-st-2"]
     restarted = [e for e in json.loads(f"[{','.join(_host_events(cluster))}]")
