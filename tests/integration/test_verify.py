@@ -40,6 +40,11 @@ def names_by_node(checks: list[Check]) -> dict[str, list[str]]:
     return found
 
 
+# A node supervisor's services: a test takes one away (then waits out a pass that still had
+# it) before killing it, or ck-supervise has it back within a second.
+SERVICES = "/etc/clusterkit/services"
+
+
 @pytest.mark.usefixtures("home")
 def test_a_healthy_cluster_passes_every_check_on_every_node(ck: Clusterkit, cluster: str) -> None:
     start = time.monotonic()
@@ -57,7 +62,8 @@ def test_a_healthy_cluster_passes_every_check_on_every_node(ck: Clusterkit, clus
 
 @pytest.mark.usefixtures("home")
 def test_a_dead_slurmd_fails_that_nodes_slurmd_check(ck: Clusterkit, cluster: str) -> None:
-    ck.ssh(cluster, "compute-st-1", "pkill -x slurmd")
+    # Unsupervised first: ck-supervise would have slurmd back within a second.
+    ck.ssh(cluster, "compute-st-1", f"rm {SERVICES}/slurmd.json && sleep 1.5 && pkill -x slurmd")
     failed = failures(verify(cluster))
     assert {c.node for c in failed} == {"compute-st-1"}
     names = {c.name for c in failed}
@@ -71,7 +77,13 @@ def test_a_dead_slurmd_fails_that_nodes_slurmd_check(ck: Clusterkit, cluster: st
 def test_a_node_without_ssh_gives_failed_checks_not_an_exception(
     ck: Clusterkit, cluster: str
 ) -> None:
-    ck.ssh(cluster, "compute-st-2", "pkill -x sshd", check=False)  # ends this session too
+    # Unsupervised first (ck-supervise would restart sshd); the pkill ends this session too.
+    ck.ssh(
+        cluster,
+        "compute-st-2",
+        f"rm {SERVICES}/sshd.json && sleep 1.5 && pkill -x sshd",
+        check=False,
+    )
     checks = verify(cluster)
     node_checks = [c for c in checks if c.node == "compute-st-2"]
     assert [c.name for c in node_checks] == list(COMPUTE_CHECKS)
