@@ -8,14 +8,16 @@ recommendation; the provider does both (the local one; others refuse).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from clusterkit import proc
-from clusterkit.errors import ClusterkitError
+from clusterkit.errors import ClusterkitError, StateError
 from clusterkit.nodetools import events
 from clusterkit.plan import head_name
 from clusterkit.providers import provider_class
 from clusterkit.providers.base import Interruption, Provider
+from clusterkit.slurmconf import tools_dir
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
@@ -77,6 +79,27 @@ def interrupt(
     ``rebalance``: only a rebalance recommendation; nothing ends.
     """
     return _provider(name).interrupt(node, action, in_seconds)
+
+
+def unprotect(name: str, groups: Sequence[str] = ()) -> list[str]:
+    """Lift protected mode from ``groups`` of cluster ``name`` (every protected group when
+    empty): the reconciler tries their launches and repairs again. Returns the groups lifted."""
+    check_name(name)
+    state = load_state(name)
+    spec = spec_of(state)
+    known = {g.name for g in spec.groups}
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise StateError(
+            f"cluster {name!r} has no group {', '.join(unknown)} "
+            f"(its groups: {', '.join(sorted(known))})"
+        )
+    if "configure" not in state.steps:
+        raise StateError(f"cluster {name!r} has no reconciler (made with --no-configure)")
+    trust = ClusterTrust(state.name, state.dir)
+    argv = [f"{tools_dir(spec)}/ck-reconciler", "--lift", *groups]
+    out = proc.run(trust.ssh_argv(head_name(name), argv), timeout=60).stdout
+    return [line.split(None, 1)[1] for line in out.splitlines() if line.startswith("lifted ")]
 
 
 def _provider(name: str) -> Provider:

@@ -91,6 +91,7 @@ def power_config(spec: ClusterSpec) -> dict[str, Any]:
         "cluster": spec.name,
         "resume_timeout": spec.slurm.resume_timeout,
         "retry_seconds": spec.slurm.resume_retry_seconds,
+        "protected_mode": spec.protected_mode.model_dump(),
         "groups": {
             g.name: {
                 "options": capacity_options(g),

@@ -163,6 +163,15 @@ class SpotSpec(_Model):
         return name
 
 
+class ProtectedModeSpec(_Model):
+    """When launches or repairs of a group keep failing, the reconciler stops retrying it."""
+
+    failures: NonNegInt = Field(
+        10, description="failed launches or repairs of a group that protect it (0: never)"
+    )
+    window_seconds: PosInt = Field(600, description="counted over this many seconds")
+
+
 class UserSpec(_Model):
     """A cluster user: same uid/gid on every node, home on shared storage."""
 
@@ -237,6 +246,7 @@ class ClusterSpec(_Model):
     shared_storage: SharedStorageSpec = Field(default_factory=SharedStorageSpec)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     spot: SpotSpec = Field(default_factory=SpotSpec)
+    protected_mode: ProtectedModeSpec = Field(default_factory=ProtectedModeSpec)
     users: tuple[UserSpec, ...] = Field(default_factory=_default_users)
     local: LocalSpec = Field(default_factory=LocalSpec)
     aws: AwsSpec = Field(default_factory=AwsSpec)

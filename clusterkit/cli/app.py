@@ -44,6 +44,7 @@ def cli() -> None:
 
 for command in (
     cluster.up, cluster.down, cluster.list_, cluster.status, elastic.cloud_, elastic.interrupt,
+    elastic.unprotect,
     cluster.ssh, cluster.verify_, cluster.inventory, cluster.env_, cluster.validate,
     cluster.init, pack.pack, image.image, spot.events, spot.spot_report,
 ):  # fmt: skip

@@ -126,3 +126,26 @@ def interrupt(  # noqa: PLR0917 - one parameter per option, as click passes them
             f"{sent.node} ({sent.instance_id}): spot notice '{sent.action}' sent; the instance "
             f"ends at {sent.time} (in {sent.in_seconds:g} s)"
         )
+
+
+@click.command("unprotect")
+@click.argument("name")
+@click.argument("groups", nargs=-1, metavar="[GROUP]...")
+def unprotect(name: str, groups: tuple[str, ...]) -> None:
+    """Lift protected mode from GROUPs of cluster NAME (every protected group when none).
+
+    \b
+    The reconciler protects a group whose launches or repairs keep failing (the spec's
+    protected_mode: failures within window_seconds): it drains the group's nodes with the
+    reason and stops retrying, so a broken launch does not churn. `clusterkit status NAME`
+    shows a protected group and why. Once the cause is fixed:
+      clusterkit unprotect demo            every protected group
+      clusterkit unprotect demo gpu        only group gpu
+    The count starts again from zero and the drained nodes return to service.
+    `clusterkit up` lifts protected mode too.
+    """
+    lifted = elastic.unprotect(name, groups)
+    if lifted:
+        console.out.print(f"protected mode lifted: {', '.join(lifted)}")
+    else:
+        console.out.print("no group was protected")

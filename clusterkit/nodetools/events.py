@@ -52,6 +52,29 @@ def read(path: Path = EVENTS) -> Iterator[dict[str, Any]]:
                 continue
 
 
+class Tail:
+    """The events appended to a log since the last ``read`` (all of it at first). A log
+    that shrank was replaced: it is read again from its start."""
+
+    def __init__(self, path: Path = EVENTS) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size < self.offset:
+                    self.offset = 0
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        complete = data.rfind(b"\n") + 1  # a line being written is read next time
+        self.offset += complete
+        return parse(data[:complete].decode("utf-8", errors="replace"))
+
+
 def parse(text: str) -> list[dict[str, Any]]:
     """Events from the text of a log (as read over SSH)."""
     events = []

@@ -53,6 +53,8 @@ class PowerConfig:
     static: frozenset[str]
     resume_timeout: int
     retry_seconds: int = 30
+    protect_after: int = 10  # failed launches or repairs of a group that protect it (0: never)
+    protect_window: float = 600.0  # seconds over which they are counted
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> PowerConfig:
@@ -64,6 +66,8 @@ class PowerConfig:
             static=frozenset(n for v in groups.values() for n in v["static"]),
             resume_timeout=int(data["resume_timeout"]),
             retry_seconds=int(data.get("retry_seconds", 30)),
+            protect_after=int(data.get("protected_mode", {}).get("failures", 10)),
+            protect_window=float(data.get("protected_mode", {}).get("window_seconds", 600)),
         )
 
     @staticmethod

@@ -11,7 +11,9 @@ Each pass compares Slurm's nodes with the provider's instances and fixes what di
 - a static node whose instance is gone, or that Slurm has marked DOWN for not responding, is
   replaced: jobs requeued, a fresh instance launched, its address given to Slurm;
 - what a slurmctld restarted from stale state leaves (a node drained for a "Duplicate jobid",
-  a job "launch failed requeued held") is undone: the node resumed, the job released.
+  a job "launch failed requeued held") is undone: the node resumed, the job released;
+- a group whose launches or repairs keep failing is protected (``protect``): its nodes are
+  drained with the reason and left alone until ``--lift`` (``clusterkit unprotect``, ``up``).
 
 Deciding (``plan``) is separate from acting (``apply``), so the rules are tested on plain
 data. Every action is an event in the head's log. Each pass also follows the jobs that Spot
@@ -24,14 +26,14 @@ import argparse
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clusterkit.nodetools import events, jobwatch
+from clusterkit.nodetools import events, jobwatch, protect
 from clusterkit.nodetools.cloud import Cloud, Instance
 from clusterkit.nodetools.clouds import cloud_from_config, load_config
-from clusterkit.nodetools.power import PowerConfig, Scontrol, launch_group
+from clusterkit.nodetools.power import POWER_CONFIG, PowerConfig, Scontrol, launch_group
 from clusterkit.nodetools.spot import CONFIG as SPOT_CONFIG
 from clusterkit.nodetools.spot import SlurmOps, SpotConfig
 from clusterkit.slurm import SlurmNode
@@ -64,13 +66,20 @@ class Reconciler:
     seen_instance: set[str] = field(default_factory=set)  # nodes powering up with an instance
 
     def plan(
-        self, nodes: Sequence[SlurmNode], instances: Sequence[Instance], now: float
+        self,
+        nodes: Sequence[SlurmNode],
+        instances: Sequence[Instance],
+        now: float,
+        protected: Collection[str] = (),
     ) -> list[Action]:
+        """What to do this pass. Nodes of a ``protected`` group are left as they are; their
+        orphans are still ended."""
         live = [i for i in instances if i.alive]
         newest = _newest_by_node(live)
         actions = self._orphans(nodes, live, newest, now)
         for node in nodes:
-            if node.name not in self.config.node_group:
+            group = self.config.node_group.get(node.name)
+            if group is None or group in protected:
                 continue
             mine = newest.get(node.name)
             if node.name in self.config.static:
@@ -118,7 +127,9 @@ class Reconciler:
             return []
         self.powering_up_since.pop(node.name, None)
         self.seen_instance.discard(node.name)
-        if flags & {"POWERED_DOWN", "POWERING_DOWN"} or inst is not None:
+        # POWER_DOWN: asked to power down (a fail, an operator), not done yet: no instance
+        # is expected, and failing it again would only repeat what is under way.
+        if flags & {"POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN"} or inst is not None:
             return []
         return [self._fail(node.name, (), "(Code:InstanceLost) instance gone")]
 
@@ -243,13 +254,83 @@ def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
         events.record("reconciler", found.pop("action"), **found)
 
 
+def protection_of(config: PowerConfig) -> protect.Protection:
+    return protect.Protection(
+        node_group=config.node_group, static=config.static,
+        after=config.protect_after, window=config.protect_window,
+    )  # fmt: skip
+
+
+def lift_main(groups: Sequence[str]) -> int:
+    """``--lift``: lift protected mode from ``groups`` (every protected one when empty)."""
+    config = PowerConfig.load()
+    protection = protection_of(config)
+    protection.observe(events.read(), time.time())
+    nodes = SlurmReader.create(_run, local=True).nodes()
+    try:
+        lifted = protect.lift(protection, groups, nodes, Scontrol())
+    except ValueError as exc:
+        print(f"ck-reconciler: {exc}", file=sys.stderr)
+        return 2
+    for group in lifted:
+        print(f"lifted {group}")
+    return 0
+
+
+@dataclass
+class Watched:
+    """The reconciler's settings, read again when ``power.json`` changes (``up`` again)."""
+
+    path: Path
+    mtime: float = -1.0
+
+    def changed(self) -> bool:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if mtime == self.mtime:
+            return False
+        self.mtime = mtime
+        return True
+
+
+def one_pass(
+    reconciler: Reconciler,
+    protection: protect.Protection,
+    tail: events.Tail,
+    *,
+    cloud: Cloud,
+    slurm: Scontrol,
+    reader: SlurmReader,
+) -> None:
+    """One pass: take in new events (protecting a group over its limit), then plan and act
+    on every group not protected, then undo what a controller restart left."""
+    nodes = reader.nodes()
+    for group in protection.observe(tail.read(), time.time()):
+        protect.protect(protection, group, nodes, slurm)
+    actions = reconciler.plan(nodes, cloud.describe(), time.time(), set(protection.protected))
+    reconciler.apply(actions, cloud, slurm)
+    undo_restart_artifacts(nodes, slurm)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ck-reconciler", description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=INTERVAL_SECONDS)
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("--spot-config", type=Path, default=SPOT_CONFIG)
+    parser.add_argument(
+        "--lift", nargs="*", metavar="GROUP",
+        help="lift protected mode from these groups (every protected group when none), exit",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.lift is not None:
+        return lift_main(args.lift)
+    settings = Watched(POWER_CONFIG)
+    settings.changed()
     reconciler = Reconciler(PowerConfig.load())
+    protection = protection_of(reconciler.config)
+    tail = events.Tail()
     cloud = cloud_from_config(load_config())
     slurm = Scontrol()
     reader = SlurmReader.create(_run, local=True)
@@ -258,10 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     errors = PassErrors(started=time.monotonic())
     while True:
         try:
-            nodes = reader.nodes()
-            actions = reconciler.plan(nodes, cloud.describe(), time.time())
-            reconciler.apply(actions, cloud, slurm)
-            undo_restart_artifacts(nodes, slurm)
+            if settings.changed():
+                reconciler.config = PowerConfig.load()
+                fresh = protection_of(reconciler.config)
+                protection.node_group, protection.static = fresh.node_group, fresh.static
+                protection.after, protection.window = fresh.after, fresh.window
+            one_pass(reconciler, protection, tail, cloud=cloud, slurm=slurm, reader=reader)
             follow_jobs(watch, Path(SpotConfig.load(args.spot_config).events_dir))
             errors.passed()
         except Exception as exc:  # noqa: BLE001 - a watchdog logs and tries again

@@ -23,9 +23,13 @@ STEPS = 10  # seconds a job counts, one line a second
 REPAIRED_WITHIN = 10.0  # the detection target; repairs here take about a second
 
 
+PROTECT_AFTER = 3  # failed repairs of the group, within the window, that protect it
+
+
 @pytest.fixture(scope="module")
 def cluster(ck: Clusterkit) -> Clusterkit:
-    ck.up(NAME, 2, configure=True)
+    protected_mode = {"failures": PROTECT_AFTER, "window_seconds": 120}
+    ck.run("up", "-f", str(ck.spec(NAME, 2, protected_mode=protected_mode)), timeout=600)
     return ck
 
 
@@ -203,6 +207,52 @@ def test_a_vanished_compute_is_replaced_and_its_job_requeued(cluster: Clusterkit
     took = wait_for(f"{node} to be replaced", lambda: _replaced(cluster, node, old), 60)
     text = finished(cluster, job, out)
     assert whole(text), f"job {job} after {node} was replaced in {took:.1f} s:\n{text}"
+
+
+def test_a_group_whose_repairs_keep_failing_is_protected_until_lifted(
+    cluster: Clusterkit,
+) -> None:
+    node = "compute-st-1"
+    head = f"{NAME}-head"
+    cluster.run("cloud", NAME, "--fail", "1000")  # every launch refused from now on
+    try:
+        stop_nodes([net.netns_path(NAME, node)])
+        wait_for("the group to be protected", lambda: bool(_reconciler(cluster, "protected")))
+        (event,) = _reconciler(cluster, "protected")
+        assert event["group"] == "compute" and event["failures"] == PROTECT_AFTER
+        for member in ("compute-st-1", "compute-st-2"):  # drained with the reason
+            reason = on(cluster, head, f"sinfo -h -N -n {member} -o %E").strip()
+            assert reason.startswith("(Code:Protected)"), f"{member}: {reason!r}"
+        st = cluster.status(NAME)
+        assert st["status"] == "degraded"
+        assert any(p.startswith("group compute is in protected mode") for p in st["problems"])
+        assert "clusterkit unprotect heal compute" in cluster.run("status", NAME).stdout
+        tried = len(_reconciler(cluster, "replace failed"))
+        time.sleep(10)  # three passes of the reconciler: it no longer tries
+        assert len(_reconciler(cluster, "replace failed")) == tried
+    finally:
+        cluster.run("cloud", NAME, "--fail", "0")
+    lifted = cluster.run("unprotect", NAME).stdout
+    history = [e for e in _all_events(cluster) if e["source"] == "reconciler"]
+    assert "protected mode lifted: compute" in lifted, f"{lifted}\n" + "\n".join(
+        json.dumps(e) for e in history[-20:])  # fmt: skip
+    assert _reconciler(cluster, "lifted")[-1]["group"] == "compute"
+
+    def ready() -> bool:
+        st = cluster.status(NAME)
+        return st["status"] == "ready" and all(n["state"] == "running" for n in st["nodes"])
+
+    wait_for(f"{node} replaced and the cluster ready again", ready)
+    assert "no group was protected" in cluster.run("unprotect", NAME).stdout
+
+
+def _all_events(ck: Clusterkit) -> list[dict[str, Any]]:
+    text = ck.run("events", NAME, "-o", "json").stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _reconciler(ck: Clusterkit, action: str) -> list[dict[str, Any]]:
+    return [e for e in _all_events(ck) if e["source"] == "reconciler" and e["action"] == action]
 
 
 def _host_events(ck: Clusterkit) -> list[str]:

@@ -172,6 +172,12 @@ def test_a_dynamic_node_whose_instance_is_gone_is_failed(reconciler: Reconciler)
     assert actions == [Action("fail", ("c-dy-1",), (), "(Code:InstanceLost) instance gone")]
 
 
+def test_a_dynamic_node_asked_to_power_down_is_not_failed_again(reconciler: Reconciler) -> None:
+    # What Slurm shows right after a fail (DOWN, then POWER_DOWN_FORCE): no instance is due.
+    nodes = [node("c-st-1"), node("c-dy-1", "DOWN", "CLOUD", "POWER_DOWN")]
+    assert reconciler.plan(nodes, [instance("c-st-1")], now=1000) == []
+
+
 def test_orphans_are_terminated_but_a_young_instance_is_left_to_its_resume(
     reconciler: Reconciler,
 ) -> None:

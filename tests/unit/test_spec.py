@@ -29,7 +29,9 @@ from clusterkit.spec import (
 
 REPO = Path(__file__).resolve().parents[2]
 
-TOP_KEYS = "name, provider, head, groups, shared_storage, slurm, spot, users, local, aws"
+TOP_KEYS = (
+    "name, provider, head, groups, shared_storage, slurm, spot, protected_mode, users, local, aws"
+)
 GROUP_KEYS = "name, instance_types, capacity, min, max, cpus, memory_mb, gpus, features, weight"
 
 
@@ -99,6 +101,7 @@ def test_minimal_spec_gets_every_default() -> None:
             "events_region": None,
             "events_endpoint_url": None,
         },
+        "protected_mode": {"failures": 10, "window_seconds": 600},
         "users": ({"name": "ckuser", "uid": 2001, "gid": None, "ssh_public_keys": ()},),
         "local": {"subnet": "auto", "spot_notice_seconds": 10, "boot_delay_seconds": 0},
         "aws": {
