@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clusterkit import elastic, proc
+from clusterkit import elastic, health, proc
 from clusterkit.errors import ClusterkitError, StateError
 from clusterkit.plan import head_name, plan_nodes
 from clusterkit.playbook import ansible_vars, inventory, write_inventory
@@ -42,18 +42,20 @@ class SlurmView:
     nodes: dict[str, str]  # node -> Slurm state, e.g. IDLE, MIXED+DRAIN
     jobs: list[SlurmJob]
     error: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)  # node -> why drained or down
 
 
 @dataclass(frozen=True)
 class ClusterStatus:
     name: str
     provider: str
-    status: str
+    status: str  # creating | failed | ready | degraded (ready, with problems)
     created_at: str
     subnet: str | None
     nodes: list[NodeStatus]
     slurm: SlurmView | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)  # newest power actions
+    problems: list[str] = field(default_factory=list)  # what makes it degraded, one line each
 
 
 def status(name: str, with_slurm: bool = False) -> ClusterStatus:
@@ -84,10 +86,23 @@ def status(name: str, with_slurm: bool = False) -> ClusterStatus:
         )  # fmt: skip
         nodes.append(NodeStatus(plan.name, plan.role, plan.group, plan.kind, addr, iid, run, power))
     actions = elastic.recent_actions(state) if with_slurm else []
+    found = health.problems(state.name, _views(nodes, view), view.error if view else None)
     return ClusterStatus(
-        state.name, state.provider, state.status, state.created_at,
-        state.network.get("subnet"), nodes, view, actions,
+        state.name, state.provider, health.summary(state.status, found), state.created_at,
+        state.network.get("subnet"), nodes, view, actions, found,
     )  # fmt: skip
+
+
+def _views(nodes: list[NodeStatus], view: SlurmView | None) -> list[health.NodeView]:
+    known = view is not None and view.error is None
+    return [
+        health.NodeView(
+            n.name, n.role, n.group, n.kind, n.state,
+            view.nodes.get(n.name) if known and view else None,
+            view.reasons.get(n.name, "") if view else "",
+        )
+        for n in nodes
+    ]  # fmt: skip
 
 
 def slurm_reader(state: ClusterState) -> SlurmReader:
@@ -102,7 +117,11 @@ def slurm_view(state: ClusterState) -> SlurmView:
         return SlurmView({}, [], "Slurm is not configured on this cluster (--no-configure)")
     try:
         reader = slurm_reader(state)
-        return SlurmView({n.name: n.display_state for n in reader.nodes()}, reader.jobs())
+        nodes = reader.nodes()
+        return SlurmView(
+            {n.name: n.display_state for n in nodes}, reader.jobs(),
+            reasons={n.name: n.reason for n in nodes if n.reason},
+        )  # fmt: skip
     except ClusterkitError as exc:
         return SlurmView({}, [], str(exc))
 

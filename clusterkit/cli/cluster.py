@@ -200,9 +200,13 @@ def status(name: str, output: str) -> None:
 
 
 def _print_status(st: clusterinfo.ClusterStatus) -> None:
+    colour = {"ready": "green", "degraded": "yellow", "failed": "red"}.get(st.status, "default")
     console.out.print(
-        f"[bold]{st.name}[/]  provider={st.provider}  status={st.status}  subnet={st.subnet}"
+        f"[bold]{st.name}[/]  provider={st.provider}  status=[{colour}]{st.status}[/]  "
+        f"subnet={st.subnet}"
     )
+    for problem in st.problems:
+        console.out.print(f"  [yellow]![/] {escape(problem)}")
     slurm = st.slurm.nodes if st.slurm else {}
     table = Table(
         "NODE", "ROLE", "GROUP", "KIND", "ADDRESS", "INSTANCE", "STATE", "POWER", "SLURM",
