@@ -43,7 +43,7 @@ from clusterkit.state import (
     try_load_state,
 )
 from clusterkit.trust import ClusterTrust, TrustedNode, keygen
-from clusterkit.verify import failures, verify
+from clusterkit.verify import failures, verify, wait_until_registered
 
 SSH_WAIT_SECONDS = Provider.ssh_wait_seconds  # a provider may need longer
 
@@ -127,7 +127,7 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
             if configure:
                 _configure(spec, state, trust, provider, progress, pool=pool)
                 with _logged_step(state, progress, "verify"):
-                    _verify(spec.name, pool)
+                    _verify(spec, pool)
                     state.mark("verify")
             state.status = "ready"
             state.mark("ready")
@@ -226,7 +226,10 @@ def _configure(
         state.mark("boot")
 
 
-def _verify(name: str, pool: Pool) -> None:
+def _verify(spec: ClusterSpec, pool: Pool) -> None:
+    computes = [n.name for n in static_nodes(spec) if n.role == "compute"]
+    wait_until_registered(pool, head_name(spec.name), computes)  # what stays is named below
+    name = spec.name
     failed = failures(verify(name, pool))
     if failed:
         raise ConfigureError(

@@ -20,6 +20,7 @@ import contextlib
 import re
 import secrets
 import shlex
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,14 +39,16 @@ from clusterkit.checks import (
     Output,
     failures,
     judge_all,
+    node_ready,
     shared_content,
 )
+from clusterkit.errors import SlurmError
 from clusterkit.files import ClusterFiles
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.providers import provider_class
-from clusterkit.slurm import SINFO_ARGV
+from clusterkit.slurm import SINFO_ARGV, SlurmNode, parse_sinfo
 from clusterkit.spec import ClusterSpec
-from clusterkit.sshpool import CommandTimeout, NodeUnreachable, Pool
+from clusterkit.sshpool import CommandTimeout, NodeUnreachable, Pool, PoolError
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.traits import Traits
 from clusterkit.trust import ClusterTrust
@@ -59,12 +62,15 @@ __all__ = [
     "Remote",
     "failures",
     "layout_of",
+    "registering",
     "run_checks",
     "verify",
+    "wait_until_registered",
 ]
 
 COMMAND_TIMEOUT = 20  # seconds a command may run on a node before `timeout` kills it
 SRUN_TIMEOUT = 30
+REGISTER_WAIT_SECONDS = 60  # longest wait for repaired nodes to be idle in Slurm again
 SRUN_IMMEDIATE = 10  # seconds srun waits for an allocation before giving up
 SESSION_SLACK = 10  # seconds a session may outlast its slowest command (`timeout -k 2`, ssh)
 TIMED_OUT = 124  # exit status of coreutils' timeout when it had to stop the command
@@ -103,6 +109,40 @@ def verify(name: str, pool: Pool | None = None) -> list[Check]:
     trust = ClusterTrust(name, state.dir)
     with Remote.open(trust, pool) as remote:
         return run_checks(layout, remote)
+
+
+def registering(nodes: Sequence[SlurmNode], wanted: Sequence[str]) -> list[str]:
+    """The ``wanted`` nodes Slurm does not have ready yet for a reason that passes on its own:
+    unknown to it, UNKNOWN (a controller that just started), DOWN or NOT_RESPONDING without a
+    drain (a slurmd that came back registers, and ReturnToService=2 returns the node)."""
+    by_name = {n.name: n for n in nodes}
+    waiting = []
+    for name in wanted:
+        node = by_name.get(name)
+        if node is None or (not node_ready(node) and "DRAIN" not in node.flags):
+            waiting.append(name)
+    return waiting
+
+
+def wait_until_registered(
+    pool: Pool, head: str, computes: Sequence[str], timeout: float = REGISTER_WAIT_SECONDS
+) -> list[str]:
+    """Wait, at most ``timeout`` seconds, until Slurm has every one of ``computes`` ready or
+    settled (an operator's drain does not pass by waiting); return those still registering.
+
+    After a repair (a restarted slurmctld, a replaced node) Slurm needs a few seconds before
+    its nodes are idle again: verifying at once would fail on what is about to pass."""
+    deadline = time.monotonic() + timeout
+    waiting = list(computes)
+    while True:
+        try:
+            rc, out, _ = pool.run(head, SINFO_ARGV, timeout=COMMAND_TIMEOUT)
+            waiting = registering(parse_sinfo(out), computes) if rc == 0 else waiting
+        except (PoolError, SlurmError):
+            pass  # the controller starting: asked again until the deadline
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(0.5)
 
 
 def layout_of(state: ClusterState, spec: ClusterSpec, traits: Traits) -> Layout:

@@ -44,7 +44,7 @@ from clusterkit.checks import (
     unmunge_status,
 )
 from clusterkit.providers.local.provider import LocalProvider
-from clusterkit.slurm import parse_sinfo
+from clusterkit.slurm import SlurmNode, parse_sinfo
 from clusterkit.spec import parse_spec
 from clusterkit.sshpool import NodeUnreachable, Pool
 from clusterkit.state import ClusterState, NodeState
@@ -57,6 +57,7 @@ from clusterkit.verify import (
     first_plan,
     layout_of,
     parse_batch,
+    registering,
     second_plan,
 )
 
@@ -466,3 +467,22 @@ def test_failures_keeps_only_failed_checks_in_order() -> None:
     ]
     assert failures(checks) == checks[1:]
     assert failures([]) == []
+
+
+def _slurm_node(name: str, state: str, *flags: str) -> SlurmNode:
+    return SlurmNode(
+        name=name, state=state, flags=flags, cpus=2, alloc_cpus=0, memory_mb=2048,
+        alloc_memory_mb=0, partitions=("all",), reason="", address=name, hostname=name,
+    )  # fmt: skip
+
+
+def test_up_waits_for_nodes_that_are_registering_not_for_drained_ones() -> None:
+    nodes = [
+        _slurm_node("n1", "IDLE"),
+        _slurm_node("n2", "UNKNOWN"),  # a controller that just started
+        _slurm_node("n3", "DOWN", "NOT_RESPONDING"),  # a slurmd coming back
+        _slurm_node("n4", "IDLE", "DRAIN"),  # an operator's drain: waiting will not change it
+        _slurm_node("n5", "MIXED"),
+    ]
+    assert registering(nodes, ["n1", "n2", "n3", "n4", "n5", "n6"]) == ["n2", "n3", "n6"]
+    assert registering(nodes, ["n1", "n5"]) == []
