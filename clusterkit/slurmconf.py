@@ -240,9 +240,11 @@ def throughput_settings() -> Settings:
         "MinJobAge": "5",
         # The guide: raise it "somewhat" from 10 s; local nodes share a few real cores.
         "MessageTimeout": "20",
-        # A node whose slurmd stops answering is DOWN after a minute (default 5), so the
-        # reconciler replaces it and its jobs are requeued soon.
-        "SlurmdTimeout": "60",
+        # A node whose slurmd stops answering (hung, or its machine gone) is DOWN after 30 s
+        # (default 300; pings go every 10 s), so the reconciler replaces it and its jobs are
+        # requeued soon. Dead daemons are found sooner, by each node's supervisor (about 1 s).
+        # Not lower: on a loaded machine a slow but live slurmd must not be replaced.
+        "SlurmdTimeout": "30",
         # No accounting, no job completion log, no accounting sampling: less work per job.
         "AccountingStorageType": "accounting_storage/none",
         "JobAcctGatherType": "jobacct_gather/none",
