@@ -156,9 +156,10 @@ def test_a_killed_dynamic_node_is_replaced_and_its_job_requeued(cluster: Cluster
     node = head(cluster, f"squeue -h -j {job} -o %N").strip()
     first = cluster.status(NAME)
     old_id = next(n["instance_id"] for n in first["nodes"] if n["name"] == node)
+    before = len(failures(cluster, node))  # the node may have been failed before (a resume)
     stop_nodes([net.netns_path(NAME, node)])  # the instance dies under its job
-    wait_for("the reconciler to fail the node", lambda: bool(failures(cluster, node)))
-    fail = failures(cluster, node)[-1]
+    wait_for("the reconciler to fail the node", lambda: len(failures(cluster, node)) > before)
+    fail = failures(cluster, node)[before]
     assert fail["reason"] == "(Code:InstanceLost) instance gone" and job in fail["jobs"]
     wait_for("the job to finish", lambda: job_state(cluster, job) in ("", "JobState=COMPLETED"),
              timeout=120)  # fmt: skip
