@@ -246,6 +246,16 @@ def test_a_group_whose_repairs_keep_failing_is_protected_until_lifted(
     assert "no group was protected" in cluster.run("unprotect", NAME).stdout
 
 
+def test_up_right_after_the_controller_died_repairs_and_verifies(cluster: Clusterkit) -> None:
+    """The nodes are UNKNOWN to a controller that just started: up waits for them to
+    register before it verifies, instead of failing on what is about to pass."""
+    on(cluster, f"{NAME}-head", "pkill -9 -x slurmctld")
+    done = cluster.run("up", "-f", str(cluster.home / f"{NAME}.yaml"), timeout=600)
+    assert "ready" in done.stdout + done.stderr
+    st = cluster.status(NAME)
+    assert st["status"] == "ready", st["problems"]
+
+
 def _all_events(ck: Clusterkit) -> list[dict[str, Any]]:
     text = ck.run("events", NAME, "-o", "json").stdout
     return [json.loads(line) for line in text.splitlines() if line.strip()]
