@@ -15,8 +15,11 @@ up: setup
 down: venv
 	$(CK) down $(NAME)
 
+# What needs no root runs on every core (each worker has its own moto server); the real
+# clusters run one at a time.
 test: setup lint typecheck
-	$(VENV)/bin/pytest tests/unit tests/integration tests/aws tests/contract
+	$(VENV)/bin/pytest -n auto tests/unit tests/aws tests/contract -m "not integration"
+	$(VENV)/bin/pytest tests/integration tests/contract -m integration
 
 setup: host venv
 
@@ -44,13 +47,13 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 unit: venv
-	$(VENV)/bin/pytest tests/unit
+	$(VENV)/bin/pytest -n auto tests/unit
 
 integration: setup
 	$(VENV)/bin/pytest tests/integration tests/contract -m integration
 
 aws: venv
-	$(VENV)/bin/pytest tests/aws tests/contract -m aws
+	$(VENV)/bin/pytest -n auto tests/aws tests/contract -m aws
 
 # The quick benchmarks (a few minutes); bench-all adds the long ones (about 40 minutes).
 bench: setup

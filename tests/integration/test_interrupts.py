@@ -33,6 +33,15 @@ STEPS = [
     ("verify", STEP_LABELS["boot"], 0.1, True),
 ]
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+# Both signals in every step, but one each in the two that need a configured head first
+# (half a minute a case): the handling is the same for both, the step's clean-up is not.
+ONE_SIGNAL = {"boot": signal.SIGTERM, "verify": signal.SIGINT}
+CASES = [
+    pytest.param(*step, sig, code, id=f"{step[0]}-{sig.name}")
+    for step in STEPS
+    for sig, code in SIGNALS
+    if ONE_SIGNAL.get(step[0], sig) == sig
+]
 
 
 def interrupted_up(ck: Clusterkit, after: str, wait: float, sig: signal.Signals) -> tuple[
@@ -66,8 +75,7 @@ def interrupted_up(ck: Clusterkit, after: str, wait: float, sig: signal.Signals)
     return code, lines, took
 
 
-@pytest.mark.parametrize(("sig", "code"), SIGNALS, ids=[s.name for s, _ in SIGNALS])
-@pytest.mark.parametrize(("step", "after", "wait", "lasts"), STEPS, ids=[s[0] for s in STEPS])
+@pytest.mark.parametrize(("step", "after", "wait", "lasts", "sig", "code"), CASES)
 def test_a_signal_stops_up_and_down_cleans_up(  # noqa: PLR0917 - one per parameter
     ck: Clusterkit, step: str, after: str, wait: float, lasts: bool, sig: signal.Signals,
     code: int,

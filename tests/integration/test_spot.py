@@ -154,9 +154,11 @@ def test_the_example_job_survives_two_interruptions_with_the_exact_answer(
 
 
 def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> None:
-    # Long enough to be running still when the last of them has started on a powered-up
-    # node (a 12 s job could end on its own first, and then no agent would requeue it).
-    script = "'echo run $SLURM_RESTART_COUNT; sleep 30; echo done'"
+    # The first run is long enough to be running still when the last of them has started on
+    # a powered-up node (a 12 s job could end on its own first, and then no agent would
+    # requeue it); a run after a requeue ends soon.
+    script = ("'echo run $SLURM_RESTART_COUNT; "
+              "[ ${SLURM_RESTART_COUNT:-0} -gt 0 ] && sleep 2 || sleep 30; echo done'")  # fmt: skip
     jobs = {
         "excl": submit(cluster, f"--exclusive -o excl-%j.out --wrap {script}"),
         "range": submit(cluster, f"-N1-2 -c2 -o range-%j.out --wrap {script}"),
@@ -207,8 +209,9 @@ def running_tasks(ck: Clusterkit, array: str) -> dict[str, str]:
 
 def test_only_the_array_tasks_on_the_interrupted_node_are_requeued(cluster: Clusterkit) -> None:
     # 1-CPU tasks on 2-CPU nodes: two tasks share a node, and only that node is interrupted.
-    array = submit(cluster, "-c1 --array=0-3 -o arr-%a.out "
-                   "--wrap 'echo run ${SLURM_RESTART_COUNT:-0}; sleep 60'")  # fmt: skip
+    # Running still when the notice's requeue comes (8 s), then short after it.
+    script = "echo run ${SLURM_RESTART_COUNT:-0}; [ ${SLURM_RESTART_COUNT:-0} -gt 0 ] || sleep 25"
+    array = submit(cluster, f"-c1 --array=0-3 -o arr-%a.out --wrap '{script}'")
     wait_for("all four tasks running", lambda: len(running_tasks(cluster, array)) == 4)
     where = running_tasks(cluster, array)
     on_node = {task for task, node in where.items() if node == where["1"]}

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ DEFAULTS = Path(__file__).parents[2] / "playbooks/roles/common/defaults/main.yml
 UNITS = Path("/lib/systemd/system")
 
 
-def _defaults() -> dict[str, object]:
+def _defaults() -> dict[str, Any]:
     data = yaml.safe_load(DEFAULTS.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
@@ -24,7 +25,7 @@ def _defaults() -> dict[str, object]:
 
 def test_every_cluster_daemon_gets_restart_always_without_a_start_limit() -> None:
     defaults = _defaults()
-    assert set(defaults["ck_restarted_daemons"]) == {"munge", "slurmd", "slurmctld"}  # type: ignore[arg-type]
+    assert set(defaults["ck_restarted_daemons"]) == {"munge", "slurmd", "slurmctld"}
     parser = configparser.ConfigParser()
     parser.read_string(str(defaults["ck_restart_dropin"]))
     assert parser["Service"]["Restart"] == "always"
