@@ -120,10 +120,9 @@ class Scontrol:
 
     def retry_jobs(self, jobs: Sequence[int], seconds: int) -> None:
         """Make requeued jobs eligible again after ``seconds`` (Slurm would wait 121 s)."""
-        start = f"now+{seconds}" if seconds > 0 else "now"
         for job in jobs:
             # A job that ended or started meanwhile refuses the update: nothing to do then.
-            proc.run(["scontrol", "update", f"jobid={job}", f"starttime={start}"],
+            proc.run(["scontrol", "update", f"jobid={job}", f"starttime=now+{seconds}"],
                      check=False)  # fmt: skip
 
     def fail(self, nodes: Sequence[str], reason: str) -> None:

@@ -49,7 +49,6 @@ ORPHAN_GRACE_SECONDS = 10.0  # an instance this young may belong to a resume sti
 # Slurm drains that node and holds the job. Neither is an operator's doing; both are undone.
 CONTROLLER_DRAINS = ("Duplicate jobid",)
 HELD_AFTER_FAILED_LAUNCH = "launch failed requeued held"
-LOST_RUNNING = "(Code:InstanceLost) instance gone"  # a powered-up node's instance ended
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ class Reconciler:
         # is expected, and failing it again would only repeat what is under way.
         if flags & {"POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN"} or inst is not None:
             return []
-        return [self._fail(node.name, (), LOST_RUNNING)]
+        return [self._fail(node.name, (), "(Code:InstanceLost) instance gone")]
 
     def _fail(self, node: str, ids: tuple[str, ...], reason: str) -> Action:
         self.powering_up_since.pop(node, None)
@@ -155,27 +154,21 @@ class Reconciler:
             jobs = slurm.jobs_on(action.nodes) if action.kind != "terminate" else []
             if action.instances:
                 cloud.terminate(action.instances)
-            relaunched = False
             if action.kind == "fail":
                 slurm.fail(action.nodes, action.reason)
             elif action.kind == "replace":
-                relaunched = self._replace(action, cloud, slurm)
-            # Requeued jobs go again soon, not after Slurm's fixed 121 s: at once when their
-            # node was lost while running (capacity was there a moment ago) or is replaced
-            # already; after the configured delay when a launch failed or timed out.
-            lost = relaunched or (action.kind == "fail" and action.reason == LOST_RUNNING)
-            slurm.retry_jobs(jobs, 0 if lost else self.config.retry_seconds)
+                self._replace(action, cloud, slurm)
+            # Requeued jobs go again soon, not after Slurm's fixed 121 s.
+            slurm.retry_jobs(jobs, self.config.retry_seconds)
             events.record(
                 "reconciler", action.kind, nodes=list(action.nodes),
                 instances=list(action.instances), reason=action.reason, jobs=jobs,
                 seconds=round(time.monotonic() - start, 3),
             )  # fmt: skip
 
-    def _replace(self, action: Action, cloud: Cloud, slurm: Scontrol) -> bool:
-        """DOWN, launch, resume; whether every node got its new instance."""
+    def _replace(self, action: Action, cloud: Cloud, slurm: Scontrol) -> None:
         # DOWN first: the node's jobs are requeued now, not after SlurmdTimeout.
         slurm.update(action.nodes, state="DOWN", reason=action.reason)
-        whole = True
         for group, members in self.config.by_group(action.nodes).items():
             made, error = launch_group(cloud, group, members, self.config.options[group])
             slurm.set_addresses(made)
@@ -183,10 +176,8 @@ class Reconciler:
             # does not apply to it. Slurm keeps a drain across a new slurmd's registration.
             slurm.resume([i.node for i in made])
             if error is not None:
-                whole = False
                 events.record("reconciler", "replace failed", nodes=members, error=error.code,
                               detail=error.message)  # fmt: skip
-        return whole
 
 
 @dataclass

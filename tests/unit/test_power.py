@@ -15,7 +15,7 @@ from clusterkit.elastic import power_state
 from clusterkit.headfiles import capacity_options, power_config
 from clusterkit.nodetools import events
 from clusterkit.nodetools.cloud import Cloud, CloudError, Instance, LaunchResult, Option
-from clusterkit.nodetools.power import PowerConfig, Scontrol, failure_reason, launch_group
+from clusterkit.nodetools.power import PowerConfig, failure_reason, launch_group
 from clusterkit.nodetools.reconciler import (
     ORPHAN_GRACE_SECONDS,
     Action,
@@ -285,51 +285,3 @@ def test_what_a_controller_restart_drained_and_held_is_found_and_nothing_else() 
     )
     assert held_by_a_restart(listed) == ["7"]
     assert held_by_a_restart("") == []
-
-
-class ScontrolRecorder(Scontrol):
-    """Scontrol without Slurm: what the reconciler asked, and one running job per node."""
-
-    def __init__(self) -> None:
-        self.retried: list[tuple[list[int], int]] = []
-
-    def update(self, nodes: Sequence[str], **settings: str) -> None:
-        pass
-
-    def resume(self, nodes: Sequence[str]) -> None:
-        pass
-
-    def set_addresses(self, instances: Sequence[Instance]) -> None:
-        pass
-
-    def jobs_on(self, nodes: Sequence[str]) -> list[int]:
-        return [7]
-
-    def retry_jobs(self, jobs: Sequence[int], seconds: int) -> None:
-        self.retried.append((list(jobs), seconds))
-
-    def fail(self, nodes: Sequence[str], reason: str) -> None:
-        pass
-
-
-LOST = "(Code:InstanceLost) instance gone"
-
-
-@pytest.mark.parametrize(
-    ("case", "delay"),
-    [
-        ((Action("replace", ("c-st-1",), (), LOST), 1), 0),  # replaced: go now
-        ((Action("replace", ("c-st-1",), (), LOST), 0), 30),  # no capacity: after the delay
-        ((Action("fail", ("c-dy-1",), (), LOST), 1), 0),  # lost while running: go now
-        ((Action("fail", ("c-dy-1",), (), "(Code:ResumeTimeout) not up in 60s"), 1), 30),
-    ],
-)
-def test_requeued_jobs_go_again_at_once_unless_a_launch_failed(
-    reconciler: Reconciler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    case: tuple[Action, int], delay: int,
-) -> None:  # fmt: skip
-    monkeypatch.setattr(events.record, "__defaults__", (tmp_path / "events.jsonl",))
-    action, room = case
-    slurm = ScontrolRecorder()
-    reconciler.apply([action], ScriptedCloud({SPOT_A: room}), slurm)
-    assert slurm.retried == [([7], delay)]
