@@ -96,10 +96,18 @@ class Scontrol:
     def resume(self, nodes: Sequence[str]) -> None:
         """Clear a drain or DOWN. A node that registered again already (ReturnToService) is
         no longer DOWN, and Slurm refuses RESUME as an invalid state: nothing to do then."""
+        self._lenient_state(nodes, "RESUME")
+
+    def undrain(self, nodes: Sequence[str]) -> None:
+        """Clear a drain and leave the base state: a DOWN node stays DOWN until its slurmd
+        registers (ReturnToService=2), so no job is sent to it before it can run one."""
+        self._lenient_state(nodes, "UNDRAIN")
+
+    def _lenient_state(self, nodes: Sequence[str], state: str) -> None:
         if not nodes:
             return
         done = proc.run(["scontrol", "update", f"nodename={compress_hostlist(nodes)}",
-                         "state=RESUME"], check=False)  # fmt: skip
+                         f"state={state}"], check=False)  # fmt: skip
         if done.returncode != 0 and "Invalid node state" not in done.stderr:
             raise CommandError(list(done.args), done.returncode, done.stderr)
 

@@ -197,7 +197,7 @@ def lift(
         protection.node_group.get(n) == g for n in drained)]  # fmt: skip
     # UNDRAIN, not RESUME: a node that is DOWN (its instance gone) stays DOWN, so no job is
     # sent there before the reconciler has replaced it.
-    slurm.update(sorted(drained), state="UNDRAIN")
+    slurm.undrain(sorted(drained))
     for group in lifted:
         events.record(SOURCE, LIFTED, group=group, nodes=protection.members(group))
         protection.protected.pop(group, None)

@@ -172,9 +172,11 @@ class Reconciler:
         for group, members in self.config.by_group(action.nodes).items():
             made, error = launch_group(cloud, group, members, self.config.options[group])
             slurm.set_addresses(made)
-            # A fresh instance: whatever drained the old one (a Spot notice, the DOWN above)
-            # does not apply to it. Slurm keeps a drain across a new slurmd's registration.
-            slurm.resume([i.node for i in made])
+            # A fresh instance: whatever drained the old one (a Spot notice) does not apply to
+            # it, and Slurm keeps a drain across a new slurmd's registration. The DOWN above
+            # stays until that registration (ReturnToService=2), so no job is sent to the node
+            # before its slurmd runs.
+            slurm.undrain([i.node for i in made])
             if error is not None:
                 events.record("reconciler", "replace failed", nodes=members, error=error.code,
                               detail=error.message)  # fmt: skip

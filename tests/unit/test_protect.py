@@ -48,14 +48,14 @@ def node(name: str, *flags: str, state: str = "IDLE", reason: str = "") -> Slurm
 class RecordingSlurm:
     def __init__(self) -> None:
         self.updates: list[tuple[tuple[str, ...], dict[str, str]]] = []
-        self.resumed: list[str] = []
+        self.undrained: list[str] = []
 
     def update(self, nodes: Sequence[str], **settings: str) -> None:
         if nodes:
             self.updates.append((tuple(nodes), settings))
 
-    def resume(self, nodes: Sequence[str]) -> None:
-        self.resumed += nodes
+    def undrain(self, nodes: Sequence[str]) -> None:
+        self.undrained += nodes
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +170,7 @@ def test_lift_resumes_what_protection_drained_and_clears_the_count() -> None:
     other = node("c-dy-1", "DRAIN", reason="operator: disk")
     slurm = RecordingSlurm()
     assert protect.lift(p, [], [drained, other], slurm) == ["compute"]  # type: ignore[arg-type]
-    assert slurm.updates == [(("c-st-1",), {"state": "UNDRAIN"})]  # an operator's drain stays
+    assert slurm.undrained == ["c-st-1"]  # an operator's drain stays
     assert p.protected == {} and "compute" not in p.recent
     # A reconciler reading the log from the start agrees: lifted, nothing counted.
     again = protection(after=1)
