@@ -63,7 +63,6 @@ class Protection:
     """Failures per group over a sliding window, and which groups are protected."""
 
     node_group: Mapping[str, str]
-    static: frozenset[str]
     after: int  # failures that protect a group; 0: never
     window: float
     recent: dict[str, deque[Failure]] = field(default_factory=dict)

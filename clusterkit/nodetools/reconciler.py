@@ -258,9 +258,8 @@ def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
 
 def protection_of(config: PowerConfig) -> protect.Protection:
     return protect.Protection(
-        node_group=config.node_group, static=config.static,
-        after=config.protect_after, window=config.protect_window,
-    )  # fmt: skip
+        node_group=config.node_group, after=config.protect_after, window=config.protect_window
+    )
 
 
 def lift_main(groups: Sequence[str]) -> int:
@@ -344,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             if settings.changed():
                 reconciler.config = PowerConfig.load()
                 fresh = protection_of(reconciler.config)
-                protection.node_group, protection.static = fresh.node_group, fresh.static
+                protection.node_group = fresh.node_group
                 protection.after, protection.window = fresh.after, fresh.window
             one_pass(reconciler, protection, tail, cloud=cloud, slurm=slurm, reader=reader)
             follow_jobs(watch, Path(SpotConfig.load(args.spot_config).events_dir))

@@ -21,7 +21,7 @@ GROUPS = {"c-st-1": "compute", "c-dy-1": "compute", "g-dy-1": "gpu"}
 
 
 def protection(after: int = 3, window: float = 60) -> Protection:
-    return Protection(GROUPS, frozenset({"c-st-1"}), after, window)
+    return Protection(GROUPS, after, window)
 
 
 def at(seconds: float, source: str, action: str, **fields: Any) -> dict[str, Any]:
