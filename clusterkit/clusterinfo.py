@@ -86,7 +86,9 @@ def status(name: str, with_slurm: bool = False) -> ClusterStatus:
         )  # fmt: skip
         nodes.append(NodeStatus(plan.name, plan.role, plan.group, plan.kind, addr, iid, run, power))
     actions = elastic.recent_actions(state) if with_slurm else []
-    found = health.problems(state.name, _views(nodes, view), view.error if view else None)
+    # A cluster made with --no-configure has no Slurm to ask: that is no problem of it.
+    asked = view is not None and "configure" in state.steps
+    found = health.problems(state.name, _views(nodes, view), view.error if asked and view else None)
     return ClusterStatus(
         state.name, state.provider, health.summary(state.status, found), state.created_at,
         state.network.get("subnet"), nodes, view, actions, found,
