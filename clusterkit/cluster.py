@@ -229,13 +229,12 @@ def _configure(
 def _verify(spec: ClusterSpec, pool: Pool) -> None:
     computes = [n.name for n in static_nodes(spec) if n.role == "compute"]
     wait_until_registered(pool, head_name(spec.name), computes)  # what stays is named below
-    name = spec.name
-    failed = failures(verify(name, pool))
+    failed = failures(verify(spec.name, pool))
     if failed:
         raise ConfigureError(
             "cluster verification failed: "
             + "; ".join(f"{c.node} {c.name}: {c.detail}" for c in failed)
-            + f" (details: clusterkit verify {name})"
+            + f" (details: clusterkit verify {spec.name})"
         )
 
 

@@ -41,7 +41,7 @@ def problems(cluster: str, nodes: Sequence[NodeView], slurm_error: str | None) -
         if node.reason.startswith(PROTECTED_CODE) and node.group:
             protected.setdefault(node.group, node.reason[len(PROTECTED_CODE) :].strip())
             continue
-        line = _node_problem(node, slurm_known=slurm_error is None)
+        line = _node_problem(node)
         if line:
             found.append(line)
     found += [
@@ -52,10 +52,10 @@ def problems(cluster: str, nodes: Sequence[NodeView], slurm_error: str | None) -
     return found
 
 
-def _node_problem(node: NodeView, slurm_known: bool) -> str | None:
+def _node_problem(node: NodeView) -> str | None:
     if node.state not in {"running", "off"}:
         return f"{node.name}: instance {node.state}"
-    if node.role == "head" or not slurm_known or node.slurm_state is None:
+    if node.role == "head" or node.slurm_state is None:  # None: Slurm was not read
         return None
     flags = set(node.slurm_state.split("+"))
     reason = f" ({node.reason})" if node.reason else ""
