@@ -111,8 +111,8 @@ def _interrupted_up(name: str, exc: signals.Interrupted, progress: RichProgress)
     """One line: where ``up`` stopped, what it left, and how to remove that."""
     if exc.step:
         where = f" during {progress.labels.get(exc.step, exc.step)!r}"
-    else:  # between two steps
-        where = f" after {progress.done[-1]!r}" if progress.done else ""
+    else:  # between two steps, or before the first (its state was saved already)
+        where = f" after {progress.done[-1]!r}" if progress.done else " before its first step"
     left = lib.left_behind(name)
     if not left:
         return f"up interrupted by {exc.signal_name}{where}; nothing was created"
