@@ -18,7 +18,15 @@ from pathlib import Path
 from clusterkit import interrupt, supervision
 from clusterkit.errors import ConfigureError
 from clusterkit.files import ClusterFiles
-from clusterkit.plan import ClusterUser, NodePlan, cluster_users, head_name, plan_nodes
+from clusterkit.plan import (
+    ClusterUser,
+    NodePlan,
+    TenantGroup,
+    cluster_users,
+    head_name,
+    plan_nodes,
+    tenant_groups,
+)
 from clusterkit.render import render
 from clusterkit.spec import ClusterSpec
 from clusterkit.sshpool import Pool, PoolError
@@ -42,6 +50,7 @@ class NodeBoot:
     known_hosts: str  # the cluster's known_hosts, installed as the node's global one
     hosts: str  # /etc/hosts of the cluster
     users: tuple[ClusterUser, ...] = ()  # accounts every node must know
+    groups: tuple[TenantGroup, ...] = ()  # the tenants' groups, with their users
     node_key: Path | None = None  # compute nodes: the key that reads from the head (SFTP only)
     user_data: str | None = None  # the boot script, run once at boot like EC2 user-data
 
@@ -66,6 +75,7 @@ def boot_script(spec: ClusterSpec, traits: Traits) -> str:
         service_manager=traits.service_manager,
         slurmd_flags=traits.slurmd_flags,
         users=cluster_users(spec),
+        tenants=tenant_groups(spec),
         shared_dir=shared,
         shared_type=shared_type(spec, traits),
         slurmctld_port=SLURMCTLD_PORT,
@@ -90,6 +100,7 @@ def node_boots(
     known_hosts = trust.known_hosts.read_text(encoding="utf-8")
     hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
     users = tuple(cluster_users(spec))
+    groups = tuple(tenant_groups(spec))
     user_data = boot_script(spec, traits) if configure else None
     return {
         node.name: NodeBoot(
@@ -98,6 +109,7 @@ def node_boots(
             known_hosts=known_hosts,
             hosts=hosts,
             users=users,
+            groups=groups,
             node_key=files.node_key if node.role == "compute" else None,
             user_data=user_data if node.role == "compute" else None,
         )

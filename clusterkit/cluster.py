@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clusterkit import interrupt
+from clusterkit.accounting import new_password
 from clusterkit.boot import node_boots, trusted_nodes, wait_for_boot
 from clusterkit.errors import ClusterkitError, ConfigureError, SSHError, StateError
 from clusterkit.files import ClusterFiles
@@ -171,10 +172,27 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
         keygen(files.user_key(user.name), f"{user.name}@{spec.name}")
     if not files.munge_key.exists():
         atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
+    _database_password(spec, provider, files)
     interrupt.parallel(lambda n, _: keygen(files.host_key(n.name), n.name), plan_nodes(spec), 8)
     trusted = trusted_nodes(spec, provider.address, trust)
     trust.write(trusted)
     return trusted
+
+
+def _database_password(spec: ClusterSpec, provider: Provider, files: ClusterFiles) -> None:
+    """The password slurmdbd logs in with: made once for the head's own database; read from
+    the spec's secret at every ``up`` for an external one (the secret may have changed)."""
+    if not spec.accounting.enabled:
+        return
+    external = spec.accounting.database
+    if external is None:
+        if not files.db_password.exists():
+            atomic_write(files.db_password, new_password(), mode=0o400)
+        return
+    field = "accounting.database.password_secret"
+    atomic_write(
+        files.db_password, provider.read_secret(external.password_secret, field), mode=0o400
+    )
 
 
 def _record_public_addresses(state: ClusterState, provider: Provider) -> None:

@@ -18,6 +18,21 @@ class ClusterFiles:
     def node_key(self) -> Path:
         return self.root / "keys" / "node_ed25519"
 
+    @property
+    def db_password(self) -> Path:
+        """The password of the head's database user (made per cluster, 0400)."""
+        return self.root / "keys" / "slurmdb.password"
+
+    @property
+    def slurmdbd_conf(self) -> Path:
+        """slurmdbd.conf: it holds the database password (0600)."""
+        return self.root / "keys" / "slurmdbd.conf"
+
+    @property
+    def db_init_sql(self) -> Path:
+        """Makes the head's database and its user (holds the password, 0600)."""
+        return self.root / "keys" / "db-init.sql"
+
     def user_key(self, user: str) -> Path:
         return self.root / "keys" / "users" / user
 
@@ -55,6 +70,14 @@ class ClusterFiles:
     @property
     def spot_config(self) -> Path:
         return self.rendered / "spot.json"
+
+    @property
+    def mariadb_conf(self) -> Path:
+        return self.rendered / "mariadb.cnf"
+
+    @property
+    def accounts_plan(self) -> Path:
+        return self.rendered / "accounts.json"
 
     @property
     def task_prolog(self) -> Path:

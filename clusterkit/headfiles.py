@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from clusterkit.accounting import accounts_plan, database_init_sql, mariadb_conf, slurmdbd_conf
 from clusterkit.archive import write_nodetools_archive
 from clusterkit.boot import boot_script
 from clusterkit.files import ClusterFiles
@@ -64,6 +65,19 @@ def render_cluster_files(
     atomic_write(files.task_prolog, prolog, mode=0o755)
     atomic_write(files.boot_script, boot_script(spec, provider.traits), mode=0o700)
     write_nodetools_archive(files.nodetools_archive)
+    if spec.accounting.enabled:
+        render_accounting_files(spec, files)
+
+
+def render_accounting_files(spec: ClusterSpec, files: ClusterFiles) -> None:
+    """slurmdbd.conf and the database's set-up (both hold the password: 0600), MariaDB's
+    settings and the accounts' plan. The password was made or read by ``up``'s keys step."""
+    password = files.db_password.read_text(encoding="utf-8")
+    head = head_name(spec.name)
+    atomic_write(files.slurmdbd_conf, slurmdbd_conf(spec, head, password), mode=0o600)
+    atomic_write(files.db_init_sql, database_init_sql(spec, password), mode=0o600)
+    atomic_write(files.mariadb_conf, mariadb_conf(spec))
+    atomic_write(files.accounts_plan, json.dumps(accounts_plan(spec), indent=1) + "\n")
 
 
 def slurmctld_prolog(spec: ClusterSpec) -> str:

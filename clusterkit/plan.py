@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from clusterkit.errors import ProviderError
-from clusterkit.spec import ClusterSpec
+from clusterkit.spec import ClusterSpec, tenant_gid
 
 Role = Literal["head", "compute"]
 Kind = Literal["static", "dynamic"]
@@ -47,6 +47,25 @@ class ClusterUser:
     uid: int
     gid: int
     home: str
+
+
+@dataclass(frozen=True)
+class TenantGroup:
+    """A tenant as every node must know it: a group of its users, and its private directory
+    on shared storage (its group's only: mode 2770)."""
+
+    name: str
+    gid: int
+    members: tuple[str, ...]
+    directory: str
+
+
+def tenant_groups(spec: ClusterSpec) -> list[TenantGroup]:
+    root = f"{spec.shared_storage.mount_point}/tenants"
+    return [
+        TenantGroup(t.name, tenant_gid(t.name), tuple(t.users), f"{root}/{t.name}")
+        for t in spec.tenants
+    ]
 
 
 def home_root(spec: ClusterSpec) -> str:

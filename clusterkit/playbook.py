@@ -16,13 +16,13 @@ from typing import Any
 
 import yaml
 
-from clusterkit import interrupt, supervision
+from clusterkit import accounting, interrupt, supervision
 from clusterkit.boot import READY_MARKER
 from clusterkit.errors import ConfigureError
 from clusterkit.files import ClusterFiles
 from clusterkit.headfiles import events_queue
 from clusterkit.nodetools import NODE_TOOLS, entry_point
-from clusterkit.plan import cluster_users, head_name
+from clusterkit.plan import cluster_users, head_name, tenant_groups
 from clusterkit.resources import playbook_dir
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, atomic_write
@@ -77,6 +77,20 @@ def ansible_vars(
             for s in supervision.head_services(spec, traits, spot_events=spot_events)
         ],
         "ck_users": users,
+        "ck_tenants": [
+            {"name": t.name, "gid": t.gid, "members": list(t.members), "directory": t.directory}
+            for t in tenant_groups(spec)
+        ],
+        **accounting.playbook_vars(
+            spec,
+            password_src=str(paths.db_password),
+            files={
+                "slurmdbd_conf": str(paths.slurmdbd_conf),
+                "db_init_sql": str(paths.db_init_sql),
+                "mariadb_conf": str(paths.mariadb_conf),
+                "accounts_plan": str(paths.accounts_plan),
+            },
+        ),
     }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clusterkit.accounting import SLURMDBD_PORT
 from clusterkit.hostlist import compress_hostlist
 from clusterkit.render import render
 from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec, GroupSpec
@@ -155,6 +156,7 @@ def slurm_conf_values(
         "plugins": plugin_settings(spec, traits),
         "jobs": job_settings(spec),
         "throughput": throughput_settings(),
+        "accounting": accounting_settings(spec, head_name),
         "power": power_settings(spec, nodes),
         "nodes": [node_settings(spec, node) for node in nodes],
         "partitions": partition_settings(spec, nodes),
@@ -245,14 +247,44 @@ def throughput_settings() -> Settings:
         # requeued soon. Dead daemons are found sooner, by each node's supervisor (about 1 s).
         # Not lower: on a loaded machine a slow but live slurmd must not be replaced.
         "SlurmdTimeout": "30",
-        # No accounting, no job completion log, no accounting sampling: less work per job.
-        "AccountingStorageType": "accounting_storage/none",
-        "JobAcctGatherType": "jobacct_gather/none",
+        # No job completion log: accounting (below) keeps every job.
         "JobCompType": "jobcomp/none",
         # The guide: error or info; more detailed logging lowers throughput.
         "SlurmctldDebug": "info",
         "SlurmdDebug": "info",
     }
+
+
+def accounting_settings(spec: ClusterSpec, head_name: str) -> Settings:
+    """slurmdbd keeps every job; tenants are accounts that never share a node.
+
+    Without accounting: no records, no sampling, and so no tenants (the spec refuses them).
+    """
+    private = ["cloud"]  # powered-down nodes stay visible to sinfo/squeue and to status
+    if not spec.accounting.enabled:
+        return {
+            "AccountingStorageType": "accounting_storage/none",
+            "JobAcctGatherType": "jobacct_gather/none",
+            "PrivateData": ",".join(private),
+        }
+    settings = {
+        "AccountingStorageType": "accounting_storage/slurmdbd",
+        "AccountingStorageHost": head_name,
+        "AccountingStoragePort": str(SLURMDBD_PORT),
+        # Without limits and qos Slurm ignores every limit; without safe, a job that a limit
+        # would stop halfway is started anyway (safe: it waits).
+        "AccountingStorageEnforce": "associations,limits,qos,safe",
+        # What each job used (sacct's MaxRSS, TotalCPU), sampled from its cgroup.
+        "JobAcctGatherType": "jobacct_gather/cgroup",
+        # A job carries its account as its label; a node runs jobs of one label at a time
+        # (select), so two tenants never share a node, and a user sees only the jobs of its
+        # own label (privatedata, with PrivateData=jobs).
+        "MCSPlugin": "mcs/account",
+        "MCSParameters": "enforced,select,privatedata",
+    }
+    if has_gpus(spec):
+        settings["AccountingStorageTRES"] = "gres/gpu"  # so GPU limits and usage exist
+    return settings | {"PrivateData": ",".join([*private, "jobs"])}
 
 
 def task_prolog_path(spec: ClusterSpec) -> str:
@@ -288,8 +320,6 @@ def power_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> Settings
     # Starts a job as soon as its resumed nodes are up (see the script).
     settings["PrologSlurmctld"] = PROLOG_SLURMCTLD
     return settings | {
-        # Powered-down nodes stay visible to sinfo/squeue (and to clusterkit status).
-        "PrivateData": "cloud",
         # Addresses change with every instance: look them up each time, never cache them.
         "CommunicationParameters": "NoAddrCache",
         # Messages go straight to each node: a fan-out tree would route through nodes that

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import zlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -172,6 +173,93 @@ class ProtectedModeSpec(_Model):
     window_seconds: PosInt = Field(600, description="counted over this many seconds")
 
 
+# Tenant names that clusterkit's own Slurm accounts take.
+RESERVED_TENANTS = ("root", "default")
+DEFAULT_TENANT = "default"  # the account of users who belong to no tenant
+# Each tenant is a Unix group of its name on every node, its gid fixed by the name (so adding or
+# reordering tenants never renumbers one) above the users' range (uid/gid <= 60000).
+TENANT_GID_BASE = 61000
+TENANT_GID_SPAN = 4000
+_MEM_UNITS = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+class DatabaseSpec(_Model):
+    """An external MariaDB/MySQL for slurmdbd, instead of the one clusterkit runs on the head."""
+
+    host: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9.:_-]+$")]
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 3306
+    user: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,32}$")] = "slurm"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] = Field(
+        "slurm_acct_db", description="the database slurmdbd keeps its tables in"
+    )
+    password_secret: str = Field(
+        description="where the password is: file:/PATH on this machine, or an AWS Secrets "
+        "Manager secret (aws-secretsmanager:NAME or its ARN)"
+    )
+
+    @field_validator("password_secret")
+    @classmethod
+    def _secret_ref(cls, v: str) -> str:
+        prefixes = ("file:/", "aws-secretsmanager:", "arn:aws:secretsmanager:")
+        if any(v.startswith(p) and len(v) > len(p) for p in prefixes):
+            return v
+        raise ValueError(
+            "must be file:/PATH, aws-secretsmanager:NAME or a Secrets Manager ARN "
+            "(never the password itself)"
+        )
+
+
+class AccountingSpec(_Model):
+    """Slurm accounting: slurmdbd on a real database (MariaDB on the head by default)."""
+
+    enabled: bool = Field(True, description="false: no slurmdbd, no tenants, no sacct")
+    database: DatabaseSpec | None = Field(
+        None, description="an external database; default: MariaDB on the head"
+    )
+
+
+def _mem_mb(v: Any) -> Any:
+    """``4096``, ``"4096M"``, ``"4G"`` -> MiB; anything else is left to the type check."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+)\s*([MGT]?)i?B?\s*", v.upper())
+        if not m:
+            raise ValueError("must be MiB as a number, or a size such as 512M, 4G or 1T")
+        return int(m.group(1)) * _MEM_UNITS[m.group(2)]
+    return v
+
+
+class TenantLimits(_Model):
+    """What a tenant may use at once; jobs over a limit wait (Slurm QOS Grp*/Max* limits)."""
+
+    cpus: PosInt | None = Field(None, description="CPUs allocated to its running jobs")
+    gpus: PosInt | None = Field(None, description="GPUs allocated to its running jobs")
+    nodes: PosInt | None = Field(None, description="nodes its running jobs hold")
+    mem: PosInt | None = Field(None, description="memory of its running jobs (MiB, or 4G)")
+    jobs: PosInt | None = Field(None, description="its running jobs")
+    jobs_per_user: PosInt | None = Field(None, description="running jobs of each of its users")
+
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> Any:
+        return _mem_mb(v)
+
+
+class TenantSpec(_Model):
+    """A team: a Slurm account with its users, its limits, nodes of its own while it runs
+    there, and a private directory on shared storage."""
+
+    name: Name
+    users: tuple[str, ...] = Field(min_length=1, description="cluster users of this tenant")
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_TENANTS:
+            raise ValueError(f"{v!r} is reserved for clusterkit's own accounts; choose another")
+        return v
+
+
 class UserSpec(_Model):
     """A cluster user: same uid/gid on every node, home on shared storage."""
 
@@ -248,6 +336,8 @@ class ClusterSpec(_Model):
     spot: SpotSpec = Field(default_factory=SpotSpec)
     protected_mode: ProtectedModeSpec = Field(default_factory=ProtectedModeSpec)
     users: tuple[UserSpec, ...] = Field(default_factory=_default_users)
+    accounting: AccountingSpec = Field(default_factory=AccountingSpec)
+    tenants: tuple[TenantSpec, ...] = ()
     local: LocalSpec = Field(default_factory=LocalSpec)
     aws: AwsSpec = Field(default_factory=AwsSpec)
 
@@ -262,6 +352,62 @@ class ClusterSpec(_Model):
     @property
     def slurm_cluster_name(self) -> str:
         return self.slurm.cluster_name or self.name
+
+
+def _tenant_problems(spec: ClusterSpec) -> list[str]:
+    """Tenants need accounting; each names known users, and a user is in one tenant only."""
+    if not spec.tenants:
+        return []
+    if not spec.accounting.enabled:
+        return ["tenants: need accounting (remove `accounting.enabled: false`, or the tenants)"]
+    problems = [
+        f"tenants: tenant name {n!r} is used more than once"
+        for n in _duplicates([t.name for t in spec.tenants])
+    ]
+    gpus = any(g.gpus > 0 for g in spec.groups)
+    problems += [
+        f"tenants[{i}].limits.gpus: no group has GPUs (set groups[].gpus, or drop the limit)"
+        for i, t in enumerate(spec.tenants)
+        if t.limits.gpus is not None and not gpus
+    ]
+    known = {u.name for u in spec.users}
+    problems += [
+        f"tenants[{i}].name: {t.name!r} is also a user's name (each names a Unix group); "
+        "choose another"
+        for i, t in enumerate(spec.tenants)
+        if t.name in known
+    ]
+    gids: dict[int, str] = {}
+    for t in spec.tenants:
+        other = gids.setdefault(tenant_gid(t.name), t.name)
+        if other != t.name:
+            problems.append(
+                f"tenants: {other!r} and {t.name!r} get the same group id; rename one of them"
+            )
+    seen: dict[str, str] = {}
+    for i, tenant in enumerate(spec.tenants):
+        for user in tenant.users:
+            if user not in known:
+                problems.append(
+                    f"tenants[{i}].users: {user!r} is not a cluster user (add it under users:)"
+                )
+            elif user in seen and seen[user] != tenant.name:
+                problems.append(
+                    f"tenants[{i}].users: {user!r} is already in tenant {seen[user]!r} "
+                    "(a user belongs to one tenant)"
+                )
+            seen.setdefault(user, tenant.name)
+    return problems
+
+
+def tenant_gid(name: str) -> int:
+    """The gid of tenant ``name``'s group, from its name alone."""
+    return TENANT_GID_BASE + zlib.crc32(name.encode()) % TENANT_GID_SPAN
+
+
+def tenant_of(spec: ClusterSpec, user: str) -> str:
+    """The tenant (Slurm account) of a cluster user: ``default`` when it is in none."""
+    return next((t.name for t in spec.tenants if user in t.users), DEFAULT_TENANT)
 
 
 def _duplicates(values: list[Any]) -> list[Any]:
@@ -281,6 +427,7 @@ def _cross_problems(spec: ClusterSpec) -> list[str]:
     problems += [
         f"users: uid {u} is used more than once" for u in _duplicates([u.uid for u in spec.users])
     ]
+    problems += _tenant_problems(spec)
     if spec.provider == "local":
         total = sum(g.max for g in spec.groups)
         if total > MAX_LOCAL_NODES:

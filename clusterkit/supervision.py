@@ -11,7 +11,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from clusterkit.plan import cluster_users, head_name
+from clusterkit import accounting
+from clusterkit.plan import cluster_users, head_name, tenant_groups
 from clusterkit.spec import ClusterSpec
 from clusterkit.traits import Traits, shared_type
 
@@ -19,6 +20,12 @@ LOG_DIR = "/var/log/clusterkit"
 SSHD_PORT = 22
 SLURMCTLD_PORT = 6817
 SSHFS_OPTIONS = "BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=3"
+# The root mounts (the shared directory, each tenant's) reach the head as root: the kernel
+# must check each file's mode itself (default_permissions), or every user could write
+# anywhere. A tenant's files show as the group's to read and write (umask), as SFTP makes
+# them root's.
+ROOT_MOUNT_OPTIONS = "default_permissions"
+TENANT_MOUNT_OPTIONS = "default_permissions,umask=0007"
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,9 @@ def tool(spec: ClusterSpec) -> str:
     return f"{spec.shared_storage.mount_point}/clusterkit/bin/ck-supervise"
 
 
-def sshfs_command(remote: str, mount_point: str, key: str) -> tuple[str, ...]:
-    return ("sshfs", "-o", f"IdentityFile={key},{SSHFS_OPTIONS}", remote, mount_point)
+def sshfs_command(remote: str, mount_point: str, key: str, extra: str = "") -> tuple[str, ...]:
+    options = f"IdentityFile={key},{SSHFS_OPTIONS}" + (f",{extra}" if extra else "")
+    return ("sshfs", "-o", options, remote, mount_point)
 
 
 def _sshd() -> Supervised:
@@ -74,9 +82,19 @@ def compute_services(
     found = []
     if shared_type(spec, traits) == "sshfs":
         found.append(Supervised(
-            "shared", sshfs_command(f"root@{head}:{shared}", shared, node_key), mount=shared,
-            requeue=True,
+            "shared", sshfs_command(f"root@{head}:{shared}", shared, node_key, ROOT_MOUNT_OPTIONS),
+            mount=shared, requeue=True,
         ))  # fmt: skip
+        found += [
+            Supervised(
+                f"tenant-{t.name}",
+                sshfs_command(f"root@{head}:{t.directory}", t.directory, node_key,
+                              TENANT_MOUNT_OPTIONS),
+                mount=t.directory,
+                requeue=True,
+            )
+            for t in tenant_groups(spec)
+        ]  # fmt: skip
         found += [
             Supervised(
                 f"home-{u.name}",
@@ -105,6 +123,7 @@ def head_services(spec: ClusterSpec, traits: Traits, *, spot_events: bool) -> li
     found = [
         _sshd(),
         Supervised("munged", ("runuser", "-u", "munge", "--", "/usr/sbin/munged"), "munged"),
+        *_accounting_services(spec),
         Supervised("slurmctld", ("/usr/sbin/slurmctld",), process="slurmctld"),
         Supervised(
             "ck-reconciler",
@@ -119,6 +138,18 @@ def head_services(spec: ClusterSpec, traits: Traits, *, spot_events: bool) -> li
             process="ck-spot-events", background=True,
         ))  # fmt: skip
     return found
+
+
+def _accounting_services(spec: ClusterSpec) -> list[Supervised]:
+    """The head's MariaDB (when the database is its own) and slurmdbd, before slurmctld."""
+    if not spec.accounting.enabled:
+        return []
+    found = []
+    if accounting.database(spec).on_head:
+        found.append(Supervised(
+            "mariadbd", accounting.MARIADBD_ARGV, process="mariadbd", background=True,
+        ))  # fmt: skip
+    return [*found, Supervised("slurmdbd", ("/usr/sbin/slurmdbd",), process="slurmdbd")]
 
 
 def shell_lines(services: list[Supervised], tool_path: str, events: str = "") -> list[str]:

@@ -8,6 +8,7 @@ packages=(
     openssh-server openssh-client                     # per-node sshd, cluster SSH trust
     sshfs fuse3                                       # shared storage in local mode
     munge slurm-wlm slurm-client                      # Slurm itself
+    slurmdbd mariadb-server mariadb-client            # accounting: slurmdbd on MariaDB
     openmpi-bin libopenmpi-dev                        # MPI across nodes (mpirun, mpicc)
     python3 python3-venv python3-jinja2               # the venv; node tools on nodes' python3
     python3-boto3                                     # the head's SQS consumer of EC2 events

@@ -22,6 +22,7 @@ NODE_TOOLS = {
     "ck-checkpoint": "clusterkit.nodetools.checkpoint",
     "ck-run": "clusterkit.nodetools.ckrun",
     "ck-supervise": "clusterkit.nodetools.supervise",
+    "ck-accounts": "clusterkit.nodetools.accounts",
 }
 
 

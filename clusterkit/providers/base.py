@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from clusterkit.boot import NodeBoot
-from clusterkit.errors import StateError
+from clusterkit.errors import SpecError, StateError
 from clusterkit.nodetools.cloud import Instance
 from clusterkit.plan import NodePlan, static_nodes
+from clusterkit.secretref import FILE_PREFIX, read_file_secret
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, NodeState
 from clusterkit.traits import Traits
@@ -95,6 +96,14 @@ class Provider(ABC):
         """Raise ``StateError`` if cluster ``name`` belongs to another ``CLUSTERKIT_HOME``
         (``state_dir`` is this home's); ``creating`` for ``up``, else ``down``. Called
         before anything is changed."""
+
+    def read_secret(self, ref: str, field: str) -> str:
+        """The secret ``ref`` names, for the spec's ``field``: ``file:/PATH`` on this machine;
+        providers with a secret store of their own add its references."""
+        if ref.startswith(FILE_PREFIX):
+            return read_file_secret(ref, field)
+        store = ref.split(":", 1)[0]
+        raise SpecError(field, [f"{store} secrets need provider aws; use file:/PATH here"])
 
     @abstractmethod
     def prepare(self) -> None:

@@ -21,7 +21,7 @@ VARIABLE = re.compile(r"(?<![/\w])ck_[a-z_]+")  # not a file such as /etc/ssh/ck
 
 def _declared(role: Path) -> set[str]:
     spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text(encoding="utf-8"))
-    return set(spec["argument_specs"]["main"]["options"])
+    return {o for entry in spec["argument_specs"].values() for o in entry["options"]}
 
 
 def _used(role: Path) -> set[str]:

@@ -25,7 +25,13 @@ def _defaults() -> dict[str, Any]:
 
 def test_every_cluster_daemon_gets_restart_always_without_a_start_limit() -> None:
     defaults = _defaults()
-    assert set(defaults["ck_restarted_daemons"]) == {"munge", "slurmd", "slurmctld"}
+    assert set(defaults["ck_restarted_daemons"]) == {
+        "munge",
+        "slurmd",
+        "slurmctld",
+        "slurmdbd",
+        "mariadb",
+    }
     parser = configparser.ConfigParser()
     parser.read_string(str(defaults["ck_restart_dropin"]))
     assert parser["Service"]["Restart"] == "always"
@@ -33,7 +39,7 @@ def test_every_cluster_daemon_gets_restart_always_without_a_start_limit() -> Non
     assert parser["Unit"]["StartLimitIntervalSec"] == "0"  # never given up
 
 
-@pytest.mark.parametrize("daemon", ["munge", "slurmd", "slurmctld"])
+@pytest.mark.parametrize("daemon", ["munge", "slurmd", "slurmctld", "slurmdbd", "mariadb"])
 def test_systemd_reads_the_drop_in_without_complaint(tmp_path: Path, daemon: str) -> None:
     unit = UNITS / f"{daemon}.service"
     if shutil.which("systemd-analyze") is None or not unit.exists():

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from clusterkit.errors import SpecError
 from clusterkit.spec import (
     MAX_LOCAL_NODES,
+    AccountingSpec,
     AwsSpec,
     ClusterSpec,
     GroupSpec,
@@ -25,12 +26,14 @@ from clusterkit.spec import (
     load_spec,
     parse_spec,
     parse_spec_text,
+    tenant_of,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = (
-    "name, provider, head, groups, shared_storage, slurm, spot, protected_mode, users, local, aws"
+    "name, provider, head, groups, shared_storage, slurm, spot, protected_mode, users, "
+    "accounting, tenants, local, aws"
 )
 GROUP_KEYS = "name, instance_types, capacity, min, max, cpus, memory_mb, gpus, features, weight"
 
@@ -103,6 +106,8 @@ def test_minimal_spec_gets_every_default() -> None:
         },
         "protected_mode": {"failures": 10, "window_seconds": 600},
         "users": ({"name": "ckuser", "uid": 2001, "gid": None, "ssh_public_keys": ()},),
+        "accounting": {"enabled": True, "database": None},
+        "tenants": (),
         "local": {"subnet": "auto", "spot_notice_seconds": 10, "boot_delay_seconds": 0},
         "aws": {
             "region": None,
@@ -147,12 +152,14 @@ def test_init_template_shows_every_key_of_the_model() -> None:
         "shared_storage": SharedStorageSpec,
         "slurm": SlurmSpec,
         "local": LocalSpec,
+        "accounting": AccountingSpec,
         "aws": AwsSpec,
     }
     for key, model in nested.items():
         _assert_shows_every_field(data[key], model, key)
     _assert_shows_every_field(data["groups"][0], GroupSpec, "groups[0]")
     _assert_shows_every_field(data["users"][0], UserSpec, "users[0]")
+    assert data["tenants"] == []
 
 
 def test_example_spec_text_replaces_only_the_name() -> None:
@@ -500,3 +507,69 @@ def test_spec_is_frozen() -> None:
 def test_spec_is_hashable_and_comparable() -> None:
     assert hash(ClusterSpec(name="x")) == hash(parse_spec({"name": "x"}))
     assert ClusterSpec(name="x") != ClusterSpec(name="y")
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting and tenants
+
+TWO_USERS = [{"name": "alice", "uid": 2001}, {"name": "bob", "uid": 2002}]
+
+
+def _problems_of(data: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as info:
+        parse_spec({"name": "x", **data})
+    return str(info.value)
+
+
+def test_tenants_map_users_to_accounts_and_limits_to_mib() -> None:
+    spec = parse_spec({
+        "name": "x", "users": TWO_USERS,
+        "tenants": [{"name": "physics", "users": ["alice"], "limits": {"cpus": 4, "mem": "2G"}}],
+    })  # fmt: skip
+    assert spec.tenants[0].limits.mem == 2048
+    assert spec.tenants[0].limits.cpus == 4
+    assert spec.tenants[0].limits.nodes is None
+    assert tenant_of(spec, "alice") == "physics"
+    assert tenant_of(spec, "bob") == "default"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"tenants": [{"name": "a", "users": ["carol"]}]},
+         "tenants[0].users: 'carol' is not a cluster user (add it under users:)"),
+        ({"tenants": [{"name": "a", "users": ["alice"]}, {"name": "b", "users": ["alice"]}]},
+         "tenants[1].users: 'alice' is already in tenant 'a' (a user belongs to one tenant)"),
+        ({"tenants": [{"name": "a", "users": ["alice"]}, {"name": "a", "users": ["bob"]}]},
+         "tenants: tenant name 'a' is used more than once"),
+        ({"tenants": [{"name": "default", "users": ["alice"]}]},
+         "tenants[0].name: 'default' is reserved for clusterkit's own accounts; choose another"),
+        ({"tenants": [{"name": "a", "users": []}]}, "tenants[0].users: needs at least 1 item(s)"),
+        ({"tenants": [{"name": "a", "users": ["alice"], "limits": {"mem": "lots"}}]},
+         "tenants[0].limits.mem: must be MiB as a number, or a size such as 512M, 4G or 1T"),
+        ({"tenants": [{"name": "a", "users": ["alice"], "limits": {"cpus": 0}}]},
+         "tenants[0].limits.cpus: Input should be greater than or equal to 1"),
+        ({"tenants": [{"name": "a", "users": ["alice"], "limits": {"disk": 1}}]},
+         "tenants[0].limits.disk: unknown key; valid keys: cpus, gpus, nodes, mem, jobs, "
+         "jobs_per_user"),
+        ({"accounting": {"enabled": False}, "tenants": [{"name": "a", "users": ["alice"]}]},
+         "tenants: need accounting (remove `accounting.enabled: false`, or the tenants)"),
+        ({"accounting": {"database": {"host": "db", "password_secret": "hunter2"}}},
+         "accounting.database.password_secret: must be file:/PATH, aws-secretsmanager:NAME or "
+         "a Secrets Manager ARN (never the password itself)"),
+        ({"accounting": {"database": {"host": "db"}}},
+         "accounting.database.password_secret: required"),
+    ],
+)  # fmt: skip
+def test_bad_tenants_and_accounting_name_the_field(data: dict[str, Any], expected: str) -> None:
+    assert expected in _problems_of({"users": TWO_USERS, **data})
+
+
+def test_an_external_database_takes_a_secret_reference() -> None:
+    spec = parse_spec({
+        "name": "x",
+        "accounting": {"database": {"host": "db.example.org", "password_secret": "file:/p"}},
+    })  # fmt: skip
+    assert spec.accounting.database is not None
+    assert (spec.accounting.database.port, spec.accounting.database.user) == (3306, "slurm")
+    assert spec.accounting.database.name == "slurm_acct_db"

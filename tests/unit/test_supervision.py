@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from clusterkit.providers.aws.provider import AwsProvider
 from clusterkit.providers.local.provider import LocalProvider
-from clusterkit.spec import parse_spec_text
+from clusterkit.spec import AccountingSpec, DatabaseSpec, parse_spec_text
 from clusterkit.supervision import compute_services, head_services, shell_lines, tool
 
 SPEC = parse_spec_text("{name: demo, users: [{name: ann, uid: 2001}, {name: bob, uid: 2002}]}",
@@ -36,6 +36,13 @@ def test_nfs_nodes_and_systemd_hosts_supervise_no_mount_or_nothing() -> None:
 
 def test_the_head_keeps_its_controller_and_reconciler_and_the_events_consumer_if_any() -> None:
     names = [s.name for s in head_services(SPEC, LocalProvider.traits, spot_events=False)]
+    assert names == ["sshd", "munged", "mariadbd", "slurmdbd", "slurmctld", "ck-reconciler"]
+    external = SPEC.model_copy(update={"accounting": AccountingSpec(database=DatabaseSpec(
+        host="db.example.org", password_secret="file:/p"))})  # fmt: skip
+    names = [s.name for s in head_services(external, LocalProvider.traits, spot_events=False)]
+    assert names == ["sshd", "munged", "slurmdbd", "slurmctld", "ck-reconciler"]
+    off = SPEC.model_copy(update={"accounting": AccountingSpec(enabled=False)})
+    names = [s.name for s in head_services(off, LocalProvider.traits, spot_events=False)]
     assert names == ["sshd", "munged", "slurmctld", "ck-reconciler"]
     with_events = head_services(SPEC, LocalProvider.traits, spot_events=True)
     assert with_events[-1].name == "ck-spot-events" and with_events[-1].background

@@ -27,6 +27,7 @@ from clusterkit.providers.aws.resources import ClusterResources, planned
 from clusterkit.providers.aws.session import Aws
 from clusterkit.providers.base import DryRun, NodeBoot, Provider
 from clusterkit.render import render
+from clusterkit.secretref import checked_password
 from clusterkit.spec import ClusterSpec, GroupSpec
 from clusterkit.state import ClusterState, NodeState
 from clusterkit.traits import Traits
@@ -47,6 +48,9 @@ IMAGE_NEEDED = (
 def group_options(group: GroupSpec) -> list[Option]:
     """The group's ways to get capacity, in the order the head's resume program tries them."""
     return [Option(**o) for o in capacity_options(group)]
+
+
+SECRETS_PREFIXES = ("aws-secretsmanager:", "arn:aws:secretsmanager:")
 
 
 class AwsProvider(Provider):
@@ -82,6 +86,23 @@ class AwsProvider(Provider):
     @functools.cached_property
     def resources(self) -> ClusterResources:
         return ClusterResources(self.aws, self.spec, self.state.network, self.state.save)
+
+    def read_secret(self, ref: str, field: str) -> str:
+        """``aws-secretsmanager:NAME`` or a Secrets Manager ARN: the secret's string, read
+        with the cluster's credentials; ``file:/PATH`` as anywhere."""
+        if not ref.startswith(SECRETS_PREFIXES):
+            return super().read_secret(ref, field)
+        secret_id = ref.removeprefix(SECRETS_PREFIXES[0])
+        answer = aws_call(
+            "secretsmanager GetSecretValue",
+            f"{field} ({secret_id})",
+            self.aws.client("secretsmanager").get_secret_value,
+            SecretId=secret_id,
+        )
+        value = answer.get("SecretString")
+        if not isinstance(value, str):
+            raise SpecError(field, [f"secret {secret_id} holds no string (SecretString)"])
+        return checked_password(value.strip(), f"{field} ({secret_id})")
 
     @classmethod
     def check_prerequisites(cls) -> None:

@@ -39,6 +39,10 @@ NODE_DIRS = {
     "log/clusterkit": "/var/log/clusterkit",
     "spool/slurmd": "/var/spool/slurmd",
     "spool/slurmctld": "/var/spool/slurmctld",
+    # The head's MariaDB (accounting): its tables, socket and log are the node's own.
+    "lib/mysql": "/var/lib/mysql",
+    "run/mysqld": "/run/mysqld",
+    "log/mysql": "/var/log/mysql",
 }
 # root's home on a node. The host's /root stays visible at its own path, as the rest of the
 # login node's file system does (a venv or script there runs in jobs), but root's logins on

@@ -14,6 +14,7 @@ from clusterkit.nodetools.supervise import listening
 from clusterkit.plan import (
     ClusterUser,
     NodePlan,
+    TenantGroup,
     gateway_address,
     home_root,
     node_address,
@@ -196,7 +197,7 @@ class LocalProvider(Provider):
         atomic_write(ssh / "sshd_config", render("ssh/sshd_config.j2", **values), mode=0o600)
         atomic_write(ssh / "ssh_config", render("ssh/node_ssh_config.j2", **values))
         atomic_write(node.root / "hosts", boot.hosts)
-        for name, text in account_files(boot.users).items():
+        for name, text in account_files(boot.users, boot.groups).items():
             atomic_write(node.root / name, text, mode=0o640 if name == "shadow" else 0o644)
         if boot.node_key is not None:
             key = boot.node_key.read_text(encoding="utf-8")
@@ -285,8 +286,11 @@ def _with_root_home(passwd: str, home: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def account_files(users: tuple[ClusterUser, ...]) -> dict[str, str]:
-    """A node's passwd, group and shadow: the host image's accounts plus the cluster users.
+def account_files(
+    users: tuple[ClusterUser, ...], tenants: tuple[TenantGroup, ...] = ()
+) -> dict[str, str]:
+    """A node's passwd, group and shadow: the host image's accounts plus the cluster users
+    and the tenants' groups.
 
     They are private to the node (bind-mounted), so cluster users never appear on the host.
     A cluster user must not collide with an account of the image under another id.
@@ -318,6 +322,12 @@ def account_files(users: tuple[ClusterUser, ...]) -> dict[str, str]:
         extra["shadow"].append(f"{u.name}:*:20000:0:99999:7:::")
         if u.name not in groups:
             extra["group"].append(f"{u.name}:x:{u.gid}:")
+    for t in tenants:
+        if t.name in groups:
+            raise ProviderError(
+                f"tenants: {t.name!r} is a group of the node image already; choose another name"
+            )
+        extra["group"].append(f"{t.name}:x:{t.gid}:{','.join(t.members)}")
     return {
         name: text.rstrip("\n") + "\n" + "".join(line + "\n" for line in extra[name])
         for name, text in files.items()

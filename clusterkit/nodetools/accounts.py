@@ -1,0 +1,179 @@
+"""``ck-accounts``: make Slurm's accounts, QOS and users what ``accounts.json`` says.
+
+Runs on the head (the ``accounting`` role runs it after slurmctld registered with slurmdbd).
+It reads what slurmdbd holds with ``sacctmgr -P``, compares it with the plan clusterkit
+computed, and runs only the ``sacctmgr`` commands that close the difference, printing one
+``changed: ...`` line for each. Run again on an unchanged plan it runs none and prints none,
+so ``up`` again leaves accounting as it was. ``sacctmgr`` itself cannot tell (it answers
+"Modified" to a modification that changed nothing), hence the comparison here.
+
+A user moved to another tenant loses its old association (Slurm refuses while it has jobs
+running: the error says so). Accounts the plan no longer names are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clusterkit.errors import CommandError
+from clusterkit.proc import run
+
+SACCTMGR = "sacctmgr"
+# sacctmgr prints memory with a unit (mem=2G); plans hold MiB.
+_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
+
+
+@dataclass(frozen=True)
+class Current:
+    """What slurmdbd holds now, as far as the plan cares."""
+
+    qos: Mapping[str, Mapping[str, str]]  # name -> GrpTRES, GrpJobs, MaxJobsPerUser, Flags
+    accounts: Mapping[str, tuple[str, str]]  # account -> (qos list, default qos)
+    users: Mapping[str, frozenset[str]]  # user -> its accounts
+
+
+def _rows(*args: str) -> list[list[str]]:
+    out = run([SACCTMGR, "-n", "-P", *args]).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def read_current(cluster: str) -> Current:
+    qos = {
+        row[0]: {"GrpTRES": row[1], "GrpJobs": row[2], "MaxJobsPerUser": row[3], "Flags": row[4]}
+        for row in _rows("show", "qos", "format=name,grptres,grpjobs,maxjobsperuser,flags")
+    }
+    accounts: dict[str, tuple[str, str]] = {}
+    users: dict[str, set[str]] = {}
+    assoc = _rows("show", "assoc", f"cluster={cluster}", "format=account,user,qos,defaultqos")
+    for account, user, qos_list, default_qos in assoc:
+        if user:
+            users.setdefault(user, set()).add(account)
+        else:
+            accounts[account] = (qos_list, default_qos)
+    return Current(qos=qos, accounts=accounts, users={u: frozenset(a) for u, a in users.items()})
+
+
+def tres(text: str) -> dict[str, int]:
+    """``cpu=4,mem=2G,node=-1`` -> ``{"cpu": 4, "mem": 2048}``: unset limits left out."""
+    found: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        key, _, raw = part.partition("=")
+        m = re.fullmatch(r"(-?\d+)([KMGTP]?)", raw.strip())
+        if m is None:
+            raise ValueError(f"unexpected TRES value {part!r}")
+        value = int(m.group(1))
+        if value >= 0:
+            found[key] = round(value * _UNITS.get(m.group(2) or "M", 1))
+    return found
+
+
+def _limit(raw: str) -> str:
+    return "" if raw in ("", "-1") else raw
+
+
+def _flags(raw: str) -> set[str]:
+    return set(filter(None, raw.split(",")))
+
+
+def qos_differs(want: Mapping[str, str], have: Mapping[str, str]) -> bool:
+    if tres(want["GrpTRES"]) != tres(have.get("GrpTRES", "")):
+        return True
+    if _flags(want["Flags"]) != _flags(have.get("Flags", "")):
+        return True
+    return any(
+        _limit(want[key]) != _limit(have.get(key, "")) for key in ("GrpJobs", "MaxJobsPerUser")
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One sacctmgr run: its arguments, and for ``load`` the file it loads."""
+
+    argv: tuple[str, ...]
+    load: str = ""
+
+    def describe(self) -> str:
+        if self.load:
+            return "load " + "; ".join(self.load.splitlines()[2:])
+        return " ".join(self.argv)
+
+
+def _settings(limits: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(f"{k}={v}" for k, v in limits.items())
+
+
+def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
+    """The sacctmgr runs that make ``current`` the plan, as few as it takes.
+
+    Each sacctmgr run costs about half a second here whatever it does, so new QOS with the
+    same limits are added by one run, and new accounts and users by one ``load``.
+    """
+    cluster = plan["cluster"]
+    todo: list[Step] = []
+    new_qos: dict[tuple[str, ...], list[str]] = {}
+    load = [f"Cluster - '{cluster}'", "Parent - 'root'"]
+    for account in plan["accounts"]:
+        name, limits = account["name"], account["qos"]
+        if name not in current.qos:
+            new_qos.setdefault(_settings(limits), []).append(name)
+        elif qos_differs(limits, current.qos[name]):
+            todo.append(Step(("modify", "qos", name, "set", *_settings(limits))))
+        if name not in current.accounts:
+            load.append(
+                f"Account - '{name}':Description='{account['description']}'"
+                f":Organization='clusterkit':QOS='{name}':DefaultQOS='{name}'"
+            )
+        elif current.accounts[name] != (name, name):
+            todo.append(Step((
+                "modify", "account", name, "where", f"cluster={cluster}", "set",
+                f"qos={name}", f"defaultqos={name}",
+            )))  # fmt: skip
+    moved = []
+    for user in plan["users"]:
+        name, account = user["name"], user["account"]
+        have = current.users.get(name, frozenset())
+        if account not in have:
+            load += [f"Parent - '{account}'", f"User - '{name}':DefaultAccount='{account}'"]
+            if have:
+                moved.append(Step(("modify", "user", name, "set", f"defaultaccount={account}")))
+        moved += [
+            Step(("delete", "user", name, f"account={old}", f"cluster={cluster}"))
+            for old in sorted(have - {account})
+        ]
+    added = [Step(("add", "qos", ",".join(names), *s)) for s, names in new_qos.items()]
+    loaded = [Step(("load", "file=/dev/stdin"), "\n".join(load) + "\n")] if len(load) > 2 else []
+    return [*added, *todo, *loaded, *moved]
+
+
+def apply(plan: Mapping[str, Any]) -> list[str]:
+    """Run what closes the difference; return one description per sacctmgr run."""
+    done = []
+    for step in steps(plan, read_current(plan["cluster"])):
+        run([SACCTMGR, "-i", *step.argv], input=step.load or None)
+        done.append(step.describe())
+    return done
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ck-accounts",
+        description="Make Slurm's accounts, QOS and users those of clusterkit's plan "
+        "(prints 'changed: ...' per change; nothing when already so).",
+    )
+    parser.add_argument("--plan", default="/etc/clusterkit/accounts.json")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.plan, encoding="utf-8") as fh:
+            plan = json.load(fh)
+        for line in apply(plan):
+            print(f"changed: {line}")
+    except (OSError, ValueError, CommandError) as exc:
+        print(f"ck-accounts: {exc}", file=sys.stderr)
+        return 1
+    return 0
