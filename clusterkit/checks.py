@@ -21,6 +21,18 @@ plan order. The checks, per node (``HEAD_CHECKS``, ``COMPUTE_CHECKS``):
 - ``cgroup-cpus`` / ``cgroup-memory`` (computes): a step run from the head as the first cluster
   user with ``srun -c1 --mem=64M`` sees one CPU and an effective memory limit of 64 MiB.
 
+With accounting on (the head):
+
+- ``slurmdbd``: the daemon runs; ``accounting``: slurmdbd holds the cluster's row (slurmctld
+  registered with it);
+- ``sacct``: accounting recorded every job the ``cgroup-*`` steps ran (``sacct -j``).
+
+With two tenants or more and two compute nodes or more (the head):
+
+- ``tenant-isolation``: a job of the first tenant's first user runs; the second tenant's
+  first user cannot list it (``squeue``), and its own job, started meanwhile, runs on another
+  node.
+
 A check that could not run (SSH down, a command missing or hanging) fails, and its detail
 says why.
 """
@@ -44,6 +56,9 @@ COMPUTE_CHECKS: tuple[str, ...] = (
     "munged", "slurmd", "munge-from-head", "munge-to-head", "slurm-conf", "shared-mounted",
     "shared-rw", "slurm-idle", "cgroup-cpus", "cgroup-memory",
 )  # fmt: skip
+
+ACCOUNTING_CHECKS: tuple[str, ...] = ("slurmdbd", "accounting", "sacct")
+TENANT_CHECKS: tuple[str, ...] = ("tenant-isolation",)
 
 HEAD_SLURM_CONF = "/etc/slurm/slurm.conf"
 CACHED_SLURM_CONF = f"{path_settings()['SlurmdSpoolDir']}/conf-cache/slurm.conf"
@@ -94,10 +109,27 @@ class Layout:
     shared_dir: str
     head_mounts_shared: bool
     rendered_conf: Path
+    accounting: bool = False
+    slurm_cluster: str = ""
+    tenant_users: tuple[str, ...] = ()  # the first user of each tenant, in spec order
 
     @property
     def nodes(self) -> tuple[str, ...]:
         return (self.head, *self.computes)
+
+    @property
+    def checks_isolation(self) -> bool:
+        """Two tenants' jobs can be put side by side: two tenants, two nodes."""
+        return self.accounting and len(self.tenant_users) >= 2 and len(self.computes) >= 2
+
+    @property
+    def head_checks(self) -> tuple[str, ...]:
+        """The head's checks, in order, for this cluster."""
+        return (
+            HEAD_CHECKS
+            + (ACCOUNTING_CHECKS if self.accounting else ())
+            + (TENANT_CHECKS if self.checks_isolation else ())
+        )
 
 
 Key = tuple[str, str]
@@ -123,6 +155,7 @@ def judge_all(
 ) -> list[Check]:
     """Every check from what the probes gave, head first, then computes in plan order."""
     checks = _head_checks(layout, probes) + _compute_checks(layout, probes)
+    checks += _accounting_checks(layout, probes)
     checks += _every_node_checks(layout, probes, files, token)
     return sorted(checks, key=lambda c: _order(layout, c))
 
@@ -134,6 +167,83 @@ def _head_checks(layout: Layout, probes: Mapping[Key, Output]) -> list[Check]:
         judge_ping(head, probes[head, "ping"]),
         judge_head_conf(head, probes[head, "conf"], _local_sha256(layout.rendered_conf)),
     ]
+
+
+def _accounting_checks(layout: Layout, probes: Mapping[Key, Output]) -> list[Check]:
+    head = layout.head
+    checks = []
+    if layout.accounting:
+        checks += [
+            judge_daemon(head, "slurmdbd", probes[head, "slurmdbd"]),
+            judge_registered(head, layout.slurm_cluster, probes[head, "clusters"]),
+            judge_sacct(head, step_jobs(layout, probes), probes.get((head, "sacct"))),
+        ]
+    if layout.checks_isolation:
+        checks.append(judge_isolation(head, layout.tenant_users, probes.get((head, "tenants"))))
+    return checks
+
+
+def step_jobs(layout: Layout, probes: Mapping[Key, Output]) -> list[str]:
+    """The job ids the ``cgroup-*`` steps printed (``job N``), in node order."""
+    found = []
+    for node in layout.computes:
+        out = probes.get((node, "step"))
+        for line in out.stdout.splitlines() if out is not None and out.ok else []:
+            key, _, value = line.strip().partition(" ")
+            if key == "job" and value.isdigit():
+                found.append(value)
+    return list(dict.fromkeys(found))
+
+
+def judge_registered(node: str, cluster: str, out: Output) -> Check:
+    """``sacctmgr list cluster`` names the cluster once slurmctld registered with slurmdbd."""
+    if not out.ok:
+        return Check(node, "accounting", False, f"slurmdbd does not answer: {out.why()}")
+    if cluster in out.stdout.split():
+        return Check(node, "accounting", True, f"cluster {cluster} is registered with slurmdbd")
+    return Check(
+        node, "accounting", False,
+        f"slurmdbd knows no cluster {cluster} (slurmctld did not register; its log says why)",
+    )  # fmt: skip
+
+
+def judge_sacct(node: str, jobs: Sequence[str], out: Output | None) -> Check:
+    """``sacct -j`` lists every job the steps ran."""
+    if not jobs or out is None:
+        return Check(node, "sacct", False, "no verify job ran to look for in accounting")
+    if not out.ok:
+        return Check(node, "sacct", False, f"sacct failed: {out.why()}")
+    seen = {line.split("|")[0] for line in out.stdout.splitlines() if line.strip()}
+    missing = [j for j in jobs if j not in seen]
+    if missing:
+        return Check(node, "sacct", False, f"accounting has no record of job {', '.join(missing)}")
+    return Check(node, "sacct", True, f"accounting recorded the {len(jobs)} verify job(s)")
+
+
+def judge_isolation(node: str, users: Sequence[str], out: Output | None) -> Check:
+    """``ISOLATION_SCRIPT``'s lines ``first HOST``, ``second HOST`` and ``seen N``."""
+    first, second = users[0], users[1]
+    if out is None:
+        return Check(node, "tenant-isolation", False, "slurmctld does not answer")
+    got = dict(line.strip().partition(" ")[::2] for line in out.stdout.splitlines())
+    hosts = got.get("first", ""), got.get("second", "")
+    if not out.ok or not all(hosts):
+        return Check(node, "tenant-isolation", False, f"the tenants' jobs did not run: {out.why()}")
+    if got.get("seen", "") != "0":
+        return Check(
+            node, "tenant-isolation", False,
+            f"{second} can list {got.get('seen')} job(s) of {first}, another tenant's user",
+        )  # fmt: skip
+    if hosts[0] == hosts[1]:
+        return Check(
+            node, "tenant-isolation", False,
+            f"jobs of {first} and {second}, of two tenants, ran side by side on {hosts[0]}",
+        )  # fmt: skip
+    return Check(
+        node, "tenant-isolation", True,
+        f"{first}'s job on {hosts[0]} and {second}'s on {hosts[1]}; "
+        f"{second} cannot list {first}'s",
+    )  # fmt: skip
 
 
 def _compute_checks(layout: Layout, probes: Mapping[Key, Output]) -> list[Check]:
@@ -176,7 +286,7 @@ def _every_node_checks(
 
 
 def _order(layout: Layout, check: Check) -> tuple[int, int]:
-    names = HEAD_CHECKS if check.node == layout.head else COMPUTE_CHECKS
+    names = layout.head_checks if check.node == layout.head else COMPUTE_CHECKS
     rank = names.index(check.name) if check.name in names else len(names)
     return layout.nodes.index(check.node), rank
 

@@ -41,6 +41,7 @@ from clusterkit.checks import (
     judge_all,
     node_ready,
     shared_content,
+    step_jobs,
 )
 from clusterkit.errors import SlurmError
 from clusterkit.files import ClusterFiles
@@ -80,6 +81,7 @@ TIMED_OUT = 124  # exit status of coreutils' timeout when it had to stop the com
 # but a local node sees only its cluster's subtree (bind-mounted over the controller), so the
 # longest suffix of that path that exists under the mount is the step's cgroup.
 CGROUP_SCRIPT = r"""
+echo "job $SLURM_JOB_ID"
 echo "cpus $(nproc)"
 root=/sys/fs/cgroup/memory file=memory.limit_in_bytes
 p=$(sed -n 's/^[0-9]*:memory:\(.*\)$/\1/p' /proc/self/cgroup)
@@ -94,6 +96,37 @@ while :; do
     [ -z "$p" ] && break
     p=${p%/*}
 done
+"""
+
+
+# Run on the head as root with the two users of two tenants: the first one's job holds a CPU;
+# the second must not see it, and its own job, started meanwhile, must land on another node.
+ISOLATION_SCRIPT = r"""
+cd /tmp
+first=$(mktemp) second=$(mktemp)
+step() { runuser -u "$1" -- srun --immediate=10 --job-name=ck-verify-tenant --time=1 \
+    --nodes=1 --ntasks=1 --cpus-per-task=1 --mem=64M sh -c "hostname; sleep $2"; }
+step "$FIRST" 3 >"$first" 2>&1 &
+i=0
+until [ -n "$(squeue -h -u "$FIRST" -t R -n ck-verify-tenant -o %i)" ] || [ $i -ge 40 ]; do
+    sleep 0.25; i=$((i + 1))
+done
+echo "seen $(runuser -u "$SECOND" -- squeue -h -u "$FIRST" -o %i | wc -l)"
+step "$SECOND" 0 >"$second" 2>&1
+wait
+echo "first $(head -n1 "$first")"
+echo "second $(head -n1 "$second")"
+rm -f "$first" "$second"
+"""
+# sacct until it lists every one of the jobs (slurmctld sends records to slurmdbd at once, but
+# not synchronously), at most 10 s.
+SACCT_SCRIPT = r"""
+for i in $(seq 40); do
+    n=$(sacct -n -X -P -j "$JOBS" -o jobid | sort -u | wc -l)
+    [ "$n" -ge "$COUNT" ] && break
+    sleep 0.25
+done
+sacct -n -X -P -j "$JOBS" -o jobid,state,user
 """
 
 
@@ -156,6 +189,9 @@ def layout_of(state: ClusterState, spec: ClusterSpec, traits: Traits) -> Layout:
         shared_dir=spec.shared_storage.mount_point,
         head_mounts_shared=traits.head_mounts_shared,
         rendered_conf=ClusterFiles(state.dir).slurm_conf_dir / "slurm.conf",
+        accounting=spec.accounting.enabled,
+        slurm_cluster=spec.slurm_cluster_name,
+        tenant_users=tuple(t.users[0] for t in spec.tenants),
     )
 
 
@@ -291,7 +327,7 @@ def run_checks(layout: Layout, remote: Remote) -> list[Check]:
     with interrupt.pool(len(layout.nodes)) as pool:
         first = run_phase(pool, remote, first_plan(layout, files, token))
         second = run_phase(pool, remote, second_plan(layout, files, first))
-        third = run_phase(pool, remote, cleanup_plan(layout, files, first))
+        third = run_phase(pool, remote, cleanup_plan(layout, files, first, second))
     return judge_all(layout, {**first, **second, **third}, files, token)
 
 
@@ -304,6 +340,9 @@ def first_plan(layout: Layout, files: Mapping[str, str], token: str) -> dict[Key
         (head, "sinfo"): Command(head, shlex.join(SINFO_ARGV)),
         (head, "conf"): Command(head, f"sha256sum {HEAD_SLURM_CONF}"),
     }
+    if layout.accounting:
+        plan[head, "slurmdbd"] = Command(head, "pgrep -x slurmdbd")
+        plan[head, "clusters"] = Command(head, "sacctmgr -n -P list cluster format=cluster")
     for node in layout.computes:
         plan[node, "slurmd"] = Command(node, "pgrep -x slurmd")
         plan[node, "conf"] = Command(node, f"sha256sum {CACHED_SLURM_CONF}")
@@ -338,14 +377,28 @@ def second_plan(
 
 
 def cleanup_plan(
-    layout: Layout, files: Mapping[str, str], first: Mapping[Key, Output]
+    layout: Layout,
+    files: Mapping[str, str],
+    first: Mapping[Key, Output],
+    second: Mapping[Key, Output] | None = None,
 ) -> dict[Key, Command]:
-    """Each node removes what it wrote to shared storage."""
-    return {
+    """Each node removes what it wrote to shared storage; once the steps are done, the head
+    looks for them in accounting and puts two tenants' jobs side by side."""
+    plan = {
         (node, "remove"): Command(node, shlex.join(["rm", "-f", files[node]]))
         for node in layout.nodes
         if first[node, "write"].ok
     }
+    head, ping = layout.head, first[layout.head, "ping"].ok
+    jobs = step_jobs(layout, second or {})
+    if layout.accounting and jobs:
+        env = f"JOBS={','.join(jobs)} COUNT={len(jobs)}"
+        plan[head, "sacct"] = Command(head, f"{env}; export JOBS COUNT\n{SACCT_SCRIPT}")
+    if layout.checks_isolation and ping:
+        first_user, second_user = (shlex.quote(u) for u in layout.tenant_users[:2])
+        env = f"FIRST={first_user} SECOND={second_user}"
+        plan[head, "tenants"] = Command(head, f"{env}\n{ISOLATION_SCRIPT}", SRUN_TIMEOUT)
+    return plan
 
 
 def _unmunge(credential: Output) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from clusterkit.checks import ACCOUNTING_CHECKS
 from clusterkit.verify import COMPUTE_CHECKS, HEAD_CHECKS, Check, failures, verify
 from tests.driver import Clusterkit
 
@@ -53,7 +54,7 @@ def test_a_healthy_cluster_passes_every_check_on_every_node(ck: Clusterkit, clus
     assert failures(checks) == []
     by_node = names_by_node(checks)
     assert list(by_node) == [HEAD, *COMPUTES]
-    assert by_node[HEAD] == list(HEAD_CHECKS)
+    assert by_node[HEAD] == [*HEAD_CHECKS, *ACCOUNTING_CHECKS]  # accounting is on by default
     assert all(by_node[c] == list(COMPUTE_CHECKS) for c in COMPUTES)
     assert elapsed < 30, f"verify took {elapsed:.1f}s"
     # What shared-rw wrote is gone (the head's shared directory is the cluster's shared/).

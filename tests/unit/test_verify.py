@@ -351,8 +351,12 @@ def healthy_probes(layout: Layout) -> dict[Key, Output]:
         "write": ok(),
         "unmunge-head": ok(UNMUNGE_OK),
         "unmunge-node": ok(UNMUNGE_OK),
-        "step": ok(f"cpus 1\nmemory 67108864\nmemory {V1_UNLIMITED}\n"),
+        "step": ok(f"job 7\ncpus 1\nmemory 67108864\nmemory {V1_UNLIMITED}\n"),
         "remove": ok(),
+        "slurmdbd": ok("1054\n"),
+        "clusters": ok("demo\n"),
+        "sacct": ok("7|COMPLETED|ckuser\n"),
+        "tenants": ok("seen 0\nfirst compute-st-1\nsecond compute-st-2\n"),
     }
     first = {key: answers[key[1]] for key in first_plan(layout, files, RUN_ID)}
     second = {}
@@ -363,7 +367,7 @@ def healthy_probes(layout: Layout) -> dict[Key, Output]:
             second[key] = ok(text)
         else:
             second[key] = answers[key[1]]
-    third = {key: answers[key[1]] for key in cleanup_plan(layout, files, first)}
+    third = {key: answers[key[1]] for key in cleanup_plan(layout, files, first, second)}
     return {**first, **second, **third}
 
 
@@ -486,3 +490,63 @@ def test_up_waits_for_nodes_that_are_registering_not_for_drained_ones() -> None:
     ]
     assert registering(nodes, ["n1", "n2", "n3", "n4", "n5", "n6"]) == ["n2", "n3", "n6"]
     assert registering(nodes, ["n1", "n5"]) == []
+
+
+# --- accounting and tenants ---------------------------------------------------------------
+
+
+@pytest.fixture
+def tenants(layout: Layout) -> Layout:
+    return Layout(**{
+        **layout.__dict__, "accounting": True, "slurm_cluster": "demo",
+        "tenant_users": ("alice", "bob"),
+    })  # fmt: skip
+
+
+def _by_name(checks: list[Check], node: str) -> dict[str, Check]:
+    return {c.name: c for c in checks if c.node == node}
+
+
+def test_with_accounting_and_two_tenants_the_head_checks_them_after_its_own(
+    tenants: Layout,
+) -> None:
+    checks = judge_all(tenants, healthy_probes(tenants), files_of(tenants), RUN_ID)
+    assert failures(checks) == []
+    head = [c.name for c in checks if c.node == "demo-head"]
+    assert head == [*HEAD_CHECKS, "slurmdbd", "accounting", "sacct", "tenant-isolation"]
+    plan = cleanup_plan(tenants, files_of(tenants), healthy_probes(tenants),
+                        healthy_probes(tenants))  # fmt: skip
+    assert "JOBS=7 COUNT=1" in plan["demo-head", "sacct"].script
+    assert "FIRST=alice SECOND=bob" in plan["demo-head", "tenants"].script
+
+
+@pytest.mark.parametrize(
+    ("probe", "answer", "check", "detail"),
+    [
+        ("clusters", ok("other\n"), "accounting", "slurmdbd knows no cluster demo"),
+        ("clusters", Output(1, "", "Connection refused"), "accounting",
+         "slurmdbd does not answer"),
+        ("sacct", ok(""), "sacct", "accounting has no record of job 7"),
+        ("tenants", ok("seen 1\nfirst compute-st-1\nsecond compute-st-2\n"),
+         "tenant-isolation", "bob can list 1 job(s) of alice"),
+        ("tenants", ok("seen 0\nfirst compute-st-1\nsecond compute-st-1\n"),
+         "tenant-isolation", "ran side by side on compute-st-1"),
+        ("tenants", Output(1, "seen 0\nfirst compute-st-1\nsecond \n", "srun: error"),
+         "tenant-isolation", "the tenants' jobs did not run"),
+        ("slurmdbd", Output(1, "", ""), "slurmdbd", "slurmdbd is not running"),
+    ],
+)  # fmt: skip
+def test_what_breaks_accounting_or_isolation_fails_its_check(
+    tenants: Layout, probe: str, answer: Output, check: str, detail: str
+) -> None:
+    probes = {**healthy_probes(tenants), ("demo-head", probe): answer}
+    got = _by_name(judge_all(tenants, probes, files_of(tenants), RUN_ID), "demo-head")[check]
+    assert not got.ok
+    assert detail in got.detail
+
+
+def test_one_tenant_or_one_node_is_not_checked_for_isolation(tenants: Layout) -> None:
+    one = Layout(**{**tenants.__dict__, "tenant_users": ("alice",)})
+    assert "tenant-isolation" not in one.head_checks
+    small = Layout(**{**tenants.__dict__, "computes": ("compute-st-1",)})
+    assert "tenant-isolation" not in small.head_checks
