@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from clusterkit import cluster as lib
-from clusterkit import clusterinfo
+from clusterkit import clusterinfo, why
 from clusterkit import interrupt as signals
 from clusterkit.cli import console
 from clusterkit.cli.console import StepProgress, output_option
@@ -37,6 +37,7 @@ from clusterkit.spec import (
 from clusterkit.verify import failures, verify
 
 DEFAULT_SPEC = "cluster.yaml"
+MAX_WAITING_SHOWN = 10  # pending jobs whose reason status spells out
 
 
 class RichProgress(StepProgress):
@@ -225,7 +226,7 @@ def _print_status(st: clusterinfo.ClusterStatus) -> None:
     if st.slurm.error:
         console.out.print(f"[yellow]Slurm:[/] {escape(st.slurm.error)}")
         return
-    _print_queue(st.slurm.jobs)
+    _print_queue(st.slurm.jobs, st.name)
     _print_actions(st.actions)
 
 
@@ -244,7 +245,7 @@ def _print_actions(actions: list[dict[str, Any]]) -> None:
         )
 
 
-def _print_queue(jobs: list[SlurmJob]) -> None:
+def _print_queue(jobs: list[SlurmJob], name: str) -> None:
     active = [j for j in jobs if not j.is_finished]
     if not active:
         console.out.print("queue: empty")
@@ -256,6 +257,12 @@ def _print_queue(jobs: list[SlurmJob]) -> None:
             escape(j.name),
         )  # fmt: skip
     console.out.print(table)
+    waiting = [(j, words) for j in active if j.state == "PENDING"
+               if (words := why.in_words(j.reason, j.display_id))]  # fmt: skip
+    for j, words in waiting[:MAX_WAITING_SHOWN]:
+        console.out.print(f"  {j.display_id} waits: {escape(words)}")
+    if waiting:
+        console.out.print(f"  (clusterkit why {name} JOBID: what it waits for, with numbers)")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
