@@ -156,7 +156,7 @@ def slurm_conf_values(
         "plugins": plugin_settings(spec, traits),
         "jobs": job_settings(spec),
         "throughput": throughput_settings(),
-        "accounting": accounting_settings(spec, head_name),
+        "accounting": accounting_settings(spec, head_address),
         "power": power_settings(spec, nodes),
         "nodes": [node_settings(spec, node) for node in nodes],
         "partitions": partition_settings(spec, nodes),
@@ -255,7 +255,7 @@ def throughput_settings() -> Settings:
     }
 
 
-def accounting_settings(spec: ClusterSpec, head_name: str) -> Settings:
+def accounting_settings(spec: ClusterSpec, head_address: str) -> Settings:
     """slurmdbd keeps every job; tenants are accounts that never share a node.
 
     Without accounting: no records, no sampling, and so no tenants (the spec refuses them).
@@ -269,7 +269,9 @@ def accounting_settings(spec: ClusterSpec, head_name: str) -> Settings:
         }
     settings = {
         "AccountingStorageType": "accounting_storage/slurmdbd",
-        "AccountingStorageHost": head_name,
+        # The address, as in SlurmctldHost: clients on the login node (which resolves no
+        # cluster names) reach slurmdbd too.
+        "AccountingStorageHost": head_address,
         "AccountingStoragePort": str(SLURMDBD_PORT),
         # Without limits and qos Slurm ignores every limit; without safe, a job that a limit
         # would stop halfway is started anyway (safe: it waits).

@@ -12,7 +12,7 @@ from tests.driver import Clusterkit
 # What runs on a node: its init (python3), sshd, the daemons, and their launchers.
 NODE_COMMANDS = {
     "python3", "sshd", "bash", "nsenter", "unshare", "munged", "slurmd", "slurmctld",
-    "slurmstepd", "sshfs",
+    "slurmstepd", "sshfs", "mariadbd", "slurmdbd",
 }  # fmt: skip
 
 

@@ -68,7 +68,7 @@ def test_gpu_limits_exist_only_where_the_cluster_has_gpus() -> None:
         "tenants": [{"name": "ml", "users": ["ckuser"], "limits": {"gpus": 1}}],
     })  # fmt: skip
     assert accounts_plan(gpu)["accounts"][0]["qos"]["GrpTRES"].endswith(",gres/gpu=1")
-    assert accounting_settings(gpu, "g-head")["AccountingStorageTRES"] == "gres/gpu"
+    assert accounting_settings(gpu, "10.0.0.2")["AccountingStorageTRES"] == "gres/gpu"
     assert "gres/gpu" not in accounts_plan(SPEC)["accounts"][0]["qos"]["GrpTRES"]
 
 
@@ -80,7 +80,9 @@ def test_the_init_sql_quotes_a_given_password() -> None:
 
 def test_no_accounting_means_no_slurmdbd_and_no_role_inputs() -> None:
     off = parse_spec({"name": "x", "accounting": {"enabled": False}})
-    assert accounting_settings(off, "x-head")["AccountingStorageType"] == "accounting_storage/none"
+    assert (
+        accounting_settings(off, "10.0.0.2")["AccountingStorageType"] == "accounting_storage/none"
+    )
     assert playbook_vars(off, password_src="/p", files={}) == {"ck_accounting": False}
 
 

@@ -66,6 +66,8 @@ def client_env(state: ClusterState) -> dict[str, str]:
 
     A client slurm.conf is the cluster's own plus ``AuthInfo`` pointing at the head's munge
     socket, which lives in the head's private directory and so is reachable from the host.
+    Connections to slurmdbd (sacct, sacctmgr) take their munge socket from
+    ``AccountingStoragePass`` instead (slurm.conf(5)), so it names the same socket.
     """
     name = state.name
     conf = ClusterFiles(state.dir).slurm_conf_dir / "slurm.conf"
@@ -75,10 +77,10 @@ def client_env(state: ClusterState) -> dict[str, str]:
     client = state.dir / "client" / "slurm.conf"
     text = conf.read_text(encoding="utf-8")
     # Quoted: slurm.conf ends a value at a space, and a home's path may have one.
-    atomic_write(
-        client,
-        text + f'\n# Host-side clients reach the head\'s munged:\nAuthInfo="socket={socket}"\n',
-    )
+    lines = f'\n# Host-side clients reach the head\'s munged:\nAuthInfo="socket={socket}"\n'
+    if "AccountingStorageType=accounting_storage/slurmdbd" in text:
+        lines += f'AccountingStoragePass="{socket}"\n'
+    atomic_write(client, text + lines)
     return {"SLURM_CONF": str(client)}
 
 

@@ -1,0 +1,183 @@
+"""Accounting and tenants on a real cluster: MariaDB and slurmdbd on the head, two tenants
+with limits, and clients from this machine (submitit, sacct) following jobs through it.
+
+One cluster for the module: tenant physics (alice, at most 2 CPUs at once), tenant chem (bob),
+and carol in no tenant; two compute nodes of 2 CPUs."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.driver import Clusterkit
+from tests.local_residue import residue
+
+NAME = "tnt"
+HEAD = f"{NAME}-head"
+SPEC = {
+    "name": NAME,
+    "groups": [{"name": "compute", "min": 2, "max": 2, "cpus": 2, "memory_mb": 2048}],
+    "users": [{"name": "alice", "uid": 2101}, {"name": "bob", "uid": 2102},
+              {"name": "carol", "uid": 2103}],
+    "tenants": [{"name": "physics", "users": ["alice"], "limits": {"cpus": 2}},
+                {"name": "chem", "users": ["bob"]}],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(ck: Clusterkit) -> Iterator[str]:
+    ck.run("up", "-f", str(ck.write_spec(SPEC)), timeout=600)
+    yield NAME
+    ck.down(NAME, check=False)
+
+
+def as_user(ck: Clusterkit, user: str, command: str, node: str = HEAD, check: bool = True) -> str:
+    done = ck.ssh(NAME, node, f"cd /tmp && runuser -u {user} -- sh -c '{command}'", check=check)
+    return done.stdout.strip() + done.stderr.strip() * (not check)
+
+
+def job_state(ck: Clusterkit, job: str) -> tuple[str, str, str]:
+    """(state, reason, nodes) as root sees them."""
+    out = ck.ssh(NAME, HEAD, f"squeue -h -j {job} -o '%T|%r|%N'", check=False).stdout.strip()
+    state, _, rest = out.partition("|")
+    reason, _, nodes = rest.partition("|")
+    return state or "GONE", reason, nodes
+
+
+def wait_state(ck: Clusterkit, job: str, states: set[str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := job_state(ck, job)[0]) not in states:
+        assert time.monotonic() < deadline, f"job {job} stayed {state}, not {states}"
+        time.sleep(0.5)
+    return state
+
+
+def accounting_dump(ck: Clusterkit) -> str:
+    return ck.ssh(NAME, HEAD, "sacctmgr -n -P show assoc format=account,user,qos,defaultqos; "
+                  "sacctmgr -n -P show qos format=name,grptres,grpjobs,maxjobsperuser,flags; "
+                  "sacctmgr -n -P show user format=user,defaultaccount").stdout  # fmt: skip
+
+
+def test_up_starts_the_database_and_slurmdbd_and_keeps_the_password_private(
+    ck: Clusterkit, cluster: str
+) -> None:
+    status = ck.status(cluster)
+    assert status["status"] == "ready", status
+    out = ck.ssh(cluster, HEAD, "pgrep -x mariadbd; pgrep -x slurmdbd; "
+                 "stat -c '%a %U' /etc/slurm/slurmdbd.conf; "
+                 "ss -Hltn 'sport = :3306' | awk '{print $4}'").stdout.split()  # fmt: skip
+    assert out[-3:] == ["600", "slurm", "127.0.0.1:3306"], out  # the database: the head only
+    keys = ck.cluster_dir(cluster) / "keys"
+    password = (keys / "slurmdb.password").read_text()
+    assert len(password) >= 24
+    assert (keys / "slurmdb.password").stat().st_mode & 0o777 == 0o400
+    logs = [p for p in (ck.cluster_dir(cluster) / "ansible").rglob("*") if p.is_file()]
+    assert logs and not [p for p in logs if password in p.read_text(errors="replace")]
+    verify = ck.run("verify", cluster).stdout
+    for check in ("slurmdbd", "accounting", "sacct", "tenant-isolation"):
+        line = next(x for x in verify.splitlines() if f" {check} " in x)
+        assert " ok " in line, line
+
+
+def test_submitit_and_sacct_follow_an_array_from_this_machine(
+    ck: Clusterkit, cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import submitit
+
+    env = ck.client_env(cluster)
+    for key in ("SLURM_CONF",):
+        monkeypatch.setenv(key, env[key])
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit")
+    executor.update_parameters(timeout_min=5, slurm_partition="all", cpus_per_task=1,
+                               mem_gb=0.5)  # fmt: skip
+    jobs = executor.map_array(pow, [2, 3, 4], [2, 2, 2])
+    deadline = time.monotonic() + 120
+    while (states := [j.state for j in jobs]) != ["COMPLETED"] * 3:  # submitit asks sacct
+        assert time.monotonic() < deadline, states
+        time.sleep(1)
+    assert [j.result() for j in jobs] == [4, 9, 16]
+    array = jobs[0].job_id.split("_")[0]
+    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-j", array, "-o", "jobid,state"],
+                           env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert sorted(sacct.split()) == [f"{array}_{i}|COMPLETED" for i in range(3)]
+
+
+def test_a_tenant_at_its_cpu_limit_waits_while_another_runs_elsewhere(
+    ck: Clusterkit, cluster: str
+) -> None:
+    first = as_user(ck, "alice", 'sbatch --parsable -n2 --wrap="sleep 30"')
+    second = as_user(ck, "alice", 'sbatch --parsable -n2 --wrap="echo second"')
+    wait_state(ck, first, {"RUNNING"})
+    time.sleep(1)  # a scheduling pass that could have started the second
+    assert job_state(ck, second)[:2] == ("PENDING", "QOSGrpCpuLimit")
+    why = ck.run("why", cluster, second).stdout
+    assert "tenant physics is at its limit of 2 CPUs at once" in why, why
+    assert "2 held by its running jobs, and this job asks for 2" in why, why
+    theirs = as_user(ck, "bob", 'sbatch --parsable -n1 --wrap="sleep 5"')
+    wait_state(ck, theirs, {"RUNNING", "COMPLETED", "GONE"})
+    assert job_state(ck, theirs)[2] != job_state(ck, first)[2]  # never beside physics' job
+    # bob sees none of alice's jobs, in the queue or in accounting
+    assert as_user(ck, "bob", "squeue -h -u alice -o %i") == ""
+    assert first not in as_user(ck, "bob", "sacct -n -X -a -o jobid")
+    ck.ssh(cluster, HEAD, f"scancel {first}")
+    wait_state(ck, second, {"RUNNING", "COMPLETED", "GONE"})
+
+
+def test_a_tenants_directory_is_its_own(ck: Clusterkit, cluster: str) -> None:
+    wrote = as_user(ck, "alice", "srun -w compute-st-1 sh -c \"echo mine > "
+                    "/shared/tenants/physics/a && cat /shared/tenants/physics/a\"")  # fmt: skip
+    assert wrote == "mine"
+    denied = as_user(ck, "bob", "srun -w compute-st-2 cat /shared/tenants/physics/a",
+                     check=False)  # fmt: skip
+    assert "Permission denied" in denied
+    outside = as_user(ck, "bob", "srun -w compute-st-2 touch /shared/bob-was-here", check=False)
+    assert "Permission denied" in outside  # nothing outside homes and tenants is users'
+
+
+def test_a_job_that_can_never_fit_its_tenant_is_refused_at_submit(
+    ck: Clusterkit, cluster: str
+) -> None:
+    refused = ck.ssh(cluster, HEAD, "cd /tmp && runuser -u alice -- sbatch -n3 --wrap=true",
+                     check=False)  # fmt: skip
+    assert refused.rc == 1
+    assert "QOSGrpCpuLimit" in refused.stderr
+    assert "Job violates accounting/QOS policy" in refused.stderr
+
+
+def test_up_again_changes_no_account_qos_or_user(ck: Clusterkit, cluster: str) -> None:
+    before = accounting_dump(ck)
+    assert "physics|alice|physics|physics" in before and "default|carol|default|default" in before
+    ck.run("up", "-f", str(ck.write_spec(SPEC)), timeout=600)
+    assert accounting_dump(ck) == before
+
+
+def test_a_wrong_external_database_password_fails_in_one_line_and_down_cleans_up(
+    ck: Clusterkit, cluster: str, tmp_path: Path
+) -> None:
+    """An external database (a second MariaDB on the head, on its cluster address) that
+    refuses the password of the spec's secret."""
+    address = next(n["address"] for n in ck.status(cluster)["nodes"] if n["name"] == HEAD)
+    ck.ssh(cluster, HEAD, (
+        "mkdir -p /tmp/extdb && chown mysql: /tmp/extdb && mariadb-install-db --no-defaults "
+        "--user=mysql --datadir=/tmp/extdb --auth-root-authentication-method=socket "
+        f">/dev/null && (setsid mariadbd --no-defaults --user=mysql --datadir=/tmp/extdb "
+        f"--socket=/tmp/extdb.sock --port=3307 --bind-address={address} </dev/null "
+        ">/tmp/extdb.log 2>&1 &) && sleep 2 && mariadb --socket=/tmp/extdb.sock -e "
+        "\"CREATE USER slurm@'%' IDENTIFIED BY 'right'; GRANT ALL ON slurm_acct_db.* TO slurm@'%'\""
+    ))  # fmt: skip
+    secret = tmp_path / "db-password"
+    secret.write_text("Not-the-right-one-7f3\n")
+    external = {**SPEC, "accounting": {"database": {
+        "host": address, "port": 3307, "password_secret": f"file:{secret}"}}}  # fmt: skip
+    failed = ck.run("up", "-f", str(ck.write_spec(external)), check=False, timeout=600)
+    assert failed.rc == 1
+    line = failed.stderr.strip().splitlines()[-1]
+    assert f"accounting database slurm@{address}:3307/slurm_acct_db" in line, failed.stderr
+    assert "Access denied" in line and "password_secret" in line
+    assert "Not-the-right-one-7f3" not in failed.stderr + failed.stdout
+    ck.down(cluster)
+    assert residue(ck, cluster) == []
