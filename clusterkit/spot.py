@@ -9,12 +9,17 @@ sent, the instances it ended) and sums them up:
 - jobs requeued, restarted, recovered (ended COMPLETED after a requeue) or failed;
 - work lost: per requeue, the seconds between the job's newest checkpoint (or the start of
   its run) and its requeue.
+
+Where the cluster keeps accounting, how each requeued job ended and how often it restarted
+come from Slurm's own records (``sacct --duplicates``: one per attempt) rather than from the
+reconciler's events, which miss what happened while it was down; without accounting, from the
+events.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 from clusterkit import proc
 from clusterkit.errors import ClusterkitError, SSHError
 from clusterkit.nodetools import events
+from clusterkit.nodetools.jobwatch import DONE_STATES, SACCT_ATTEMPTS, Attempt, parse_attempts
 from clusterkit.nodetools.spot import parse_time
 from clusterkit.plan import head_name
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
@@ -91,12 +97,39 @@ class SpotReport:
         return data
 
 
-def report(found: Sequence[dict[str, Any]]) -> SpotReport:
-    """The sums of a cluster's events (see the module's docstring)."""
+def report(
+    found: Sequence[dict[str, Any]], accounted: Mapping[str, list[Attempt]] | None = None
+) -> SpotReport:
+    """The sums of a cluster's events (see the module's docstring); ``accounted``: the
+    requeued jobs' attempts from accounting, which then decide how each ended."""
     rep = SpotReport()
     _count_notices(rep, found)
     _count_jobs(rep, found)
+    if accounted is not None:
+        _count_from_accounting(rep, found, accounted)
     return rep
+
+
+def requeued_jobs(found: Sequence[dict[str, Any]]) -> list[str]:
+    """The jobs Spot agents requeued or gave up on, in the order first seen."""
+    jobs = [str(e["job"]) for e in found if e.get("action") in ("requeued", "gave-up")]
+    return list(dict.fromkeys(j for j in jobs if j and j != "None"))
+
+
+def _count_from_accounting(
+    rep: SpotReport, found: Sequence[dict[str, Any]], accounted: Mapping[str, list[Attempt]]
+) -> None:
+    """Outcomes and restarts of the requeued jobs from their attempts in accounting."""
+    gave_up = {str(e.get("job")) for e in found if e.get("action") == "gave-up"}
+    jobs = requeued_jobs(found)
+    finals = {j: accounted[j][-1].state if accounted.get(j) else "" for j in jobs}
+    rep.restarts = sum(max(len(accounted.get(j, [])) - 1, 0) for j in jobs)
+    rep.jobs_recovered = sum(1 for s in finals.values() if s == "COMPLETED")
+    rep.jobs_given_up = len(gave_up & set(jobs))
+    rep.jobs_failed = sum(
+        1 for j, s in finals.items() if (s in DONE_STATES and s != "COMPLETED") or j in gave_up
+    )
+    rep.jobs_unfinished = len(jobs) - rep.jobs_recovered - rep.jobs_failed
 
 
 def _count_notices(rep: SpotReport, found: Sequence[dict[str, Any]]) -> None:
@@ -150,4 +183,20 @@ def _drain_seconds(drained: dict[str, Any], sent: dict[str, Any] | None) -> floa
 
 
 def spot_report(name: str) -> SpotReport:
-    return report(cluster_events(name))
+    found = cluster_events(name)
+    return report(found, _accounted(name, requeued_jobs(found)))
+
+
+def _accounted(name: str, jobs: list[str]) -> dict[str, list[Attempt]] | None:
+    """The jobs' attempts from the cluster's accounting; None where it keeps none."""
+    state = load_state(name)
+    if not spec_of(state).accounting.enabled or "configure" not in state.steps:
+        return None
+    if not jobs:
+        return {}
+    trust = ClusterTrust(state.name, state.dir)
+    argv = trust.ssh_argv(head_name(name), [*SACCT_ATTEMPTS, ",".join(jobs)])
+    try:
+        return parse_attempts(proc.run(argv, timeout=60).stdout)
+    except ClusterkitError as exc:
+        raise SSHError(f"{name}: cannot read the requeued jobs from accounting: {exc}") from exc

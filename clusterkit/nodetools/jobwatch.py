@@ -1,14 +1,18 @@
 """The head's follow-up of requeued jobs: when each one runs again and how it ends.
 
 Spot agents record the jobs they requeue (``requeued`` events on shared storage). Slurm
-forgets a finished job ``MinJobAge`` seconds after its end and there is no accounting
-database, so the reconciler, every pass, looks at the jobs it is following and records:
+forgets a finished job ``MinJobAge`` seconds after its end, so the reconciler, every pass,
+looks at the jobs it is following and records:
 
 - ``restarted``: the job runs again (node, restart count);
 - ``completed``: it ended COMPLETED;
 - ``failed``: it ended in any other state (FAILED, CANCELLED, TIMEOUT, ...), with the job's
   comment (``ck-run`` writes there why it gave up);
 - ``vanished``: Slurm no longer knows it and its end was not seen.
+
+A job the queue forgot before its end was seen (the reconciler was down meanwhile) is looked
+up in accounting where it is on: ``sacct --duplicates`` keeps one record per attempt, so its
+end and its restarts are known; only without accounting does it vanish.
 
 ``JobWatch.observe`` holds the rules and works on plain data.
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit import proc
+from clusterkit.errors import CommandError
 
 DONE_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -50,13 +55,20 @@ class JobWatch:
             if event.get("action") == "requeued" and event.get("job"):
                 self.following[str(event["job"])] = int(event.get("restarts", 1)) - 1
 
-    def observe(self, jobs: dict[str, JobInfo]) -> list[dict[str, Any]]:
-        """What happened to the followed jobs since the last pass, as events to record."""
+    def missing(self, jobs: dict[str, JobInfo]) -> list[str]:
+        """Followed jobs the queue no longer holds."""
+        return [j for j in self.following if j not in jobs]
+
+    def observe(
+        self, jobs: dict[str, JobInfo], accounted: dict[str, list[Attempt]] | None = None
+    ) -> list[dict[str, Any]]:
+        """What happened to the followed jobs since the last pass, as events to record;
+        ``accounted``: accounting's attempts of the jobs the queue no longer holds."""
         found: list[dict[str, Any]] = []
         for job_id, seen in list(self.following.items()):
             info = jobs.get(job_id)
             if info is None:
-                found.append({"action": "vanished", "job": job_id})
+                found.append(_gone(job_id, (accounted or {}).get(job_id, [])))
                 del self.following[job_id]
                 continue
             if info.state in DONE_STATES:
@@ -102,6 +114,17 @@ class JobWatch:
         return found
 
 
+def _gone(job_id: str, runs: list[Attempt]) -> dict[str, Any]:
+    """The event of a followed job the queue forgot: its end from accounting, if it has one."""
+    end = ending(runs)
+    if end is None:
+        return {"action": "vanished", "job": job_id}
+    state, restarts = end
+    action = "completed" if state == "COMPLETED" else "failed"
+    return {"action": action, "job": job_id, "state": state, "restarts": restarts,
+            "comment": "", "from": "sacct"}  # fmt: skip
+
+
 def parse_jobs(text: str) -> dict[str, JobInfo]:
     """``scontrol show job -o`` output, by job id (array tasks as ``ARRAY_TASK``)."""
     jobs = {}
@@ -144,3 +167,53 @@ def _comment(line: str) -> str:
 def snapshot() -> dict[str, JobInfo]:
     """Every job slurmctld still holds (finished ones for MinJobAge seconds)."""
     return parse_jobs(proc.run(["scontrol", "show", "job", "-o"], timeout=30).stdout)
+
+
+# --- accounting: one record per attempt -------------------------------------------------------
+
+SACCT_ATTEMPTS = (
+    "sacct", "--duplicates", "-X", "-n", "-P", "-o", "JobID,State,Start,End,NodeList", "-j",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job as accounting keeps it: earlier ones of a requeued job are REQUEUED
+    (or NODE_FAIL, PREEMPTED); the last one is the job now."""
+
+    job: str
+    state: str
+    start: str
+    end: str
+    nodes: str
+
+
+def parse_attempts(text: str) -> dict[str, list[Attempt]]:
+    """``SACCT_ATTEMPTS`` output by job id, attempts in the order sacct lists them."""
+    found: dict[str, list[Attempt]] = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 5 or not fields[0]:
+            continue
+        job, state, start, end, nodes = fields[:5]
+        # "CANCELLED by 2001": the state is the first word.
+        found.setdefault(job, []).append(Attempt(job, state.split()[0], start, end, nodes))
+    return found
+
+
+def ending(attempts: list[Attempt]) -> tuple[str, int] | None:
+    """How a job ended (its last attempt's state) and its restarts; None while it has not."""
+    if not attempts or attempts[-1].state not in DONE_STATES:
+        return None
+    return attempts[-1].state, len(attempts) - 1
+
+
+def attempts(job_ids: Iterable[str]) -> dict[str, list[Attempt]]:
+    """Accounting's attempts of ``job_ids``; empty without accounting (sacct refuses)."""
+    ids = ",".join(job_ids)
+    if not ids:
+        return {}
+    try:
+        return parse_attempts(proc.run([*SACCT_ATTEMPTS, ids], timeout=30).stdout)
+    except CommandError:
+        return {}

@@ -252,7 +252,8 @@ def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
     jobs = jobwatch.snapshot()
     # Eligible now, not after Slurm's 121 s (a job whose agent died with its node).
     SlurmOps().release(watch.held(jobs))
-    for found in watch.observe(jobs):
+    missing = watch.missing(jobs)
+    for found in watch.observe(jobs, jobwatch.attempts(missing) if missing else None):
         events.record("reconciler", found.pop("action"), **found)
 
 

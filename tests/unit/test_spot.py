@@ -320,7 +320,23 @@ def test_watch_finds_followed_jobs_slurm_still_holds() -> None:
 def test_watch_notes_a_job_slurm_forgot() -> None:
     watch = jobwatch.JobWatch()
     watch.follow([{"action": "requeued", "job": "9_3", "restarts": 2}])
+    assert watch.missing({}) == ["9_3"]
     assert watch.observe({}) == [{"action": "vanished", "job": "9_3"}]
+
+
+def test_a_job_slurm_forgot_ends_as_accounting_recorded_it() -> None:
+    watch = jobwatch.JobWatch()
+    watch.follow([{"action": "requeued", "job": "9_3", "restarts": 1},
+                  {"action": "requeued", "job": "11", "restarts": 1}])  # fmt: skip
+    accounted = jobwatch.parse_attempts(
+        "9_3|REQUEUED|t0|t1|a\n9_3|REQUEUED|t2|t3|b\n9_3|COMPLETED|t4|t5|b\n"
+        "11|REQUEUED|t0|t1|a\n11|PENDING|Unknown|Unknown|None assigned\n"
+    )
+    assert watch.observe({}, accounted) == [
+        {"action": "completed", "job": "9_3", "state": "COMPLETED", "restarts": 2,
+         "comment": "", "from": "sacct"},
+        {"action": "vanished", "job": "11"},  # accounting has not seen it end
+    ]  # fmt: skip
 
 
 def test_array_tasks_are_named_array_underscore_task() -> None:

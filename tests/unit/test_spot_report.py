@@ -46,3 +46,35 @@ def test_an_empty_cluster_reports_nothing() -> None:
     rep = report([])
     assert rep.recovery_rate is None and rep.drain_seconds_median is None
     assert rep.as_dict()["interruptions"] == 0
+
+
+# `sacct --duplicates -X -n -P -o JobID,State,Start,End,NodeList` of the same jobs, as 22.05
+# prints it: one record per attempt, the earlier ones REQUEUED.
+SACCT = """\
+7|REQUEUED|2026-11-22T09:59:00|2026-11-22T10:00:02|a
+7|REQUEUED|2026-11-22T10:00:10|2026-11-22T10:00:15|b
+7|COMPLETED|2026-11-22T10:00:18|2026-11-22T10:00:20|b
+8|REQUEUED|2026-11-22T09:59:00|2026-11-22T10:00:02|a
+8|RUNNING|2026-11-22T10:00:21|Unknown|c
+9|REQUEUED|2026-11-22T09:59:00|2026-11-22T10:00:02|a
+9|CANCELLED by 0|2026-11-22T10:00:05|2026-11-22T10:00:05|b
+"""
+
+
+def test_with_accounting_the_attempts_decide_ends_and_restarts() -> None:
+    from clusterkit.nodetools.jobwatch import parse_attempts
+
+    attempts = parse_attempts(SACCT)
+    assert [a.state for a in attempts["9"]] == ["REQUEUED", "CANCELLED"]
+    rep = report(EVENTS, attempts)
+    # Job 7 ran three times (a requeue the reconciler never saw is in accounting); job 8 still
+    # runs; job 9 was given up on.
+    assert rep.restarts == 2 + 1 + 1
+    assert (rep.jobs_recovered, rep.jobs_failed, rep.jobs_unfinished) == (1, 1, 1)
+    assert rep.jobs_given_up == 1
+    assert (rep.lost_seconds, rep.requeues) == (4.5, 2)  # lost work: the agents' measure
+
+
+def test_a_job_accounting_has_not_seen_yet_is_unfinished() -> None:
+    rep = report(EVENTS, {})
+    assert (rep.jobs_recovered, rep.jobs_failed, rep.jobs_unfinished) == (0, 1, 2)
