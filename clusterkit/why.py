@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -172,7 +172,7 @@ def _job_id(job: Mapping[str, Any]) -> str:
     return str(job.get("job_id", "?"))
 
 
-def matching(jobs: list[Mapping[str, Any]], job_id: str) -> list[Mapping[str, Any]]:
+def matching(jobs: Sequence[Mapping[str, Any]], job_id: str) -> list[Mapping[str, Any]]:
     """The entries of ``job_id``: the job, every task of array ``job_id``, or one task
     (``42_3``: its own entry, else the array's pending rest that holds it). squeue 22.05
     prints every job with ``--json``, whatever ``-j`` says."""
