@@ -104,6 +104,8 @@ def up(spec: ClusterSpec, progress: Progress | None = None, configure: bool = Tr
         trust = ClusterTrust(spec.name, state.dir)
         pool = Pool(trust)  # one SSH connection per node for the waits and verify
         try:
+            # Before anything is made: a secret that cannot be read stops `up` here.
+            _database_password(spec, provider, ClusterFiles(state.dir))
             with _logged_step(state, progress, "network"):
                 provider.prepare()
                 state.mark("network")
@@ -172,7 +174,6 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
         keygen(files.user_key(user.name), f"{user.name}@{spec.name}")
     if not files.munge_key.exists():
         atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
-    _database_password(spec, provider, files)
     interrupt.parallel(lambda n, _: keygen(files.host_key(n.name), n.name), plan_nodes(spec), 8)
     trusted = trusted_nodes(spec, provider.address, trust)
     trust.write(trusted)
