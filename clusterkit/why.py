@@ -17,6 +17,7 @@ from typing import Any
 
 from clusterkit import proc
 from clusterkit.errors import ClusterkitError, SlurmError, StateError
+from clusterkit.nodetools import accounts
 from clusterkit.plan import head_name
 from clusterkit.state import check_name, load_state
 from clusterkit.trust import ClusterTrust
@@ -95,18 +96,6 @@ def parse_counters(line: str) -> dict[str, dict[str, tuple[int | None, int]]]:
     return found
 
 
-def _tres(text: str) -> dict[str, int]:
-    """``cpu=2,mem=2G,node=1`` (a job's tres_req_str) -> numbers, memory in MiB."""
-    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
-    found = {}
-    for part in filter(None, text.split(",")):
-        key, _, raw = part.partition("=")
-        m = re.fullmatch(r"(\d+)([KMGT]?)", raw)
-        if m:
-            found[key] = round(int(m.group(1)) * units.get(m.group(2) or "M", 1))
-    return found
-
-
 def explain(job: Mapping[str, Any], counters: Mapping[str, Any] | None = None) -> Explanation:
     """Why ``job`` (an entry of ``squeue --json``) is in its state; ``counters``: its QOS's
     ``parse_counters`` when it waits on a tenant's limit."""
@@ -143,12 +132,12 @@ def in_words(reason: str, job_id: str) -> str:
 def _limit_explanation(
     base: dict[str, Any], job: Mapping[str, Any], counters: Mapping[str, Any]
 ) -> Explanation:
-    counter, tres, key, unit = QOS_LIMITS[base["reason"]]
+    counter, name, key, unit = QOS_LIMITS[base["reason"]]
     account = base["account"] or "its account"
     if counter == "MaxJobsPU":
         counter = f"MaxJobsPU:{job.get('user_id', '')}"
-    limit, used = counters.get(counter, {}).get(tres, (None, None))
-    asked = _tres(str(job.get("tres_req_str", ""))).get(tres, 1) if tres else 1
+    limit, used = counters.get(counter, {}).get(name, (None, None))
+    asked = accounts.tres(str(job.get("tres_req_str", ""))).get(name, 1) if name else 1
     numbers = {"name": key, "limit": limit, "in_use": used, "asked": asked}
     held = f"{used} held by its running jobs" if used is not None else "the rest held"
     if counter.startswith("MaxJobsPU"):
