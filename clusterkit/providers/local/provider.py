@@ -15,11 +15,13 @@ from clusterkit.plan import (
     ClusterUser,
     NodePlan,
     TenantGroup,
+    cluster_users,
     gateway_address,
     home_root,
     node_address,
     overlaps,
     pick_subnet,
+    tenant_groups,
 )
 from clusterkit.providers.base import Interruption, NodeBoot, Provider
 from clusterkit.providers.local import cgroups, cloud, control, net, owners
@@ -228,8 +230,24 @@ class LocalProvider(Provider):
         return control.client_env(self.state)
 
     def start_services(self) -> None:
-        """The cluster's cloud service, which launches and ends dynamic nodes for the head."""
+        """The cluster's cloud service, which launches and ends dynamic nodes for the head;
+        and the accounts of the running nodes, brought up to the spec."""
         cloud.start(self.state)
+        self._refresh_accounts()
+
+    def _refresh_accounts(self) -> None:
+        """Users and tenants that ``up`` again added reach the nodes already running: their
+        passwd, group and shadow are rewritten in place. They are bind-mounted files, which
+        tools such as groupadd cannot replace, and an atomic rename would not reach the node."""
+        users, groups = tuple(cluster_users(self.spec)), tuple(tenant_groups(self.spec))
+        wanted = account_files(users, groups)
+        for node in self.state.nodes.values():
+            for name, text in wanted.items():
+                path = self.state.dir / "nodes" / node.name / name
+                if path.exists() and path.read_text(encoding="utf-8") != text:
+                    with open(path, "r+", encoding="utf-8") as fh:
+                        fh.write(text)
+                        fh.truncate()
 
     def running(self, node: NodeState) -> bool:
         """The node's init lives and its sshd listens (the one started here, or the one the
