@@ -19,7 +19,7 @@ down: venv
 # clusters run one at a time.
 test: setup lint typecheck
 	$(VENV)/bin/pytest -n auto tests/unit tests/aws tests/contract -m "not integration"
-	$(VENV)/bin/pytest tests/integration tests/contract -m integration
+	$(VENV)/bin/pytest --durations=15 tests/integration tests/contract -m integration
 
 setup: host venv
 
@@ -50,7 +50,7 @@ unit: venv
 	$(VENV)/bin/pytest -n auto tests/unit
 
 integration: setup
-	$(VENV)/bin/pytest tests/integration tests/contract -m integration
+	$(VENV)/bin/pytest --durations=15 tests/integration tests/contract -m integration
 
 aws: venv
 	$(VENV)/bin/pytest -n auto tests/aws tests/contract -m aws
