@@ -25,7 +25,8 @@ With accounting on (the head):
 
 - ``slurmdbd``: the daemon runs; ``accounting``: slurmdbd holds the cluster's row (slurmctld
   registered with it);
-- ``sacct``: accounting recorded every job the ``cgroup-*`` steps ran (``sacct -j``).
+- ``sacct``: accounting recorded every job the ``cgroup-*`` steps ran (``sacct -j``); a
+  cluster without compute nodes yet (all dynamic) has none to look for.
 
 With two tenants or more and two compute nodes or more (the head):
 
@@ -125,9 +126,10 @@ class Layout:
     @property
     def head_checks(self) -> tuple[str, ...]:
         """The head's checks, in order, for this cluster."""
+        accounting = ACCOUNTING_CHECKS if self.computes else ACCOUNTING_CHECKS[:-1]
         return (
             HEAD_CHECKS
-            + (ACCOUNTING_CHECKS if self.accounting else ())
+            + (accounting if self.accounting else ())
             + (TENANT_CHECKS if self.checks_isolation else ())
         )
 
@@ -176,8 +178,9 @@ def _accounting_checks(layout: Layout, probes: Mapping[Key, Output]) -> list[Che
         checks += [
             judge_daemon(head, "slurmdbd", probes[head, "slurmdbd"]),
             judge_registered(head, layout.slurm_cluster, probes[head, "clusters"]),
-            judge_sacct(head, step_jobs(layout, probes), probes.get((head, "sacct"))),
         ]
+    if layout.accounting and layout.computes:  # no compute node yet: no job to look for
+        checks.append(judge_sacct(head, step_jobs(layout, probes), probes.get((head, "sacct"))))
     if layout.checks_isolation:
         checks.append(judge_isolation(head, layout.tenant_users, probes.get((head, "tenants"))))
     return checks

@@ -155,20 +155,30 @@ def test_up_again_changes_no_account_qos_or_user(ck: Clusterkit, cluster: str) -
     assert accounting_dump(ck) == before
 
 
+# A second MariaDB on the head, on its cluster address and port 3307, in the head's own
+# directory (gone with the cluster), that knows slurm@'%' with the password 'right'.
+EXTERNAL_DB = r"""
+d=/var/lib/clusterkit/extdb
+mkdir -p $d && chown mysql: $d
+mariadb-install-db --no-defaults --user=mysql --datadir=$d/data \
+    --auth-root-authentication-method=socket >/dev/null
+(setsid mariadbd --no-defaults --user=mysql --datadir=$d/data --socket=$d/sock --port=3307 \
+    --bind-address=$ADDRESS </dev/null >$d/log 2>&1 &)
+for i in $(seq 100); do
+    mariadb --socket=$d/sock -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2
+done
+mariadb --socket=$d/sock -e "CREATE USER IF NOT EXISTS slurm@'%' IDENTIFIED BY 'right';
+    GRANT ALL ON slurm_acct_db.* TO slurm@'%'"
+"""
+
+
 def test_a_wrong_external_database_password_fails_in_one_line_and_down_cleans_up(
     ck: Clusterkit, cluster: str, tmp_path: Path
 ) -> None:
     """An external database (a second MariaDB on the head, on its cluster address) that
     refuses the password of the spec's secret."""
     address = next(n["address"] for n in ck.status(cluster)["nodes"] if n["name"] == HEAD)
-    ck.ssh(cluster, HEAD, (
-        "mkdir -p /tmp/extdb && chown mysql: /tmp/extdb && mariadb-install-db --no-defaults "
-        "--user=mysql --datadir=/tmp/extdb --auth-root-authentication-method=socket "
-        f">/dev/null && (setsid mariadbd --no-defaults --user=mysql --datadir=/tmp/extdb "
-        f"--socket=/tmp/extdb.sock --port=3307 --bind-address={address} </dev/null "
-        ">/tmp/extdb.log 2>&1 &) && sleep 2 && mariadb --socket=/tmp/extdb.sock -e "
-        "\"CREATE USER slurm@'%' IDENTIFIED BY 'right'; GRANT ALL ON slurm_acct_db.* TO slurm@'%'\""
-    ))  # fmt: skip
+    ck.ssh(cluster, HEAD, f"ADDRESS={address}\n{EXTERNAL_DB}")
     secret = tmp_path / "db-password"
     secret.write_text("Not-the-right-one-7f3\n")
     external = {**SPEC, "accounting": {"database": {

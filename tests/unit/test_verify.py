@@ -545,6 +545,14 @@ def test_what_breaks_accounting_or_isolation_fails_its_check(
     assert detail in got.detail
 
 
+def test_without_compute_nodes_accounting_is_checked_without_a_job(tenants: Layout) -> None:
+    empty = Layout(**{**tenants.__dict__, "computes": ()})
+    assert empty.head_checks == (*HEAD_CHECKS, "slurmdbd", "accounting")
+    checks = judge_all(empty, healthy_probes(empty), files_of(empty), RUN_ID)
+    assert failures(checks) == []
+    assert [c.name for c in checks] == list(empty.head_checks)
+
+
 def test_one_tenant_or_one_node_is_not_checked_for_isolation(tenants: Layout) -> None:
     one = Layout(**{**tenants.__dict__, "tenant_users": ("alice",)})
     assert "tenant-isolation" not in one.head_checks
