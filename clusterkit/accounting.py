@@ -72,7 +72,6 @@ def playbook_vars(spec: ClusterSpec, *, password_src: str, files: dict[str, str]
     db = database(spec)
     return {
         "ck_accounting": True,
-        "ck_slurm_cluster": spec.slurm_cluster_name,
         "ck_database_on_head": db.on_head,
         "ck_database": {
             "host": db.host, "port": db.port, "user": db.user, "name": db.name,

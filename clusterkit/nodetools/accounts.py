@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,21 @@ def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
     return [*added, *todo, *loaded, *moved]
 
 
+def wait_for_cluster(cluster: str, seconds: float) -> None:
+    """Until slurmdbd holds the cluster's row (slurmctld registers it as it starts)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if [cluster] in _rows("list", "cluster", "format=cluster"):
+                return
+        except CommandError:
+            pass  # slurmdbd not answering yet
+        if time.monotonic() >= deadline:
+            raise ValueError(f"slurmdbd holds no cluster {cluster} after {seconds:g} s "
+                             "(slurmctld did not register: see its log)")  # fmt: skip
+        time.sleep(0.2)
+
+
 def apply(plan: Mapping[str, Any]) -> list[str]:
     """Run what closes the difference; return one description per sacctmgr run."""
     done = []
@@ -167,10 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(prints 'changed: ...' per change; nothing when already so).",
     )
     parser.add_argument("--plan", default="/etc/clusterkit/accounts.json")
+    parser.add_argument("--wait-cluster", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait this long at most for the cluster's row")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         with open(args.plan, encoding="utf-8") as fh:
             plan = json.load(fh)
+        if args.wait_cluster > 0:
+            wait_for_cluster(plan["cluster"], args.wait_cluster)
         for line in apply(plan):
             print(f"changed: {line}")
     except (OSError, ValueError, CommandError) as exc:
