@@ -8,14 +8,18 @@ followed)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from clusterkit.cli.cluster import RichProgress
+from clusterkit.providers.local import net
 from tests.driver import CK, Clusterkit
 from tests.local_residue import residue
 
@@ -29,6 +33,8 @@ STEPS = [
     ("render", STEP_LABELS["nodes"], 0.0, False),
     ("ssh", STEP_LABELS["render"], 0.0, False),
     ("configure", STEP_LABELS["ssh"], 2.0, True),
+    # The boot scripts are held from the start of configure (the nodes would else be done
+    # booting before it ends), so the boot step waits for them.
     ("boot", STEP_LABELS["configure"], 0.2, True),
     ("verify", STEP_LABELS["boot"], 0.1, True),
 ]
@@ -44,19 +50,41 @@ CASES = [
 ]
 
 
-def interrupted_up(ck: Clusterkit, after: str, wait: float, sig: signal.Signals) -> tuple[
-    int, list[str], float
-]:  # fmt: skip
+def _stop_boot_scripts(sig: signal.Signals) -> list[int]:
+    """Send ``sig`` to the boot scripts (user-data) running on the cluster's compute nodes."""
+    nets = {os.stat(p).st_ino for p in net.NETNS_DIR.glob(f"ck.{NAME}.compute-*")}
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or os.stat(entry / "ns/net").st_ino not in nets:
+                continue
+            if b"/etc/clusterkit/user-data" in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), sig)
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def interrupted_up(
+    ck: Clusterkit, after: str, wait: float, sig: signal.Signals, *, hold_boot: bool = False
+) -> tuple[int, list[str], float]:
     """Start `up`, send ``sig`` ``wait`` s after the line containing ``after``; return the exit
-    code, stderr's lines and the seconds from the signal to the exit."""
+    code, stderr's lines and the seconds from the signal to the exit. ``hold_boot``: the
+    compute nodes' boot scripts are stopped (SIGSTOP) once the head's configuration begins,
+    so the boot step surely lasts however long that configuration takes."""
     proc = subprocess.Popen(
         [CK, "up", "-f", str(ck.spec(NAME, 1))], env=ck.env, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
     lines = []
+    held: list[int] = []
     for line in proc.stderr:
         lines.append(line.rstrip("\n"))
+        if hold_boot and not held and STEP_LABELS["ssh"] in line:
+            held = _stop_boot_scripts(signal.SIGSTOP)
+            assert held, "no compute boot script to hold"
         if after in line:
             break
     else:
@@ -71,6 +99,9 @@ def interrupted_up(ck: Clusterkit, after: str, wait: float, sig: signal.Signals)
         proc.kill()
         raise
     took = time.monotonic() - sent
+    for pid in held:  # as a node's boot goes on after up stopped; down ends it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     lines += proc.stderr.read().splitlines()
     return code, lines, took
 
@@ -80,7 +111,7 @@ def test_a_signal_stops_up_and_down_cleans_up(  # noqa: PLR0917 - one per parame
     ck: Clusterkit, step: str, after: str, wait: float, lasts: bool, sig: signal.Signals,
     code: int,
 ) -> None:  # fmt: skip
-    exit_code, lines, took = interrupted_up(ck, after, wait, sig)
+    exit_code, lines, took = interrupted_up(ck, after, wait, sig, hold_boot=step == "boot")
     shown = "\n".join(lines)
     assert exit_code == code, shown
     assert took < 2.0, f"up took {took:.2f}s to stop:\n{shown}"

@@ -545,6 +545,19 @@ def test_what_breaks_accounting_or_isolation_fails_its_check(
     assert detail in got.detail
 
 
+def test_where_no_step_ran_sacct_must_still_answer(tenants: Layout) -> None:
+    probes = healthy_probes(tenants)
+    for node in tenants.computes:
+        probes[node, "step"] = Output(1, "", "srun: error: Unable to allocate resources")
+    plan = cleanup_plan(tenants, files_of(tenants), probes, probes)
+    assert "-S now-10minutes" in plan["demo-head", "sacct"].script
+    got = _by_name(judge_all(tenants, probes, files_of(tenants), RUN_ID), "demo-head")["sacct"]
+    assert got.ok and "no verify job ran" in got.detail
+    probes["demo-head", "sacct"] = Output(1, "", "Slurm accounting storage is disabled")
+    got = _by_name(judge_all(tenants, probes, files_of(tenants), RUN_ID), "demo-head")["sacct"]
+    assert not got.ok and "Slurm accounting storage is disabled" in got.detail
+
+
 def test_without_compute_nodes_accounting_is_checked_without_a_job(tenants: Layout) -> None:
     empty = Layout(**{**tenants.__dict__, "computes": ()})
     assert empty.head_checks == (*HEAD_CHECKS, "slurmdbd", "accounting")
