@@ -35,6 +35,7 @@ ARGV_FILE = "supervisor.argv"  # in the services' directory: the command a node'
 SUPERVISOR_NAME = "ck-supervise"  # its process name (the command's file name)
 INTERVAL_SECONDS = 1.0
 START_WAIT_SECONDS = 15.0  # how long a start may take to give a live service
+START_TRIES = 3  # starts `add` tries before it gives up
 STAT_TIMEOUT_SECONDS = 2.0  # a FUSE mount whose server hangs answers nothing
 MAX_BACKOFF_SECONDS = 30.0
 
@@ -349,8 +350,15 @@ def _add(args: argparse.Namespace) -> int:
         background=args.background, log=args.log, requeue=args.requeue_jobs,
     )  # fmt: skip
     service.save(args.dir)
-    error = "" if alive(service) else start(service)
-    if error or not wait_alive(service, START_WAIT_SECONDS):
+    # A first start may fail on a node still busy booting: tried again, as the supervisor
+    # would, before the boot is failed with what the last try said.
+    for attempt in range(START_TRIES):
+        if attempt:
+            time.sleep(1.0)
+        error = "" if alive(service) else start(service)
+        if not error and wait_alive(service, START_WAIT_SECONDS):
+            break
+    if error or not alive(service):
         print(f"ck-supervise: {args.name} did not start: {error or 'not alive'}", file=sys.stderr)
         return 1
     # The command file itself (its #! line runs python3), so the process is named after it.
