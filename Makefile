@@ -67,6 +67,7 @@ bench-all: bench
 	$(VENV)/bin/python bench/spot.py
 	$(VENV)/bin/python bench/htc.py
 	$(VENV)/bin/python bench/faults.py --json bench/results/faults.json
+	$(VENV)/bin/python bench/accounting.py --json bench/results/accounting.json
 
 golden: venv
 	CK_UPDATE_GOLDEN=1 $(VENV)/bin/pytest -q tests/unit
