@@ -112,20 +112,24 @@ def explain(job: Mapping[str, Any], counters: Mapping[str, Any] | None = None) -
         return Explanation(**base, text=f"it is {state.lower()}{where}, not waiting")
     if reason in QOS_LIMITS:
         return _limit_explanation(base, job, counters or {})
+    words = _reason_words(reason)
+    text = words.format(id=job_id) if words else f"Slurm's reason is {reason}"
+    return Explanation(**base, text=text)
+
+
+def _reason_words(reason: str) -> str:
+    """Slurm's reason in words ("ReqNodeNotAvail, UnavailableNodes:..." by its first part)."""
     words = REASONS.get(reason.split(",", maxsplit=1)[0].strip(), "")
     if not words and reason.startswith("ReqNodeNotAvail"):
         words = REASONS["ReqNodeNotAvail"]
-    text = words.format(id=job_id) if words else f"Slurm's reason is {reason}"
-    return Explanation(**base, text=text)
+    return words
 
 
 def in_words(reason: str, job_id: str) -> str:
     """A pending job's reason in a few words, without asking the head for numbers."""
     if reason in QOS_LIMITS:
         return f"its tenant is at its limit of {QOS_LIMITS[reason][3]} at once"
-    words = REASONS.get(reason.split(",", maxsplit=1)[0].strip(), "")
-    if not words and reason.startswith("ReqNodeNotAvail"):
-        words = REASONS["ReqNodeNotAvail"]
+    words = _reason_words(reason)
     return words.format(id=job_id).split(" (a node runs")[0] if words else ""
 
 
