@@ -132,5 +132,5 @@ def test_a_signal_stops_up_and_down_cleans_up(  # noqa: PLR0917 - one per parame
         # A signal sent right after the first line may land before the first step begins.
         where = re.search(r"(during|after) '|before its first step", last)
         assert where or "nothing was created" in last, shown
-    ck.run("down", NAME, check=False, timeout=120)
-    assert residue(ck, NAME) == []
+    down = ck.run("down", NAME, check=False, timeout=120)
+    assert residue(ck, NAME) == [], f"down exited {down.rc}:\n{down.stderr}"

@@ -250,11 +250,14 @@ def stop_nodes(netns: list[Path]) -> int:
     Each node's init goes first: when it exits, the kernel ends everything in its PID
     namespace at once and the launchers outside (``unshare``, ``nsenter``) leave by
     themselves. Signalling all at once is slower: a signalled ``unshare`` holds its node's
-    teardown up for seconds. Whatever is left after the inits is killed next. Returns how
-    many processes the nodes had.
+    teardown up for seconds. An init can only finish once every process of its namespace is
+    reaped, and one whose parent is a launcher outside that is stopped or busy is not: so
+    the inits get a short wait, and whatever is left, inits included, is killed next and
+    waited for. Returns how many processes the nodes had.
     """
     pids = pids_in_netns(netns)
-    kill_pids([p for p in pids if _cmdline(p).startswith(b"ck-node:")])
+    with contextlib.suppress(ProviderError):
+        kill_pids([p for p in pids if _cmdline(p).startswith(b"ck-node:")], kill_wait=1.0)
     kill_pids([p for p in pids if alive(p)])
     return len(pids)
 
@@ -267,9 +270,11 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def kill_pids(pids: list[int], grace: float = 1.0) -> None:
-    """SIGTERM, then SIGKILL what is left after ``grace`` seconds; return once all are gone."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def kill_pids(pids: list[int], grace: float = 1.0, kill_wait: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL what is left after ``grace`` seconds; return once all are gone,
+    or raise when some outlive ``kill_wait`` seconds after SIGKILL."""
+    live = pids
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
         live = [p for p in pids if alive(p)]
         for pid in live:
             with contextlib.suppress(ProcessLookupError):
@@ -281,4 +286,16 @@ def kill_pids(pids: list[int], grace: float = 1.0) -> None:
                 time.sleep(0.02)
         if not live:
             return
-    raise ProviderError(f"processes {pids} survived SIGKILL; see `ps -p {pids[0]}`")
+    shown = "; ".join(_describe(p) for p in live[:4])
+    raise ProviderError(f"{len(live)} processes survived SIGKILL ({shown})")
+
+
+def _describe(pid: int) -> str:
+    """``pid``, its state, what it waits in and its command, for an error naming survivors."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
+    except (OSError, IndexError):
+        return f"{pid} gone"
+    command = _cmdline(pid).replace(b"\0", b" ").decode(errors="replace").strip()[:60]
+    return f"pid {pid} state {state} in {wchan}: {command}"
