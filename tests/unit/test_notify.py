@@ -1,0 +1,124 @@
+"""Notifications: which jobs have ended, storms, spent budgets, and delivery to a real HTTP
+server (on loopback) and a real command."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from clusterkit.nodetools import events, notify
+
+SACCT = """\
+12|12|sim|alice|physics|REQUEUED|100|200|billing=1000,cpu=2
+12|12|sim|alice|physics|COMPLETED|250|310|billing=1000,cpu=2
+20_1|20_1|pack-ab12|bob|chem|COMPLETED|100|160|billing=10,cpu=1
+20_2|20_2|pack-ab12|bob|chem|FAILED|100|130|billing=10,cpu=1
+30|30|long|carol|default|REQUEUED|100|200|billing=5
+40_1|40_1|arr|carol|default|COMPLETED|100|110|billing=5
+"""
+
+
+def test_a_job_has_ended_when_all_its_records_ended_and_none_is_queued() -> None:
+    rows = notify.parse_rows(SACCT)
+    # 30 was requeued and runs again; task 40_2 of array 40 still waits.
+    ended = notify.ended_jobs(rows, queued=["30", "40_2"])
+    assert sorted(ended) == ["12", "20"]
+
+
+def test_a_pack_arrays_end_is_a_pack_message_with_its_tasks_states() -> None:
+    rows = notify.parse_rows(SACCT)
+    msg = notify.job_message("demo", "20", notify.ended_jobs(rows, [])["20"])
+    assert msg["schema"] == notify.SCHEMA and msg["kind"] == "pack" and msg["pack"] == "ab12"
+    assert msg["states"] == {"COMPLETED": 1, "FAILED": 1} and msg["tasks"] == 2
+    job = notify.job_message("demo", "12", notify.ended_jobs(rows, [])["12"])
+    assert job["kind"] == "job" and job["attempts"] == 2 and job["states"] == {"COMPLETED": 1}
+    # billing is millionths of the currency per minute: 1000 for 100 s, then for 60 s
+    assert job["billing_minutes"] == pytest.approx(1000 * 100 / 60 + 1000 * 60 / 60)
+
+
+def notice(t: float, instance: str) -> dict[str, Any]:
+    return {"time": events.utc(t), "source": "spot-agent", "action": "notice",
+            "instance": instance, "spot_action": "terminate"}  # fmt: skip
+
+
+def test_a_storm_is_enough_notices_close_together() -> None:
+    found = [notice(0, "i-1"), notice(10, "i-2"), notice(20, "i-3"), notice(1000, "i-4")]
+    assert notify.storms(found, count=3, seconds=60) == [["i-1", "i-2", "i-3"]]
+    assert notify.storms(found, count=4, seconds=60) == []
+    rebalance = {**notice(5, "i-9"), "spot_action": "rebalance"}
+    assert notify.storms([*found[:2], rebalance], count=3, seconds=60) == []
+
+
+def test_budgets_are_read_from_the_controllers_qos_counters() -> None:
+    line = (
+        "QOS=physics(2) UsageRaw=120.0 GrpJobs=3(1) GrpTRES=cpu=4(2),mem=N(0) "
+        "GrpTRESMins=cpu=N(0),mem=N(0),energy=N(0),node=N(0),billing=50000(50312),fs/disk=N(0)"
+        "\nQOS=normal(1) GrpTRESMins=cpu=N(0),billing=N(12)"
+    )
+    assert notify.qos_budgets(line) == {"physics": (50000, 50312)}
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    got: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        Hook.got.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook() -> Iterator[str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    Hook.got = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_messages_reach_a_webhook_and_a_command(hook: str, tmp_path: Path) -> None:
+    out = tmp_path / "got.json"
+    targets = notify.Targets(webhook=hook, command=f"cat > {out}")
+    msg = notify.message("budget", "demo", tenant="physics")
+    assert notify.deliver(targets, msg) == []
+    assert Hook.got == [msg]
+    assert json.loads(out.read_text()) == msg
+
+
+def test_a_dead_webhook_or_failing_command_is_an_error_not_an_exception() -> None:
+    targets = notify.Targets(webhook="http://127.0.0.1:9/none", command="exit 3")
+    errors = notify.deliver(targets, notify.message("job", "demo"))
+    assert len(errors) == 2 and errors[0].startswith("webhook:") and "exited 3" in errors[1]
+
+
+def test_the_notifier_sends_each_thing_once_across_restarts(
+    hook: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "events.jsonl"
+    monkeypatch.setattr(events.record, "__defaults__", (log,))
+    answers = {"sacct": SACCT, "squeue": "30\n40_2\n", "scontrol": ""}
+
+    def run(argv: list[str]) -> str:
+        return answers[argv[0]]
+
+    state = tmp_path / "notified.json"
+    first = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
+    first.load()
+    first.tick(100.0, [])
+    assert sorted(m["kind"] for m in Hook.got) == ["job", "pack"]
+    again = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
+    again.load()
+    again.tick(200.0, [notice(0, "i-1"), notice(1, "i-2"), notice(2, "i-3")])
+    assert sorted(m["kind"] for m in Hook.got) == ["interruption-storm", "job", "pack"]
+    assert [e["action"] for e in events.read(log)] == ["sent"] * 3
