@@ -61,6 +61,9 @@ class StepTimes:
         yield
         self.seconds[title] = round(time.monotonic() - start, 3)
 
+    def warn(self, text: str) -> None:
+        print(f"warning: {text}")
+
 
 class Counting:
     """API calls by operation and HTTP requests, through botocore's event hooks."""

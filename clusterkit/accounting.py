@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from clusterkit.billing import budget_minutes
 from clusterkit.plan import cluster_users
 from clusterkit.render import render
 from clusterkit.spec import DEFAULT_TENANT, ClusterSpec, TenantLimits, tenant_of
@@ -45,7 +46,9 @@ MARIADB_SETTINGS = {
 }
 # Every tenant's QOS refuses at submit a job that could never fit its limits (Slurm treats
 # Grp limits as Max limits for DenyOnLimit), instead of leaving it pending forever.
-QOS_FLAGS = "DenyOnLimit"
+# NoDecay: what a tenant spent never decays, so its budget (GrpTRESMins on billing) is spent
+# for good; more budget, by `up` again, lets its jobs run again.
+QOS_FLAGS = "DenyOnLimit,NoDecay"
 PASSWORD_BYTES = 24
 
 
@@ -162,9 +165,10 @@ def tenant_names(spec: ClusterSpec) -> list[str]:
     return names
 
 
-def qos_limits(limits: TenantLimits, *, gpus: bool) -> dict[str, str]:
+def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None) -> dict[str, str]:
     """A tenant's limits as sacctmgr QOS settings; ``-1`` clears a limit the spec dropped.
-    ``gpus``: the cluster has GPUs (Slurm knows no ``gres/gpu`` TRES otherwise)."""
+    ``gpus``: the cluster has GPUs (Slurm knows no ``gres/gpu`` TRES otherwise); ``budget``
+    in currency units becomes billing-minutes (``billing``)."""
 
     def value(v: int | None) -> str:
         return str(v) if v is not None else "-1"
@@ -179,6 +183,7 @@ def qos_limits(limits: TenantLimits, *, gpus: bool) -> dict[str, str]:
         "GrpTRES": ",".join(f"{k}={value(v)}" for k, v in tres.items()),
         "GrpJobs": value(limits.jobs),
         "MaxJobsPerUser": value(limits.jobs_per_user),
+        "GrpTRESMins": f"billing={budget_minutes(budget) if budget is not None else -1}",
         "Flags": QOS_FLAGS,
     }
 
@@ -192,13 +197,15 @@ def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
     """
     by_name = {t.name: t for t in spec.tenants}
     accounts = []
+    gpus = any(g.gpus > 0 for g in spec.groups)
     for name in tenant_names(spec):
         tenant = by_name.get(name)
         limits = tenant.limits if tenant is not None else TenantLimits()
+        budget = tenant.budget if tenant is not None else None
         accounts.append({
             "name": name,
             "description": f"tenant {name}" if tenant else "users in no tenant",
-            "qos": qos_limits(limits, gpus=any(g.gpus > 0 for g in spec.groups)),
+            "qos": qos_limits(limits, gpus=gpus, budget=budget),
         })  # fmt: skip
     return {
         "cluster": spec.slurm_cluster_name,

@@ -9,6 +9,7 @@ knows what ``up`` made, and ``down`` also finds resources by name where state is
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -16,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from clusterkit import interrupt
+from clusterkit import costs, interrupt, proc
 from clusterkit.accounting import new_password
 from clusterkit.boot import node_boots, trusted_nodes, wait_for_boot
 from clusterkit.errors import ClusterkitError, ConfigureError, SSHError, StateError
 from clusterkit.files import ClusterFiles
-from clusterkit.headfiles import render_cluster_files
+from clusterkit.headfiles import notify_targets, render_cluster_files
+from clusterkit.nodetools import notify
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
 from clusterkit.playbook import ansible_vars, inventory, run_playbook
 from clusterkit.progress import NoProgress, Progress
@@ -38,9 +40,11 @@ from clusterkit.state import (
     cluster_lock,
     clusters_dir,
     list_states,
+    load_state,
     now,
     remove_cluster_dir,
     salvage_state,
+    spec_of,
     try_load_state,
 )
 from clusterkit.trust import ClusterTrust, TrustedNode, keygen
@@ -363,6 +367,7 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
         cls.check_prerequisites()
         cls.check_owner(name, cluster_dir(name), creating=False)
         if state is not None:
+            _keep_ledger(name, progress)
             state.status = "deleting"
             state.save()
         with progress.step(f"destroy {name}"):
@@ -370,6 +375,39 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
             remove_cluster_dir(name)
         (clusters_dir() / f".{name}.lock").unlink(missing_ok=True)
     return removed + ([f"dir {cluster_dir(name)}"] if has_dir else [])
+
+
+def _keep_ledger(name: str, progress: Progress) -> None:
+    """Save what the cluster cost before its database goes; nothing here stops ``down``."""
+    try:
+        with progress.step("keep the cost ledger"):
+            final = costs.keep(name)
+    except (ClusterkitError, OSError, ValueError) as exc:
+        progress.warn(f"no cost ledger kept of {name}: {exc}")
+        return
+    if final is not None:
+        for error in _tell_mission(name, final):
+            progress.warn(f"the mission message of {name} was not sent: {error}")
+
+
+def _tell_mission(name: str, final: costs.Inputs) -> list[str]:
+    """The ``mission`` message to the spec's targets: webhook and SNS from here, the command
+    on the head (where every other message's command runs)."""
+    state = load_state(name)
+    spec = spec_of(state)
+    targets = notify.Targets.from_dict(notify_targets(spec))
+    if targets is None or "mission" not in targets.kinds:
+        return []
+    msg = notify.message("mission", name, **costs.mission_summary(final))
+    errors = notify.deliver(replace(targets, command=None), msg)
+    if targets.command:
+        trust = ClusterTrust(state.name, state.dir)
+        argv = trust.ssh_argv(head_name(name), [targets.command])
+        try:
+            proc.run(argv, input=json.dumps(msg), timeout=notify.TIMEOUT_SECONDS + 5)
+        except ClusterkitError as exc:
+            errors.append(f"command: {exc}")
+    return errors
 
 
 def down_all(progress: Progress | None = None) -> dict[str, list[str]]:

@@ -22,6 +22,8 @@ from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
 # Events of these actions are only bookkeeping, not actions on nodes.
+# The meter's and notifier's records are bookkeeping, not power actions.
+QUIET_SOURCES = ("meter", "notify")
 QUIET_ACTIONS = frozenset({"called", "started", "done"})
 
 
@@ -49,7 +51,10 @@ def recent_actions(state: ClusterState, limit: int = 10) -> list[dict[str, Any]]
         text = proc.run(trust.ssh_argv(head_name(state.name), argv), timeout=30).stdout
     except ClusterkitError:
         return []
-    acted = [e for e in events.parse(text) if e.get("action") not in QUIET_ACTIONS]
+    acted = [
+        e for e in events.parse(text)
+        if e.get("action") not in QUIET_ACTIONS and e.get("source") not in QUIET_SOURCES
+    ]  # fmt: skip
     return acted[-limit:]
 
 

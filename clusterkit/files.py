@@ -82,3 +82,8 @@ class ClusterFiles:
     @property
     def task_prolog(self) -> Path:
         return self.rendered / "task-prolog"
+
+    @property
+    def prices(self) -> Path:
+        """The prices ``up`` priced the cluster at (node weights, billing, the ledger)."""
+        return self.rendered / "prices.json"

@@ -16,6 +16,7 @@ from clusterkit.boot import boot_script
 from clusterkit.files import ClusterFiles
 from clusterkit.nodetools.cloud import ON_DEMAND, SPOT
 from clusterkit.plan import head_name, plan_nodes
+from clusterkit.prices import Price, PriceBook, price_book
 from clusterkit.render import render
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
 from clusterkit.spec import ClusterSpec, GroupSpec
@@ -36,6 +37,8 @@ class HeadInputs(Protocol):
 
     def cloud_config(self, spec: ClusterSpec, network: dict[str, str]) -> dict[str, Any]: ...
 
+    def spot_prices(self, spec: ClusterSpec) -> dict[str, Price]: ...
+
 
 def render_cluster_files(
     spec: ClusterSpec, state: ClusterState, trusted: list[TrustedNode], provider: HeadInputs
@@ -49,9 +52,12 @@ def render_cluster_files(
         for n in plan_nodes(spec)
         if n.role == "compute"
     ]
+    book = price_book(spec, provider.spot_prices(spec))
+    atomic_write(files.prices, json.dumps(book.as_dict(), indent=1) + "\n")
     files_ = slurm_files(
-        spec, head, addresses[head], computes, traits=provider.traits, include_dynamic=True
-    )
+        spec, head, addresses[head], computes, traits=provider.traits, include_dynamic=True,
+        prices=book,
+    )  # fmt: skip
     for name, text in files_.items():
         atomic_write(files.slurm_conf_dir / name, text)
     atomic_write(files.prolog, slurmctld_prolog(spec), mode=0o755)
@@ -67,6 +73,14 @@ def render_cluster_files(
     write_nodetools_archive(files.nodetools_archive)
     if spec.accounting.enabled:
         render_accounting_files(spec, files)
+
+
+def rendered_prices(files: ClusterFiles) -> PriceBook | None:
+    """The prices ``up`` rendered the cluster with; None before its render step."""
+    try:
+        return PriceBook.from_dict(json.loads(files.prices.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
 
 
 def render_accounting_files(spec: ClusterSpec, files: ClusterFiles) -> None:
@@ -106,6 +120,7 @@ def power_config(spec: ClusterSpec) -> dict[str, Any]:
         "resume_timeout": spec.slurm.resume_timeout,
         "retry_seconds": spec.slurm.resume_retry_seconds,
         "protected_mode": spec.protected_mode.model_dump(),
+        "notify": notify_targets(spec),
         "groups": {
             g.name: {
                 "options": capacity_options(g),
@@ -115,6 +130,19 @@ def power_config(spec: ClusterSpec) -> dict[str, Any]:
             for g in spec.groups
         },
     }
+
+
+def notify_targets(spec: ClusterSpec) -> dict[str, Any] | None:
+    """Where the head's reconciler sends its messages (``nodetools.notify.Targets``)."""
+    n = spec.notify
+    if not (n.webhook or n.command or n.sns_topic_arn):
+        return None
+    return {
+        "webhook": n.webhook, "command": n.command, "sns_topic": n.sns_topic_arn,
+        "sns_region": n.sns_topic_arn.split(":")[3] if n.sns_topic_arn else None,
+        "kinds": list(n.events), "storm_count": n.storm.count,
+        "storm_seconds": n.storm.window_seconds,
+    }  # fmt: skip
 
 
 def spot_config(

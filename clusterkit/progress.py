@@ -8,9 +8,12 @@ from typing import Protocol
 
 
 class Progress(Protocol):
-    """How the library reports long work; ``step`` wraps one named step."""
+    """How the library reports long work; ``step`` wraps one named step, ``warn`` tells of
+    something that went wrong without stopping the work."""
 
     def step(self, title: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def warn(self, text: str) -> None: ...
 
 
 class NoProgress:
@@ -19,3 +22,6 @@ class NoProgress:
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
         yield
+
+    def warn(self, text: str) -> None:
+        pass

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from clusterkit.accounting import SLURMDBD_PORT
+from clusterkit.billing import billing_weights, has_budgets, node_weight
 from clusterkit.hostlist import compress_hostlist
+from clusterkit.prices import PriceBook
 from clusterkit.render import render
 from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec, GroupSpec
 from clusterkit.traits import Traits
@@ -82,18 +84,20 @@ def slurm_files(
     *,
     traits: Traits,
     include_dynamic: bool = False,
+    prices: PriceBook | None = None,
 ) -> dict[str, str]:
     """The rendered files by name: ``slurm.conf``, ``cgroup.conf`` and ``gres.conf``.
 
     ``nodes`` are the compute nodes (never the head). Dynamic ones are left out unless
     ``include_dynamic``; when included they are declared ``State=CLOUD`` without an address.
+    ``prices`` give node weights (cheapest first) and the billing TRES (``billing``).
     Raises ``ValueError`` on nodes that contradict the spec (a caller's bug).
     """
     chosen = select_nodes(spec, head_name, nodes, include_dynamic)
     return {
         "slurm.conf": render(
             "slurm/slurm.conf.j2",
-            **slurm_conf_values(spec, head_name, head_address, chosen, traits),
+            **slurm_conf_values(spec, head_name, head_address, chosen, traits, prices=prices),
         ),
         "cgroup.conf": render("slurm/cgroup.conf.j2", **cgroup_conf_values(spec, traits)),
         "gres.conf": render("slurm/gres.conf.j2", **gres_conf_values(spec, chosen, traits)),
@@ -147,6 +151,8 @@ def slurm_conf_values(
     head_address: str,
     nodes: Sequence[SlurmNodeDef],
     traits: Traits,
+    *,
+    prices: PriceBook | None = None,
 ) -> dict[str, Any]:
     """Everything slurm.conf.j2 places, for the nodes to declare."""
     return {
@@ -155,11 +161,11 @@ def slurm_conf_values(
         "paths": path_settings(),
         "plugins": plugin_settings(spec, traits),
         "jobs": job_settings(spec),
-        "throughput": throughput_settings(),
+        "throughput": throughput_settings(spec),
         "accounting": accounting_settings(spec, head_address),
         "power": power_settings(spec, nodes),
-        "nodes": [node_settings(spec, node) for node in nodes],
-        "partitions": partition_settings(spec, nodes),
+        "nodes": [node_settings(spec, node, prices) for node in nodes],
+        "partitions": partition_settings(spec, nodes, prices),
         "extra": list(spec.slurm.extra),
     }
 
@@ -229,14 +235,31 @@ def job_settings(spec: ClusterSpec) -> Settings:
     }
 
 
-def throughput_settings() -> Settings:
+def priority_settings(spec: ClusterSpec) -> Settings:
+    """FIFO, the guide's faster choice: an ephemeral cluster has no fair share to keep.
+
+    With accounting it is multifactor with every weight 0 (every job's priority is 1, so the
+    queue stays first come, first served), because only multifactor counts what jobs used,
+    which budgets (GrpTRESMins) need; measured: under basic a spent budget held nothing. Its
+    count runs every minute, so a running job's use shows within one.
+    """
+    if not spec.accounting.enabled:
+        return {"PriorityType": "priority/basic"}
+    weights = ("Age", "Fairshare", "JobSize", "Partition", "QOS")
+    return {
+        "PriorityType": "priority/multifactor",
+        **{f"PriorityWeight{w}": "0" for w in weights},
+        "PriorityCalcPeriod": "1",
+    }
+
+
+def throughput_settings(spec: ClusterSpec) -> Settings:
     """Settings from SchedMD's High Throughput Computing Administration Guide."""
     return {
         # Backfill (the default, stated) still helps the mixed MPI and array workloads.
         "SchedulerType": "sched/backfill",
         "SchedulerParameters": ",".join(SCHEDULER_PARAMETERS),
-        # FIFO: the guide's faster choice; an ephemeral cluster has no fair share to keep.
-        "PriorityType": "priority/basic",
+        **priority_settings(spec),
         # The guide: purge finished jobs after "a few seconds". `sbatch --wait` polls more
         # slowly the longer MinJobAge is (measured: it returned 20 s late with 60).
         "MinJobAge": "5",
@@ -283,6 +306,9 @@ def accounting_settings(spec: ClusterSpec, head_address: str) -> Settings:
         # own label (privatedata, with PrivateData=jobs).
         "MCSPlugin": "mcs/account",
         "MCSParameters": "enforced,select,privatedata",
+        # A job's billing is its dominant share of the node (the largest of its CPUs, memory
+        # and GPUs, each weighted by price): money, as the cost ledger counts it.
+        "PriorityFlags": "MAX_TRES",
     }
     if has_gpus(spec):
         settings["AccountingStorageTRES"] = "gres/gpu"  # so GPU limits and usage exist
@@ -330,8 +356,10 @@ def power_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> Settings
     }
 
 
-def node_settings(spec: ClusterSpec, node: SlurmNodeDef) -> Settings:
-    """One NodeName line; its size comes from the node's group."""
+def node_settings(
+    spec: ClusterSpec, node: SlurmNodeDef, prices: PriceBook | None = None
+) -> Settings:
+    """One NodeName line; its size comes from the node's group, its weight from its price."""
     group = group_of(spec, node.group)
     settings: Settings = {"NodeName": node.name}
     if not node.dynamic and node.address is not None:
@@ -344,17 +372,20 @@ def node_settings(spec: ClusterSpec, node: SlurmNodeDef) -> Settings:
         settings["Gres"] = f"gpu:{group.gpus}"
     if group.features:
         settings["Features"] = ",".join(group.features)
-    settings["Weight"] = str(group.weight)
+    settings["Weight"] = str(node_weight(group, prices))
     # CLOUD: powered down until Slurm resumes it; UNKNOWN: slurmd's registration decides.
     settings["State"] = "CLOUD" if node.dynamic else "UNKNOWN"
     return settings
 
 
-def partition_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> list[Settings]:
+def partition_settings(
+    spec: ClusterSpec, nodes: Sequence[SlurmNodeDef], prices: PriceBook | None = None
+) -> list[Settings]:
     """The default partition with every declared node, then one partition per group.
 
     A group without declared nodes still gets its partition, empty (``Nodes=``), so a job
-    asking for it waits instead of being rejected.
+    asking for it waits instead of being rejected. With accounting and prices, each bills
+    in money (``billing``); with a budget, a job without a time limit gets a default one.
     """
     everyone = partition(
         DEFAULT_PARTITION, [n.name for n in nodes], min(mem_per_cpu(g) for g in spec.groups),
@@ -364,6 +395,18 @@ def partition_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> list
         partition(g.name, [n.name for n in nodes if n.group == g.name], mem_per_cpu(g))
         for g in spec.groups
     ]
+    if not spec.accounting.enabled or prices is None:
+        return [everyone, *per_group]
+    for settings, groups in zip(
+        [everyone, *per_group], [spec.groups, *((g,) for g in spec.groups)], strict=True
+    ):
+        weights = billing_weights(groups, prices)
+        if weights is not None:
+            settings["TRESBillingWeights"] = weights
+        if has_budgets(spec):
+            # A budget admits a job only if it can run to its end within it (Enforce=safe),
+            # which a job without a time limit never can.
+            settings["DefaultTime"] = str(spec.cost.default_time_minutes)
     return [everyone, *per_group]
 
 

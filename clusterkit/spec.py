@@ -34,6 +34,7 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=24)]
 GroupName = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=16)]
 PosInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+Money = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Capacity = Literal["spot", "on-demand", "spot-then-on-demand"]
 
 # The most nodes one local cluster may have: its /24 holds the gateway, the head and these.
@@ -75,7 +76,9 @@ class GroupSpec(_Model):
     memory_mb: PosInt = Field(2048, description="memory per node in MiB")
     gpus: NonNegInt = Field(0, description="GPUs per node (gres gpu)")
     features: tuple[str, ...] = Field((), description="Slurm node features")
-    weight: PosInt = Field(1, description="Slurm node weight: lower is scheduled first")
+    weight: PosInt | None = Field(
+        None, description="Slurm node weight, lower first; default: from the price per CPU"
+    )
 
     @field_validator("name")
     @classmethod
@@ -251,6 +254,9 @@ class TenantSpec(_Model):
     name: Name
     users: tuple[str, ...] = Field(min_length=1, description="cluster users of this tenant")
     limits: TenantLimits = Field(default_factory=TenantLimits)
+    budget: Money | None = Field(
+        None, description="what its jobs may cost in all (cost.currency); then they wait"
+    )
 
     @field_validator("name")
     @classmethod
@@ -258,6 +264,76 @@ class TenantSpec(_Model):
         if v in RESERVED_TENANTS:
             raise ValueError(f"{v!r} is reserved for clusterkit's own accounts; choose another")
         return v
+
+
+class InstancePrices(_Model):
+    """Hourly prices of one instance type, instead of the ones clusterkit finds."""
+
+    instance_type: str = Field(min_length=1, description="the type these prices are for")
+    on_demand: Money | None = Field(None, description="per hour on on-demand capacity")
+    spot: Money | None = Field(None, description="per hour on Spot capacity")
+
+
+NOTIFY_KINDS = ("job", "pack", "budget", "interruption-storm", "mission")
+
+
+class StormSpec(_Model):
+    """How many interruption notices, how close together, make a storm worth a message."""
+
+    count: PosInt = Field(3, description="notices ...")
+    window_seconds: PosInt = Field(300, description="... within this many seconds")
+
+
+class NotifySpec(_Model):
+    """Where messages go when jobs, packs or the mission end, a budget is spent, or
+    interruptions storm (README: Notifications has each message's JSON)."""
+
+    webhook: str | None = Field(None, description="an http(s) URL each message is POSTed to")
+    command: str | None = Field(
+        None, description="a shell command on the head, each message on its stdin"
+    )
+    sns_topic_arn: str | None = Field(None, description="an SNS topic (aws)")
+    events: tuple[Literal[NOTIFY_KINDS], ...] = Field(  # type: ignore[valid-type]
+        NOTIFY_KINDS, description="which kinds are sent"
+    )
+    storm: StormSpec = Field(default_factory=StormSpec)
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _arn(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"arn:aws[\w-]*:sns:[\w-]+:\d{12}:[\w-]+", v):
+            raise ValueError("must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        return v
+
+
+class CostSpec(_Model):
+    """What the cluster costs: prices, the currency they are in, and a budget for all of it."""
+
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = Field(
+        "USD", description="ISO 4217 code of every price and budget"
+    )
+    budget: Money | None = Field(None, description="what all jobs together may cost")
+    prices: tuple[InstancePrices, ...] = Field(
+        (), description="[{instance_type, on_demand, spot}]: hourly prices to use"
+    )
+
+    def given(self, instance_type: str) -> InstancePrices | None:
+        """The prices the spec gives for ``instance_type``."""
+        return next((p for p in self.prices if p.instance_type == instance_type), None)
+
+    assumed_spot_ratio: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.35, description="Spot price as a share of on-demand where none is known (local)"
+    )
+    default_time_minutes: PosInt = Field(
+        60, description="with a budget: the time limit of a job that sets none (--time)"
+    )
 
 
 class UserSpec(_Model):
@@ -338,6 +414,8 @@ class ClusterSpec(_Model):
     users: tuple[UserSpec, ...] = Field(default_factory=_default_users)
     accounting: AccountingSpec = Field(default_factory=AccountingSpec)
     tenants: tuple[TenantSpec, ...] = ()
+    cost: CostSpec = Field(default_factory=CostSpec)
+    notify: NotifySpec = Field(default_factory=NotifySpec)
     local: LocalSpec = Field(default_factory=LocalSpec)
     aws: AwsSpec = Field(default_factory=AwsSpec)
 
@@ -428,6 +506,14 @@ def _cross_problems(spec: ClusterSpec) -> list[str]:
         f"users: uid {u} is used more than once" for u in _duplicates([u.uid for u in spec.users])
     ]
     problems += _tenant_problems(spec)
+    problems += [
+        f"cost.prices: {t!r} is priced more than once"
+        for t in _duplicates([p.instance_type for p in spec.cost.prices])
+    ]
+    if spec.notify.sns_topic_arn and spec.provider != "aws":
+        problems.append("notify.sns_topic_arn: needs provider aws (use notify.webhook here)")
+    if spec.cost.budget is not None and not spec.accounting.enabled:
+        problems.append("cost.budget: needs accounting (remove `accounting.enabled: false`)")
     if spec.provider == "local":
         total = sum(g.max for g in spec.groups)
         if total > MAX_LOCAL_NODES:

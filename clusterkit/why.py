@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clusterkit import proc
+from clusterkit.billing import money
 from clusterkit.errors import ClusterkitError, SlurmError, StateError
 from clusterkit.nodetools import accounts
 from clusterkit.plan import head_name
@@ -31,6 +32,9 @@ QOS_LIMITS = {
     "QOSGrpJobsLimit": ("GrpJobs", "", "jobs", "running jobs"),
     "QOSMaxJobsPerUserLimit": ("MaxJobsPU", "", "jobs_per_user", "running jobs per user"),
 }
+# A budget's reasons: the job would take its tenant (QOS) or the cluster (the root
+# association) over what it may spend in all.
+BUDGETS = {"QOSGrpBillingMinutes": "tenant", "AssocGrpBillingMinutes": "cluster"}
 # Slurm's other reasons for a pending job, in words; {id} and {nodes} are filled in.
 REASONS = {
     "Resources": "no node has room for it now; it starts when running jobs end (a node runs "
@@ -112,9 +116,54 @@ def explain(job: Mapping[str, Any], counters: Mapping[str, Any] | None = None) -
         return Explanation(**base, text=f"it is {state.lower()}{where}, not waiting")
     if reason in QOS_LIMITS:
         return _limit_explanation(base, job, counters or {})
+    if reason in BUDGETS:
+        return _budget_explanation(base, job, counters or {})
     words = _reason_words(reason)
     text = words.format(id=job_id) if words else f"Slurm's reason is {reason}"
     return Explanation(**base, text=text)
+
+
+def _budget_explanation(
+    base: dict[str, Any], job: Mapping[str, Any], counters: Mapping[str, Any]
+) -> Explanation:
+    """A job its budget cannot admit: Slurm starts a job under a budget only if it can run
+    to its time limit within what is left (AccountingStorageEnforce=safe)."""
+    limit, spent = counters.get("GrpTRESMins", {}).get("billing", (None, None))
+    _, held = counters.get("GrpTRESRunMins", {}).get("billing", (None, None))
+    minutes = _time_limit_minutes(job)
+    billing = _billing(job)
+    asks = billing * minutes if billing and minutes else None
+    numbers = {"name": "budget", "limit": limit, "in_use": spent, "held": held, "asked": asks}
+    who = f"tenant {base['account']}" if BUDGETS[base["reason"]] == "tenant" else "the cluster"
+    key = f"tenants[{base['account']}].budget" if who != "the cluster" else "cost.budget"
+    if limit is None:
+        text = f"{who} has spent its budget ({key})"
+    else:
+        text = (
+            f"{who} has spent {money(spent or 0):.4f} of its budget of {money(limit):.4f} "
+            f"({key})"
+            + (f", and its running jobs may spend {money(held):.4f} more" if held else "")
+            + (f"; this job may cost up to {money(asks):.4f} (its time limit)" if asks else "")
+        )
+    text += (
+        ". It starts if what is left allows it (a shorter --time asks for less); or raise "
+        "the budget in the spec and run `clusterkit up` again"
+    )
+    return Explanation(**base, text=text, limit=numbers)
+
+
+def _time_limit_minutes(job: Mapping[str, Any]) -> int | None:
+    value = job.get("time_limit")
+    if isinstance(value, dict):  # newer squeue: {"set": true, "number": 5}
+        value = value.get("number")
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _billing(job: Mapping[str, Any]) -> float | None:
+    value = job.get("billable_tres")
+    if isinstance(value, dict):
+        value = value.get("number")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _reason_words(reason: str) -> str:
@@ -129,6 +178,8 @@ def in_words(reason: str, job_id: str) -> str:
     """A pending job's reason in a few words, without asking the head for numbers."""
     if reason in QOS_LIMITS:
         return f"its tenant is at its limit of {QOS_LIMITS[reason][3]} at once"
+    if reason in BUDGETS:
+        return f"its {BUDGETS[reason]}'s budget has too little left for it"
     words = _reason_words(reason)
     return words.format(id=job_id).split(" (a node runs")[0] if words else ""
 
@@ -214,7 +265,8 @@ def why(name: str, job_id: str) -> list[Explanation]:
     found = []
     for job in jobs:
         counters = None
-        if str(job.get("state_reason", "")) in QOS_LIMITS and job.get("qos"):
+        reason = str(job.get("state_reason", ""))
+        if (reason in QOS_LIMITS or reason in BUDGETS) and job.get("qos"):
             qos = str(job["qos"])
             line = _ssh(trust, name, ["scontrol", "-o", "show", "assoc_mgr", "flags=qos",
                                       f"qos={qos}"])  # fmt: skip

@@ -13,6 +13,7 @@ packages=(
     python3 python3-venv python3-jinja2               # the venv; node tools on nodes' python3
     python3-boto3                                     # the head's SQS consumer of EC2 events
     parallel                                          # bench/htc.py's GNU parallel baseline
+    chromium                                          # the tests open `clusterkit report` pages
 )
 
 missing=()

@@ -17,7 +17,7 @@ import click
 
 from clusterkit import __version__
 from clusterkit import interrupt as signals
-from clusterkit.cli import cluster, elastic, image, jobs, pack, spot
+from clusterkit.cli import cluster, costs, elastic, image, jobs, pack, spot
 from clusterkit.cli.console import fail, stop
 from clusterkit.errors import ClusterkitError, SpecError
 from clusterkit.state import home
@@ -44,7 +44,7 @@ def cli() -> None:
 
 for command in (
     cluster.up, cluster.down, cluster.list_, cluster.status, elastic.cloud_, elastic.interrupt,
-    elastic.unprotect, jobs.why,
+    elastic.unprotect, jobs.why, costs.cost, costs.report,
     cluster.ssh, cluster.verify_, cluster.inventory, cluster.env_, cluster.validate,
     cluster.init, pack.pack, image.image, spot.events, spot.spot_report,
 ):  # fmt: skip

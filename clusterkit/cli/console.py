@@ -51,6 +51,9 @@ class StepProgress:
         self.done.append(label)
         err.print(f"[green]✓[/] {label} [dim]({time.monotonic() - start:.1f}s)[/]")
 
+    def warn(self, text: str) -> None:
+        err.print(f"[yellow]![/] {escape(text)}", soft_wrap=True)
+
 
 def fail(message: str, code: int) -> NoReturn:
     """One red line, then exit ``code``."""

@@ -34,7 +34,8 @@ _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 class Current:
     """What slurmdbd holds now, as far as the plan cares."""
 
-    qos: Mapping[str, Mapping[str, str]]  # name -> GrpTRES, GrpJobs, MaxJobsPerUser, Flags
+    # name -> GrpTRES, GrpJobs, MaxJobsPerUser, Flags, GrpTRESMins
+    qos: Mapping[str, Mapping[str, str]]
     accounts: Mapping[str, tuple[str, str]]  # account -> (qos list, default qos)
     users: Mapping[str, frozenset[str]]  # user -> its accounts
 
@@ -46,9 +47,14 @@ def _rows(*args: str) -> list[list[str]]:
 
 def read_current(cluster: str) -> Current:
     qos = {
-        row[0]: {"GrpTRES": row[1], "GrpJobs": row[2], "MaxJobsPerUser": row[3], "Flags": row[4]}
-        for row in _rows("show", "qos", "format=name,grptres,grpjobs,maxjobsperuser,flags")
-    }
+        row[0]: {
+            "GrpTRES": row[1], "GrpJobs": row[2], "MaxJobsPerUser": row[3], "Flags": row[4],
+            "GrpTRESMins": row[5],
+        }
+        for row in _rows(
+            "show", "qos", "format=name,grptres,grpjobs,maxjobsperuser,flags,grptresmins"
+        )
+    }  # fmt: skip
     accounts: dict[str, tuple[str, str]] = {}
     users: dict[str, set[str]] = {}
     assoc = _rows("show", "assoc", f"cluster={cluster}", "format=account,user,qos,defaultqos")
@@ -83,8 +89,9 @@ def _flags(raw: str) -> set[str]:
 
 
 def qos_differs(want: Mapping[str, str], have: Mapping[str, str]) -> bool:
-    if tres(want["GrpTRES"]) != tres(have.get("GrpTRES", "")):
-        return True
+    for key in ("GrpTRES", "GrpTRESMins"):
+        if tres(want.get(key, "")) != tres(have.get(key, "")):
+            return True
     if _flags(want["Flags"]) != _flags(have.get("Flags", "")):
         return True
     return any(

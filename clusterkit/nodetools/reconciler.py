@@ -23,6 +23,7 @@ agents requeued until they end (``jobwatch``), since Slurm soon forgets finished
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -30,9 +31,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clusterkit.nodetools import events, jobwatch, protect
+from clusterkit.nodetools import events, jobwatch, notify, protect
 from clusterkit.nodetools.cloud import Cloud, Instance
 from clusterkit.nodetools.clouds import cloud_from_config, load_config
+from clusterkit.nodetools.meter import Meter
 from clusterkit.nodetools.power import POWER_CONFIG, PowerConfig, Scontrol, launch_group
 from clusterkit.nodetools.spot import CONFIG as SPOT_CONFIG
 from clusterkit.nodetools.spot import SlurmOps, SpotConfig
@@ -257,6 +259,26 @@ def follow_jobs(watch: jobwatch.JobWatch, events_dir: Path) -> None:
         events.record("reconciler", found.pop("action"), **found)
 
 
+def notifier_of(
+    path: Path, cluster: str, old: notify.Notifier | None = None
+) -> notify.Notifier | None:
+    """The notifier ``power.json`` asks for (None without targets); what ``old`` already sent
+    is kept."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return old
+    targets = notify.Targets.from_dict(data.get("notify"))
+    if targets is None:
+        return None
+    if old is not None:
+        old.targets = targets
+        return old
+    found = notify.Notifier(cluster, targets, _run)
+    found.load()
+    return found
+
+
 def protection_of(config: PowerConfig) -> protect.Protection:
     return protect.Protection(
         node_group=config.node_group, after=config.protect_after, window=config.protect_window
@@ -305,13 +327,18 @@ def one_pass(
     cloud: Cloud,
     slurm: Scontrol,
     reader: SlurmReader,
+    meter: Meter | None = None,
 ) -> None:
-    """One pass: take in new events (protecting a group over its limit), then plan and act
-    on every group not protected, then undo what a controller restart left."""
+    """One pass: take in new events (protecting a group over its limit), meter the
+    instances, then plan and act on every group not protected, then undo what a controller
+    restart left."""
     nodes = reader.nodes()
     for group in protection.observe(tail.read(), time.time()):
         protect.protect(protection, group, nodes, slurm)
-    actions = reconciler.plan(nodes, cloud.describe(), time.time(), set(protection.protected))
+    instances = cloud.describe()
+    if meter is not None:
+        meter.record(instances, time.time())
+    actions = reconciler.plan(nodes, instances, time.time(), set(protection.protected))
     reconciler.apply(actions, cloud, slurm)
     undo_restart_artifacts(nodes, slurm)
 
@@ -337,17 +364,25 @@ def main(argv: list[str] | None = None) -> int:
     slurm = Scontrol()
     reader = SlurmReader.create(_run, local=True)
     watch = jobwatch.JobWatch()
+    meter = Meter.from_log(events.read())
+    notifier = notifier_of(POWER_CONFIG, reconciler.config.cluster)
+    notices = events.Tail()
     events.record("reconciler", "started", interval=args.interval)
     errors = PassErrors(started=time.monotonic())
     while True:
         try:
             if settings.changed():
                 reconciler.config = PowerConfig.load()
+                notifier = notifier_of(POWER_CONFIG, reconciler.config.cluster, notifier)
                 fresh = protection_of(reconciler.config)
                 protection.node_group = fresh.node_group
                 protection.after, protection.window = fresh.after, fresh.window
-            one_pass(reconciler, protection, tail, cloud=cloud, slurm=slurm, reader=reader)
+            one_pass(
+                reconciler, protection, tail, cloud=cloud, slurm=slurm, reader=reader, meter=meter
+            )
             follow_jobs(watch, Path(SpotConfig.load(args.spot_config).events_dir))
+            if notifier is not None:
+                notifier.tick(time.time(), notices.read())
             errors.passed()
         except Exception as exc:  # noqa: BLE001 - a watchdog logs and tries again
             error = f"{type(exc).__name__}: {exc}"[-500:]

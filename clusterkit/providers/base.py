@@ -18,6 +18,7 @@ from clusterkit.boot import NodeBoot
 from clusterkit.errors import SpecError, StateError
 from clusterkit.nodetools.cloud import Instance
 from clusterkit.plan import NodePlan, static_nodes
+from clusterkit.prices import Price
 from clusterkit.secretref import FILE_PREFIX, read_file_secret
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, NodeState
@@ -194,6 +195,12 @@ class Provider(ABC):
 
         Works with no state at all, after a crash at any point. Returns what it removed.
         """
+
+    @classmethod
+    def spot_prices(cls, spec: ClusterSpec) -> dict[str, Price]:
+        """The Spot price now of each instance type ``spec`` names, where the provider has a
+        Spot market (``prices.price_book`` fills in the rest)."""
+        return {}
 
     @classmethod
     def dry_run(cls, spec: ClusterSpec) -> DryRun:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from clusterkit.providers.aws.pricing import on_demand_table
+from clusterkit.prices import on_demand_table
 from tests.aws.conftest import Aws
 
 

@@ -1,15 +1,20 @@
-"""Accounting and tenants on a real cluster: MariaDB and slurmdbd on the head, two tenants
-with limits, and clients from this machine (submitit, sacct) following jobs through it.
+"""Accounting, tenants and what work cost, on a real cluster: MariaDB and slurmdbd on the head,
+tenants with limits and a budget, clients from this machine (submitit, sacct) following jobs
+through it, the cost ledger against a hand computation from Slurm's own records, and the
+ledger kept after ``down``.
 
 One cluster for the module: tenant physics (alice, at most 2 CPUs at once), tenant chem (bob),
-and carol in no tenant; two compute nodes of 2 CPUs."""
+tenant lab (dave, with a budget), and carol in no tenant; two compute nodes of 2 CPUs, one of
+a cheap group and one of a dear one (prices given in the spec)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,13 +23,29 @@ from tests.local_residue import residue
 
 NAME = "tnt"
 HEAD = f"{NAME}-head"
-SPEC = {
+CHEAP, DEAR = 0.12, 0.36  # Spot, per hour
+ON_DEMAND = {"c7i.large": 0.24, "c7i.xlarge": 0.72}
+# 0.0105 is 10,500 billing-minutes. A 2-CPU job in partition cheap bills 0.12 / 60 * 1e6 =
+# 2,000 a minute, so a 5-minute limit reserves 10,000: a second such job waits while the
+# first runs, and still once the first has spent some of the rest.
+BUDGET, RAISED = 0.0105, 0.05
+SPEC: dict[str, Any] = {
     "name": NAME,
-    "groups": [{"name": "compute", "min": 2, "max": 2, "cpus": 2, "memory_mb": 2048}],
+    "groups": [
+        {"name": "cheap", "instance_types": ["c7i.large"], "min": 1, "max": 1, "cpus": 2,
+         "memory_mb": 2048},
+        {"name": "dear", "instance_types": ["c7i.xlarge"], "min": 1, "max": 1, "cpus": 2,
+         "memory_mb": 2048},
+    ],
     "users": [{"name": "alice", "uid": 2101}, {"name": "bob", "uid": 2102},
-              {"name": "carol", "uid": 2103}],
+              {"name": "carol", "uid": 2103}, {"name": "dave", "uid": 2104}],
     "tenants": [{"name": "physics", "users": ["alice"], "limits": {"cpus": 2}},
-                {"name": "chem", "users": ["bob"]}],
+                {"name": "chem", "users": ["bob"]},
+                {"name": "lab", "users": ["dave"], "budget": BUDGET}],
+    "cost": {"prices": [
+        {"instance_type": "c7i.large", "spot": CHEAP, "on_demand": ON_DEMAND["c7i.large"]},
+        {"instance_type": "c7i.xlarge", "spot": DEAR, "on_demand": ON_DEMAND["c7i.xlarge"]},
+    ]},
 }  # fmt: skip
 
 
@@ -58,7 +79,8 @@ def wait_state(ck: Clusterkit, job: str, states: set[str], timeout: float = 60) 
 
 def accounting_dump(ck: Clusterkit) -> str:
     return ck.ssh(NAME, HEAD, "sacctmgr -n -P show assoc format=account,user,qos,defaultqos; "
-                  "sacctmgr -n -P show qos format=name,grptres,grpjobs,maxjobsperuser,flags; "
+                  "sacctmgr -n -P show qos format=name,grptres,grpjobs,maxjobsperuser,flags,"
+                  "grptresmins; "
                   "sacctmgr -n -P show user format=user,defaultaccount").stdout  # fmt: skip
 
 
@@ -128,13 +150,13 @@ def test_a_tenant_at_its_cpu_limit_waits_while_another_runs_elsewhere(
 
 
 def test_a_tenants_directory_is_its_own(ck: Clusterkit, cluster: str) -> None:
-    wrote = as_user(ck, "alice", "srun -w compute-st-1 sh -c \"echo mine > "
+    wrote = as_user(ck, "alice", "srun -w cheap-st-1 sh -c \"echo mine > "
                     "/shared/tenants/physics/a && cat /shared/tenants/physics/a\"")  # fmt: skip
     assert wrote == "mine"
-    denied = as_user(ck, "bob", "srun -w compute-st-2 cat /shared/tenants/physics/a",
+    denied = as_user(ck, "bob", "srun -w dear-st-1 cat /shared/tenants/physics/a",
                      check=False)  # fmt: skip
     assert "Permission denied" in denied
-    outside = as_user(ck, "bob", "srun -w compute-st-2 touch /shared/bob-was-here", check=False)
+    outside = as_user(ck, "bob", "srun -w dear-st-1 touch /shared/bob-was-here", check=False)
     assert "Permission denied" in outside  # nothing outside homes and tenants is users'
 
 
@@ -148,11 +170,81 @@ def test_a_job_that_can_never_fit_its_tenant_is_refused_at_submit(
     assert "Job violates accounting/QOS policy" in refused.stderr
 
 
-def test_up_again_changes_no_account_qos_or_user(ck: Clusterkit, cluster: str) -> None:
+def wait_gone(ck: Clusterkit, jobs: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while any(job_state(ck, j)[0] != "GONE" for j in jobs):
+        assert time.monotonic() < deadline, [job_state(ck, j) for j in jobs]
+        time.sleep(0.5)
+
+
+def sacct(ck: Clusterkit, jobs: list[str]) -> dict[str, dict[str, str]]:
+    """Slurm's own records of ``jobs``: elapsed seconds, CPUs, node, state."""
+    out = ck.ssh(NAME, HEAD, "sacct -X -n -P -o JobID,ElapsedRaw,AllocCPUS,NodeList,State "
+                 f"-j {','.join(jobs)}").stdout  # fmt: skip
+    rows = [line.split("|") for line in out.splitlines() if line]
+    return {r[0]: {"elapsed": r[1], "cpus": r[2], "node": r[3], "state": r[4]} for r in rows}
+
+
+def cost(ck: Clusterkit, *args: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(ck.run("cost", NAME, "-o", "json", *args).stdout)
+    return found
+
+
+def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
+    ck: Clusterkit, cluster: str
+) -> None:
+    one = as_user(ck, "bob", 'sbatch --parsable -n1 --wrap="sleep 4"')
+    wait_gone(ck, [one])
+    two = as_user(ck, "bob", 'sbatch --parsable -n2 -w dear-st-1 --wrap="sleep 3"')
+    lab = as_user(ck, "dave", 'sbatch --parsable -n1 -p cheap -t 2 --wrap="sleep 2"')
+    wait_gone(ck, [two, lab])
+    records = sacct(ck, [one, two, lab])
+    # a 1-CPU job on an idle cluster goes to the cheapest node (the lowest weight)
+    assert records[one]["node"] == "cheap-st-1", records
+    price = {"cheap-st-1": (CHEAP, ON_DEMAND["c7i.large"]),
+             "dear-st-1": (DEAR, ON_DEMAND["c7i.xlarge"])}  # fmt: skip
+    by_hand = {}
+    for job, r in records.items():
+        share = int(r["cpus"]) / 2  # its CPUs over the node's (its memory share is no larger)
+        spot, od = price[r["node"]]
+        seconds = int(r["elapsed"])
+        by_hand[job] = (share * spot * seconds / 3600, share * od * seconds / 3600)
+    rows = {r["key"]: r for r in cost(ck, "--by", "job")["rows"]}
+    for job, (spent, od) in by_hand.items():
+        # within a cent, and here within a thousandth of one (sacct keeps whole seconds)
+        assert rows[job]["spent"] == pytest.approx(spent, abs=1e-5), (job, rows[job], spent)
+        assert rows[job]["on_demand"] == pytest.approx(od, abs=1e-5), (job, rows[job], od)
+    tenants = {r["key"]: r for r in cost(ck, "--by", "tenant")["rows"]}
+    assert tenants["lab"]["spent"] == pytest.approx(by_hand[lab][0], abs=1e-5)
+    summary = cost(ck)["summary"]
+    # the nodes and the on-demand head have run since up: the jobs are part of what was spent
+    assert summary["spent"] > summary["jobs"] > 0
+    assert summary["head"] > 0 and summary["spot_savings"] > 0
+
+
+def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
+    ck: Clusterkit, cluster: str
+) -> None:
+    spend = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 5 --wrap="sleep 20"')
+    wait_state(ck, spend, {"RUNNING"})
+    waits = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 5 --wrap="echo ran"')
+    other = as_user(ck, "bob", 'sbatch --parsable -n1 -p dear --wrap="sleep 1"')
+    time.sleep(2)
+    assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
+    why = ck.run("why", cluster, waits).stdout
+    assert "tenant lab has spent" in why and "of its budget of 0.0105" in why, why
+    wait_gone(ck, [other, spend], timeout=60)  # chem is not held back; lab's job runs out
+    assert sacct(ck, [spend])[spend]["state"] == "COMPLETED"
+    # What it spent is counted at its end: the next 5 minutes no longer fit what is left.
+    time.sleep(2)
+    assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
     before = accounting_dump(ck)
-    assert "physics|alice|physics|physics" in before and "default|carol|default|default" in before
-    ck.run("up", "-f", str(ck.write_spec(SPEC)), timeout=600)
-    assert accounting_dump(ck) == before
+    raised = {**SPEC, "tenants": [*SPEC["tenants"][:2], {**SPEC["tenants"][2], "budget": RAISED}]}
+    ck.run("up", "-f", str(ck.write_spec(raised)), timeout=600)
+    # up again changed the budget and nothing else of accounts, QOS and users
+    assert accounting_dump(ck) == before.replace("billing=10500", "billing=50000")
+    wait_gone(ck, [waits], timeout=90)
+    assert sacct(ck, [waits])[waits]["state"] == "COMPLETED"
 
 
 # A second MariaDB on the head, on its cluster address and port 3307, in the head's own
@@ -191,3 +283,15 @@ def test_a_wrong_external_database_password_fails_in_one_line_and_down_cleans_up
     assert "Not-the-right-one-7f3" not in failed.stderr + failed.stdout
     ck.down(cluster)
     assert residue(ck, cluster) == []
+
+
+def test_cost_and_report_answer_from_the_ledger_down_kept(ck: Clusterkit) -> None:
+    """The test before ended with `down`: the ledger it kept still answers."""
+    assert not ck.cluster_dir(NAME).exists()
+    after = cost(ck, "--by", "tenant")
+    assert after["saved_at"], after
+    assert {"chem", "lab"} <= {r["key"] for r in after["rows"]}
+    assert after["summary"]["jobs"] > 0 and after["summary"]["head"] > 0
+    page = ck.home / f"{NAME}-report.html"
+    ck.run("report", NAME, str(page))
+    assert f'"cluster":"{NAME}"' in page.read_text()

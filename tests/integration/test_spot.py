@@ -151,6 +151,13 @@ def test_the_example_job_survives_two_interruptions_with_the_exact_answer(
     assert all(e["lost_seconds"] <= CHECKPOINT_EVERY for e in requeued), requeued
     report = json.loads(cluster.run("spot-report", NAME, "-o", "json").stdout)
     assert report["jobs_recovered"] >= 1 and report["restarts"] >= 2
+    # The two interrupted attempts are the interruption's cost; the savings are net of it.
+    costs = json.loads(cluster.run("cost", NAME, "--by", "job", "-o", "json").stdout)
+    mine = next(r for r in costs["rows"] if r["key"] == job)
+    assert mine["attempts"] == 3, mine
+    assert 0 < mine["interruption"] < mine["spent"], mine
+    assert mine["spot_savings"] < mine["on_demand"] - mine["spent"], mine
+    assert costs["summary"]["interruption"] >= mine["interruption"]
 
 
 def test_exclusive_node_range_and_plain_jobs_run_again(cluster: Clusterkit) -> None:

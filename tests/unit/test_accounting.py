@@ -58,7 +58,7 @@ def test_users_in_no_tenant_share_the_default_account_and_each_tenant_has_its_qo
     physics = plan["accounts"][0]["qos"]
     assert physics == {
         "GrpTRES": "cpu=4,mem=8192,node=-1", "GrpJobs": "3", "MaxJobsPerUser": "-1",
-        "Flags": "DenyOnLimit",
+        "GrpTRESMins": "billing=-1", "Flags": "DenyOnLimit,NoDecay",
     }  # fmt: skip
 
 
@@ -114,6 +114,7 @@ def _as_current(plan: dict[str, object]) -> Current:
         ),
         "GrpJobs": a["qos"]["GrpJobs"].replace("-1", ""),
         "MaxJobsPerUser": a["qos"]["MaxJobsPerUser"].replace("-1", ""),
+        "GrpTRESMins": "" if a["qos"]["GrpTRESMins"].endswith("=-1") else a["qos"]["GrpTRESMins"],
         "Flags": a["qos"]["Flags"],
     } for a in accounts}  # fmt: skip
     users = plan["users"]
@@ -131,7 +132,7 @@ def test_a_fresh_database_gets_the_qos_in_one_run_per_limit_set_and_the_rest_in_
     assert [s.argv[:2] for s in done] == [("add", "qos")] * 3 + [("load", "file=/dev/stdin")]
     assert done[0].argv == (
         "add", "qos", "physics", "GrpTRES=cpu=4,mem=8192,node=-1", "GrpJobs=3",
-        "MaxJobsPerUser=-1", "Flags=DenyOnLimit",
+        "MaxJobsPerUser=-1", "GrpTRESMins=billing=-1", "Flags=DenyOnLimit,NoDecay",
     )  # fmt: skip
     load = done[-1].load.splitlines()
     assert load[:2] == ["Cluster - 'demo'", "Parent - 'root'"]
@@ -155,6 +156,18 @@ def test_a_changed_limit_modifies_only_that_qos() -> None:
     done = steps(accounts_plan(raised), before)
     assert [s.argv[:3] for s in done] == [("modify", "qos", "physics")]
     assert "GrpTRES=cpu=8,mem=8192,node=-1" in done[0].argv
+
+
+def test_a_budget_is_billing_minutes_and_raising_it_modifies_only_that_qos() -> None:
+    before = _as_current(accounts_plan(SPEC))
+    funded = SPEC.model_copy(update={"tenants": (
+        SPEC.tenants[0].model_copy(update={"budget": 0.05}), SPEC.tenants[1],
+    )})  # fmt: skip
+    done = steps(accounts_plan(funded), before)
+    assert [s.argv[:3] for s in done] == [("modify", "qos", "physics")]
+    # A billing-minute is a millionth of the currency: 0.05 is 50,000 of them.
+    assert "GrpTRESMins=billing=50000" in done[0].argv
+    assert steps(accounts_plan(funded), _as_current(accounts_plan(funded))) == []
 
 
 def test_a_user_moved_to_another_tenant_leaves_its_old_account() -> None:

@@ -19,6 +19,7 @@ import pytest
 from clusterkit.errors import SpecError
 from clusterkit.hostlist import hostnames
 from clusterkit.plan import plan_nodes
+from clusterkit.prices import price_book
 from clusterkit.providers import provider_class
 from clusterkit.render import render
 from clusterkit.slurmconf import SlurmNodeDef, slurm_files
@@ -94,7 +95,7 @@ def files_of(spec: ClusterSpec, include_dynamic: bool = False) -> dict[str, str]
     prefix = "10.250.0" if spec.provider == "local" else "10.0.1"
     return slurm_files(
         spec, f"{spec.name}-head", f"{prefix}.2", node_defs(spec, prefix),
-        traits=traits_of(spec), include_dynamic=include_dynamic,
+        traits=traits_of(spec), include_dynamic=include_dynamic, prices=price_book(spec),
     )  # fmt: skip
 
 
@@ -315,8 +316,8 @@ def test_extra_lines_come_last_verbatim() -> None:
 def test_a_group_without_declared_nodes_keeps_an_empty_partition() -> None:
     spec = parse_spec({"name": "z", "groups": [{"name": "burst", "min": 0, "max": 2}]})
     text = files_of(spec)["slurm.conf"]
-    assert "PartitionName=burst Nodes= DefMemPerCPU=1024 MaxTime=INFINITE State=UP\n" in text
-    everyone = "PartitionName=all Nodes= Default=YES DefMemPerCPU=1024 MaxTime=INFINITE State=UP\n"
+    assert "PartitionName=burst Nodes= DefMemPerCPU=1024 MaxTime=INFINITE State=UP" in text
+    everyone = "PartitionName=all Nodes= Default=YES DefMemPerCPU=1024 MaxTime=INFINITE State=UP"
     assert everyone in text
     assert not parse_conf(text)[1]
 

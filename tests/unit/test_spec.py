@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = (
     "name, provider, head, groups, shared_storage, slurm, spot, protected_mode, users, "
-    "accounting, tenants, local, aws"
+    "accounting, tenants, cost, notify, local, aws"
 )
 GROUP_KEYS = "name, instance_types, capacity, min, max, cpus, memory_mb, gpus, features, weight"
 
@@ -78,7 +78,7 @@ def test_minimal_spec_gets_every_default() -> None:
                 "memory_mb": 2048,
                 "gpus": 0,
                 "features": (),
-                "weight": 1,
+                "weight": None,
             },
         ),
         "shared_storage": {"mount_point": "/shared", "type": "auto"},
@@ -108,6 +108,20 @@ def test_minimal_spec_gets_every_default() -> None:
         "users": ({"name": "ckuser", "uid": 2001, "gid": None, "ssh_public_keys": ()},),
         "accounting": {"enabled": True, "database": None},
         "tenants": (),
+        "cost": {
+            "currency": "USD",
+            "budget": None,
+            "prices": (),
+            "assumed_spot_ratio": 0.35,
+            "default_time_minutes": 60,
+        },
+        "notify": {
+            "webhook": None,
+            "command": None,
+            "sns_topic_arn": None,
+            "events": ("job", "pack", "budget", "interruption-storm", "mission"),
+            "storm": {"count": 3, "window_seconds": 300},
+        },
         "local": {"subnet": "auto", "spot_notice_seconds": 10, "boot_delay_seconds": 0},
         "aws": {
             "region": None,

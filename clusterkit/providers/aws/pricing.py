@@ -7,31 +7,13 @@ high end is the head plus every group's ``max`` nodes at their dearest allowed o
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.resources import files
-from typing import Any
 
+from clusterkit.prices import OnDemandTable, Price, on_demand_table
 from clusterkit.providers.aws.errors import aws_call
 from clusterkit.providers.aws.session import Aws
 from clusterkit.providers.base import CostRange
 from clusterkit.spec import ClusterSpec, GroupSpec
-
-
-@dataclass(frozen=True)
-class OnDemandTable:
-    as_of: str
-    region: str
-    currency: str
-    prices: dict[str, float]
-
-
-def on_demand_table() -> OnDemandTable:
-    data: dict[str, Any] = json.loads(
-        (files("clusterkit.providers.aws") / "ondemand_prices.json").read_text(encoding="utf-8")
-    )
-    return OnDemandTable(data["as_of"], data["region"], data["currency"], data["prices"])
 
 
 def spot_prices(aws: Aws, types: list[str]) -> dict[str, list[float]]:
@@ -53,6 +35,17 @@ def spot_prices(aws: Aws, types: list[str]) -> dict[str, list[float]]:
     for (itype, _zone), (_when, price) in latest.items():
         out.setdefault(itype, []).append(price)
     return out
+
+
+def spot_quotes(aws: Aws, types: list[str]) -> dict[str, Price]:
+    """Each type's Spot price in force now: the mean over the region's zones (the zone an
+    instance lands in is the fleet's choice)."""
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    quotes = {}
+    for itype, prices in spot_prices(aws, types).items():
+        source = f"Spot price in force, {aws.region} (mean of {len(prices)} zone(s))"
+        quotes[itype] = Price(round(sum(prices) / len(prices), 6), source, today)
+    return quotes
 
 
 def _group_prices(

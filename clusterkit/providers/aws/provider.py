@@ -21,6 +21,7 @@ from clusterkit.headfiles import capacity_options
 from clusterkit.nodetools.cloud import CAPACITY_CODES, Instance, Option
 from clusterkit.nodetools.cloud_aws import AwsCloud
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
+from clusterkit.prices import Price, spec_types
 from clusterkit.providers.aws import names, pricing, teardown
 from clusterkit.providers.aws.errors import AwsCapacityError, AwsError, aws_call
 from clusterkit.providers.aws.resources import ClusterResources, planned
@@ -440,6 +441,11 @@ class AwsProvider(Provider):
     @classmethod
     def discover(cls) -> list[str]:
         return teardown.discover(Aws())
+
+    @classmethod
+    def spot_prices(cls, spec: ClusterSpec) -> dict[str, Price]:
+        aws = Aws(spec.aws.region)
+        return pricing.spot_quotes(aws, spec_types(spec))
 
     @classmethod
     def dry_run(cls, spec: ClusterSpec) -> DryRun:

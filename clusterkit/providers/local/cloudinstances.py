@@ -33,7 +33,7 @@ from clusterkit.providers.local.cloudrecords import (
     save_records,
     save_simulation,
 )
-from clusterkit.providers.local.node import alive
+from clusterkit.providers.local.node import alive, started_at
 from clusterkit.providers.local.provider import LocalProvider
 from clusterkit.state import ClusterState, NodeState, cluster_lock, load_state, spec_of
 from clusterkit.trust import ClusterTrust
@@ -259,7 +259,8 @@ class Instances:
             instance_id=node.instance_id or "", node=node.name, group=node.group or "",
             address=node.address or "", instance_type=group.instance_types[0],
             lifecycle="on-demand" if group.capacity == "on-demand" else "spot",
-            launched_at=0.0, state="running", pids=node.pids, index=node.index,
+            launched_at=started_at(node.pids.get("init")), state="running", pids=node.pids,
+            index=node.index,
         )  # fmt: skip
 
     @staticmethod
@@ -314,7 +315,8 @@ class Instances:
             instance_id=node.instance_id or "", node=node.name, group="",
             address=node.address or "", instance_type=head.instance_type,
             lifecycle="spot" if head.capacity == "spot" else "on-demand",
-            launched_at=0.0, state="running", pids=node.pids, index=node.index,
+            launched_at=started_at(node.pids.get("init")), state="running", pids=node.pids,
+            index=node.index,
         )  # fmt: skip
 
     def running_instance(self, node: str) -> Record | None:

@@ -226,6 +226,23 @@ def alive(pid: int) -> bool:
         return False
 
 
+def started_at(pid: int | None) -> float:
+    """When process ``pid`` started (epoch seconds): a node's launch time is its init's.
+    0.0 when it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, IndexError, ValueError, StopIteration):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pids_in_netns(paths: list[Path]) -> list[int]:
     """Every live process whose network namespace is one of ``paths``."""
     wanted = {ino for ino in (net.netns_inode(p) for p in paths) if ino is not None}
