@@ -81,4 +81,4 @@ def money(billing_minutes: float) -> float:
 
 
 def has_budgets(spec: ClusterSpec) -> bool:
-    return spec.cost.budget is not None or any(t.budget is not None for t in spec.tenants)
+    return any(t.budget is not None for t in spec.tenants)

@@ -314,12 +314,11 @@ class NotifySpec(_Model):
 
 
 class CostSpec(_Model):
-    """What the cluster costs: prices, the currency they are in, and a budget for all of it."""
+    """What the cluster costs: the prices, and the currency they (and budgets) are in."""
 
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = Field(
         "USD", description="ISO 4217 code of every price and budget"
     )
-    budget: Money | None = Field(None, description="what all jobs together may cost")
     prices: tuple[InstancePrices, ...] = Field(
         (), description="[{instance_type, on_demand, spot}]: hourly prices to use"
     )
@@ -512,8 +511,6 @@ def _cross_problems(spec: ClusterSpec) -> list[str]:
     ]
     if spec.notify.sns_topic_arn and spec.provider != "aws":
         problems.append("notify.sns_topic_arn: needs provider aws (use notify.webhook here)")
-    if spec.cost.budget is not None and not spec.accounting.enabled:
-        problems.append("cost.budget: needs accounting (remove `accounting.enabled: false`)")
     if spec.provider == "local":
         total = sum(g.max for g in spec.groups)
         if total > MAX_LOCAL_NODES:

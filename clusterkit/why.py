@@ -32,9 +32,8 @@ QOS_LIMITS = {
     "QOSGrpJobsLimit": ("GrpJobs", "", "jobs", "running jobs"),
     "QOSMaxJobsPerUserLimit": ("MaxJobsPU", "", "jobs_per_user", "running jobs per user"),
 }
-# A budget's reasons: the job would take its tenant (QOS) or the cluster (the root
-# association) over what it may spend in all.
-BUDGETS = {"QOSGrpBillingMinutes": "tenant", "AssocGrpBillingMinutes": "cluster"}
+# A budget's reason: the job would take its tenant (its QOS) over what it may spend in all.
+BUDGETS = {"QOSGrpBillingMinutes": "tenant"}
 # Slurm's other reasons for a pending job, in words; {id} and {nodes} are filled in.
 REASONS = {
     "Resources": "no node has room for it now; it starts when running jobs end (a node runs "
@@ -134,8 +133,7 @@ def _budget_explanation(
     billing = _billing(job)
     asks = billing * minutes if billing and minutes else None
     numbers = {"name": "budget", "limit": limit, "in_use": spent, "held": held, "asked": asks}
-    who = f"tenant {base['account']}" if BUDGETS[base["reason"]] == "tenant" else "the cluster"
-    key = f"tenants[{base['account']}].budget" if who != "the cluster" else "cost.budget"
+    who, key = f"tenant {base['account']}", f"tenants[{base['account']}].budget"
     if limit is None:
         text = f"{who} has spent its budget ({key})"
     else:

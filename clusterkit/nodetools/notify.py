@@ -33,6 +33,7 @@ from clusterkit.nodetools import events
 SCHEMA = "clusterkit.notify/1"
 KINDS = ("job", "pack", "budget", "interruption-storm", "mission")
 POLL_SECONDS = 10.0
+BUDGET_REASON = "QOSGrpBillingMinutes"  # a job its tenant's budget cannot admit
 TIMEOUT_SECONDS = 5.0
 STATE = Path("/var/lib/clusterkit/notified.json")
 # sacct states of a job that has ended (an array task's, or a whole job's)
@@ -285,6 +286,19 @@ class Notifier:
         except (OSError, subprocess.SubprocessError):
             return [], []
 
+    def _held_by_budget(self) -> dict[str, int]:
+        """Tenants (QOS) with jobs waiting because their budget cannot admit them: how many."""
+        try:
+            out = self.run(["squeue", "-h", "-t", "PD", "-o", "%q|%r"])
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        held: dict[str, int] = {}
+        for line in out.splitlines():
+            qos, _, reason = line.partition("|")
+            if reason.strip() == BUDGET_REASON:
+                held[qos] = held.get(qos, 0) + 1
+        return held
+
     def _budgets(self) -> dict[str, tuple[int, int]]:
         try:
             return qos_budgets(self.run(["scontrol", "-o", "show", "assoc_mgr", "flags=qos"]))
@@ -301,11 +315,12 @@ class Notifier:
         for job, found in ended_jobs(*self._jobs()).items():
             msg = job_message(self.cluster, job, found)
             self._once(str(msg["kind"]), job, msg)
+        held = self._held_by_budget()
         for tenant, (limit, used) in self._budgets().items():
-            if used >= limit:
+            if used >= limit or tenant in held:
                 self._once("budget", f"{tenant}:{limit}", message(
                     "budget", self.cluster, tenant=tenant, budget_minutes=limit,
-                    used_minutes=used,
+                    used_minutes=used, jobs_waiting=held.get(tenant, 0),
                 ))  # fmt: skip
         targets = self.targets
         for group in storms(self.notices, targets.storm_count, targets.storm_seconds):

@@ -9,12 +9,15 @@ a cheap group and one of a dear one (prices given in the spec)."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -29,8 +32,13 @@ ON_DEMAND = {"c7i.large": 0.24, "c7i.xlarge": 0.72}
 # 2,000 a minute, so a 5-minute limit reserves 10,000: a second such job waits while the
 # first runs, and still once the first has spent some of the rest.
 BUDGET, RAISED = 0.0105, 0.05
+# Messages go to a webhook on this machine's address on the cluster's bridge (the subnet is
+# fixed so the address is known before up makes it).
+SUBNET, BRIDGE, HOOK_PORT = "10.250.231.0/24", "10.250.231.1", 18231
 SPEC: dict[str, Any] = {
     "name": NAME,
+    "local": {"subnet": SUBNET},
+    "notify": {"webhook": f"http://{BRIDGE}:{HOOK_PORT}/hook"},
     "groups": [
         {"name": "cheap", "instance_types": ["c7i.large"], "min": 1, "max": 1, "cpus": 2,
          "memory_mb": 2048},
@@ -49,11 +57,53 @@ SPEC: dict[str, Any] = {
 }  # fmt: skip
 
 
+class Hook(http.server.BaseHTTPRequestHandler):
+    got: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        Hook.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class FreeBindServer(http.server.ThreadingHTTPServer):
+    """Bound to the bridge's address before the bridge exists (IP_FREEBIND)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_IP, getattr(socket, "IP_FREEBIND", 15), 1)
+        super().server_bind()
+
+
 @pytest.fixture(scope="module")
-def cluster(ck: Clusterkit) -> Iterator[str]:
+def hook() -> Iterator[list[dict[str, Any]]]:
+    server = FreeBindServer((BRIDGE, HOOK_PORT), Hook)
+    Hook.got = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Hook.got
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def cluster(ck: Clusterkit, hook: list[dict[str, Any]]) -> Iterator[str]:
     ck.run("up", "-f", str(ck.write_spec(SPEC)), timeout=600)
     yield NAME
     ck.down(NAME, check=False)
+
+
+def messages(hook: list[dict[str, Any]], kind: str, **fields: Any) -> list[dict[str, Any]]:
+    return [m for m in hook if m["kind"] == kind and all(m.get(k) == v for k, v in fields.items())]
+
+
+def wait_message(hook: list[dict[str, Any]], kind: str, **fields: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 40  # the head looks every 10 s
+    while not (found := messages(hook, kind, **fields)):
+        assert time.monotonic() < deadline, (kind, fields, hook)
+        time.sleep(0.5)
+    return found[0]
 
 
 def as_user(ck: Clusterkit, user: str, command: str, node: str = HEAD, check: bool = True) -> str:
@@ -191,7 +241,7 @@ def cost(ck: Clusterkit, *args: str) -> dict[str, Any]:
 
 
 def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
-    ck: Clusterkit, cluster: str
+    ck: Clusterkit, cluster: str, hook: list[dict[str, Any]]
 ) -> None:
     one = as_user(ck, "bob", 'sbatch --parsable -n1 --wrap="sleep 4"')
     wait_gone(ck, [one])
@@ -216,6 +266,9 @@ def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
         assert rows[job]["on_demand"] == pytest.approx(od, abs=1e-5), (job, rows[job], od)
     tenants = {r["key"]: r for r in cost(ck, "--by", "tenant")["rows"]}
     assert tenants["lab"]["spent"] == pytest.approx(by_hand[lab][0], abs=1e-5)
+    told = wait_message(hook, "job", job=one)
+    assert told["schema"] == "clusterkit.notify/1" and told["cluster"] == NAME
+    assert (told["user"], told["tenant"], told["states"]) == ("bob", "chem", {"COMPLETED": 1})
     summary = cost(ck)["summary"]
     # the nodes and the on-demand head have run since up: the jobs are part of what was spent
     assert summary["spent"] > summary["jobs"] > 0
@@ -223,7 +276,7 @@ def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
 
 
 def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
-    ck: Clusterkit, cluster: str
+    ck: Clusterkit, cluster: str, hook: list[dict[str, Any]]
 ) -> None:
     spend = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 5 --wrap="sleep 20"')
     wait_state(ck, spend, {"RUNNING"})
@@ -238,6 +291,8 @@ def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
     # What it spent is counted at its end: the next 5 minutes no longer fit what is left.
     time.sleep(2)
     assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
+    spent = wait_message(hook, "budget", tenant="lab")
+    assert spent["budget_minutes"] == 10500 and spent["used_minutes"] > 0
     before = accounting_dump(ck)
     raised = {**SPEC, "tenants": [*SPEC["tenants"][:2], {**SPEC["tenants"][2], "budget": RAISED}]}
     ck.run("up", "-f", str(ck.write_spec(raised)), timeout=600)
@@ -285,9 +340,13 @@ def test_a_wrong_external_database_password_fails_in_one_line_and_down_cleans_up
     assert residue(ck, cluster) == []
 
 
-def test_cost_and_report_answer_from_the_ledger_down_kept(ck: Clusterkit) -> None:
+def test_cost_and_report_answer_from_the_ledger_down_kept(
+    ck: Clusterkit, hook: list[dict[str, Any]]
+) -> None:
     """The test before ended with `down`: the ledger it kept still answers."""
     assert not ck.cluster_dir(NAME).exists()
+    (mission,) = messages(hook, "mission")
+    assert mission["summary"]["jobs"] > 0 and "lab" in mission["tenants"]
     after = cost(ck, "--by", "tenant")
     assert after["saved_at"], after
     assert {"chem", "lab"} <= {r["key"] for r in after["rows"]}

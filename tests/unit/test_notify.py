@@ -107,18 +107,24 @@ def test_the_notifier_sends_each_thing_once_across_restarts(
 ) -> None:
     log = tmp_path / "events.jsonl"
     monkeypatch.setattr(events.record, "__defaults__", (log,))
-    answers = {"sacct": SACCT, "squeue": "30\n40_2\n", "scontrol": ""}
+    budget = "QOS=lab(3) GrpTRESMins=cpu=N(0),billing=10500(700)"
+    answers = {"sacct": SACCT, "squeue": "30\n40_2\n", "scontrol": budget}
 
     def run(argv: list[str]) -> str:
+        if argv[:3] == ["squeue", "-h", "-t"]:  # what waits, and why
+            return "lab|QOSGrpBillingMinutes\nops|Resources\n"
         return answers[argv[0]]
 
     state = tmp_path / "notified.json"
     first = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
     first.load()
     first.tick(100.0, [])
-    assert sorted(m["kind"] for m in Hook.got) == ["job", "pack"]
+    assert sorted(m["kind"] for m in Hook.got) == ["budget", "job", "pack"]
+    (spent,) = [m for m in Hook.got if m["kind"] == "budget"]
+    assert (spent["tenant"], spent["used_minutes"], spent["jobs_waiting"]) == ("lab", 700, 1)
     again = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
     again.load()
     again.tick(200.0, [notice(0, "i-1"), notice(1, "i-2"), notice(2, "i-3")])
-    assert sorted(m["kind"] for m in Hook.got) == ["interruption-storm", "job", "pack"]
-    assert [e["action"] for e in events.read(log)] == ["sent"] * 3
+    kinds = sorted(m["kind"] for m in Hook.got)
+    assert kinds == ["budget", "interruption-storm", "job", "pack"]
+    assert [e["action"] for e in events.read(log)] == ["sent"] * 4
