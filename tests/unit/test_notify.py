@@ -128,3 +128,14 @@ def test_the_notifier_sends_each_thing_once_across_restarts(
     kinds = sorted(m["kind"] for m in Hook.got)
     assert kinds == ["budget", "interruption-storm", "job", "pack"]
     assert [e["action"] for e in events.read(log)] == ["sent"] * 4
+
+
+def test_the_aws_head_may_publish_to_the_specs_topic_and_no_other() -> None:
+    from clusterkit.providers.aws.policies import Scope, head_policy
+
+    topic = "arn:aws:sns:eu-west-1:123456789012:ck"
+    with_topic = json.loads(head_policy(Scope("c", "eu-west-1", "123456789012", "b", topic)))
+    publish = [s for s in with_topic["Statement"] if "sns:Publish" in str(s["Action"])]
+    assert [s["Resource"] for s in publish] == [topic]
+    without = json.loads(head_policy(Scope("c", "eu-west-1", "123456789012", "b")))
+    assert not [s for s in without["Statement"] if "sns:" in str(s["Action"])]

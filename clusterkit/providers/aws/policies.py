@@ -34,6 +34,7 @@ class Scope:
     region: str
     account: str
     bucket: str
+    topic: str | None = None  # the SNS topic notifications go to (notify.sns_topic_arn)
 
     def ec2(self, kind: str) -> str:
         return f"arn:aws:ec2:{self.region}:{self.account}:{kind}/*"
@@ -194,7 +195,16 @@ def head_policy(s: Scope) -> str:
         # The head reads its own host key only: compute nodes never see it.
         _secrets(s, "ReadOwnHostKey", [s.param(names.head_key_param(s.cluster))]),
         *_bucket(s),
+        *_notify(s),
     )
+
+
+def _notify(s: Scope) -> list[dict[str, Any]]:
+    """Publishing to the spec's one topic, where there is one (the head's notifications)."""
+    if not s.topic:
+        return []
+    return [{"Sid": "PublishNotifications", "Effect": "Allow", "Action": "sns:Publish",
+             "Resource": s.topic}]  # fmt: skip
 
 
 def compute_policy(s: Scope) -> str:

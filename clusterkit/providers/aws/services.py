@@ -19,7 +19,10 @@ class ServiceResources(Recorded):
     """The IAM, S3, SQS and EventBridge resource methods of ``ClusterResources``."""
 
     def scope(self) -> policies.Scope:
-        return policies.Scope(self.name, self.aws.region, self.aws.account, self.bucket_name())
+        return policies.Scope(
+            self.name, self.aws.region, self.aws.account, self.bucket_name(),
+            topic=self.spec.notify.sns_topic_arn,
+        )  # fmt: skip
 
     def iam(self) -> None:
         """A role and instance profile each for the head and for compute nodes."""
