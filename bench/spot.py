@@ -113,19 +113,34 @@ class Results:
     notices_sent: int
     exact_answers: int
     report: dict[str, Any]
+    calm_cost: dict[str, Any]  # `clusterkit cost` of the baseline run's window
+    chaos_cost: dict[str, Any]  # and of the chaos run's
     wrong: dict[str, str]  # task -> output, for every answer that is not exact
     events: list[dict[str, Any]]  # the chaos run's Spot events (evidence for a failure)
 
 
+def cost_since(home: Path, since: float) -> dict[str, Any]:
+    """What the cluster spent from ``since`` to now (``clusterkit cost``'s summary)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(since))
+    found: dict[str, Any] = json.loads(ck(home, "cost", NAME, "--since", stamp, "-o", "json"))
+    summary: dict[str, Any] = found["summary"]
+    return summary
+
+
 def measure(home: Path, jobs: int, seed: int) -> Results:
+    calm_start = time.time()
     base, _ = run_wave(home, "calm", jobs, None)
+    calm_cost = cost_since(home, calm_start)
+    chaos_start = time.time()
     chaos, sent = run_wave(home, "chaos", jobs, random.Random(seed))  # noqa: S311 - chaos, not secrets
     time.sleep(8)  # the reconciler records the last jobs' ends
+    chaos_cost = cost_since(home, chaos_start)
     wrong = wrong_answers(home, "chaos", jobs)
     report = json.loads(ck(home, "spot-report", NAME, "-o", "json"))
     found = ck(home, "events", NAME, "--spot", "-o", "json")
     spot_events = [json.loads(line) for line in found.splitlines() if line.strip()]
-    return Results(jobs, base, chaos, sent, jobs - len(wrong), report, wrong, spot_events)
+    return Results(jobs, base, chaos, sent, jobs - len(wrong), report, calm_cost, chaos_cost,
+                   wrong, spot_events)  # fmt: skip
 
 
 def show(r: Results) -> bool:
@@ -150,9 +165,29 @@ def show(r: Results) -> bool:
          verdict(rep["lost_seconds_max"] <= CHECKPOINT_EVERY)],
         ["restarts / jobs recovered", f"{rep['restarts']} / {rep['jobs_recovered']}", "-", "-",
          "-", "-"],
+        *cost_rows(r.calm_cost, r.chaos_cost),
     ]  # fmt: skip
     print(table(rows))
     return drain <= 3 and in_time and r.exact_answers == r.jobs
+
+
+def cost_rows(calm: dict[str, Any], chaos: dict[str, Any]) -> list[list[str]]:
+    """The ledger's figures of the chaos run against the same work on on-demand: the calm
+    run's jobs at on-demand prices (no interruption to redo)."""
+    cur = chaos["currency"]
+    return [
+        ["chaos run: spent (all instances)", f"{chaos['spent']:.4f} {cur}",
+         f"{calm['spent']:.4f} {cur} (calm)", f"{chaos['spent'] / calm['spent']:.2f}x", "-",
+         "-"],
+        ["chaos run: cost of interruptions", f"{chaos['interruption']:.4f} {cur}", "-",
+         f"{chaos['interruption'] / chaos['spent']:.1%} of spent", "-", "-"],
+        ["chaos run: Spot savings (net)", f"{chaos['spot_savings']:.4f} {cur}",
+         f"{chaos['on_demand']:.4f} {cur} on-demand",
+         f"{chaos['spot_savings'] / chaos['on_demand']:.0%} saved", "-", "-"],
+        ["chaos run vs the same work on on-demand", f"{chaos['spent']:.4f} {cur}",
+         f"{calm['on_demand']:.4f} {cur} (calm run, on-demand)",
+         f"{chaos['spent'] / calm['on_demand']:.2f}x", "-", "-"],
+    ]  # fmt: skip
 
 
 def main() -> int:
