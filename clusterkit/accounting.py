@@ -17,13 +17,7 @@ from typing import Any
 from clusterkit.billing import budget_minutes
 from clusterkit.plan import cluster_users
 from clusterkit.render import render
-from clusterkit.spec import (
-    CLUSTER_BUDGET_QOS,
-    DEFAULT_TENANT,
-    ClusterSpec,
-    TenantLimits,
-    tenant_of,
-)
+from clusterkit.spec import DEFAULT_TENANT, ClusterSpec, TenantLimits, tenant_of
 
 SLURMDBD_PORT = 6819
 DATABASE_PORT = 3306
@@ -194,18 +188,6 @@ def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None)
     }
 
 
-def cluster_qos(spec: ClusterSpec) -> list[dict[str, Any]]:
-    """QOS that belong to no tenant: ``cluster-budget``, every partition's, when the cluster
-    has a budget (no other limit, and no DenyOnLimit: over it work waits)."""
-    if spec.cost.budget is None:
-        return []
-    limits = {
-        "GrpTRES": "cpu=-1,mem=-1,node=-1", "GrpJobs": "-1", "MaxJobsPerUser": "-1",
-        "GrpTRESMins": f"billing={budget_minutes(spec.cost.budget)}", "Flags": "NoDecay",
-    }  # fmt: skip
-    return [{"name": CLUSTER_BUDGET_QOS, "qos": limits}]
-
-
 def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
     """``/etc/clusterkit/accounts.json``: what ``ck-accounts`` makes Slurm's associations be.
 
@@ -227,7 +209,6 @@ def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
         })  # fmt: skip
     return {
         "cluster": spec.slurm_cluster_name,
-        "qos": cluster_qos(spec),
         "accounts": accounts,
         "users": [
             {"name": u.name, "account": tenant_of(spec, u.name)} for u in cluster_users(spec)

@@ -10,9 +10,7 @@ budgets as billing limits.
   of the node's price, the rule the cost ledger uses. A billing-minute is then one millionth
   of the currency, whatever the node. The partition of every node (``all``) takes the
   dearest group's weights per TRES: a budget counts a job there at no less than it costs.
-- **Budgets.** A budget of B becomes ``GrpTRESMins=billing=B * 1e6``: a tenant's on its QOS,
-  the cluster's (``cost.budget``) on ``cluster-budget``, the QOS of every partition, whose
-  count every job adds to whatever its own QOS.
+- **Budgets.** A budget of B becomes ``GrpTRESMins=billing=B * 1e6``.
 """
 
 from __future__ import annotations
@@ -83,4 +81,4 @@ def money(billing_minutes: float) -> float:
 
 
 def has_budgets(spec: ClusterSpec) -> bool:
-    return spec.cost.budget is not None or any(t.budget is not None for t in spec.tenants)
+    return any(t.budget is not None for t in spec.tenants)

@@ -19,7 +19,7 @@ from clusterkit.billing import billing_weights, has_budgets, node_weight
 from clusterkit.hostlist import compress_hostlist
 from clusterkit.prices import PriceBook
 from clusterkit.render import render
-from clusterkit.spec import CLUSTER_BUDGET_QOS, DEFAULT_PARTITION, ClusterSpec, GroupSpec
+from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec, GroupSpec
 from clusterkit.traits import Traits
 
 Settings = dict[str, str]
@@ -407,9 +407,6 @@ def partition_settings(
             # A budget admits a job only if it can run to its end within it (Enforce=safe),
             # which a job without a time limit never can.
             settings["DefaultTime"] = str(spec.cost.default_time_minutes)
-        if spec.cost.budget is not None:
-            # One QOS on every partition: one count of what all jobs spent.
-            settings["QOS"] = CLUSTER_BUDGET_QOS
     return [everyone, *per_group]
 
 

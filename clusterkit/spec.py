@@ -177,8 +177,7 @@ class ProtectedModeSpec(_Model):
 
 
 # Tenant names that clusterkit's own Slurm accounts take.
-RESERVED_TENANTS = ("root", "default", "cluster-budget")
-CLUSTER_BUDGET_QOS = "cluster-budget"  # the partitions' QOS that holds cost.budget
+RESERVED_TENANTS = ("root", "default")
 DEFAULT_TENANT = "default"  # the account of users who belong to no tenant
 # Each tenant is a Unix group of its name on every node, its gid fixed by the name (so adding or
 # reordering tenants never renumbers one) above the users' range (uid/gid <= 60000).
@@ -315,13 +314,11 @@ class NotifySpec(_Model):
 
 
 class CostSpec(_Model):
-    """What the cluster costs: the prices, the currency they (and budgets) are in, and a
-    budget for all of its work."""
+    """What the cluster costs: the prices, and the currency they (and budgets) are in."""
 
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = Field(
         "USD", description="ISO 4217 code of every price and budget"
     )
-    budget: Money | None = Field(None, description="what all jobs together may cost")
     prices: tuple[InstancePrices, ...] = Field(
         (), description="[{instance_type, on_demand, spot}]: hourly prices to use"
     )
@@ -512,8 +509,6 @@ def _cross_problems(spec: ClusterSpec) -> list[str]:
         f"cost.prices: {t!r} is priced more than once"
         for t in _duplicates([p.instance_type for p in spec.cost.prices])
     ]
-    if spec.cost.budget is not None and not spec.accounting.enabled:
-        problems.append("cost.budget: needs accounting (remove `accounting.enabled: false`)")
     if spec.notify.sns_topic_arn and spec.provider != "aws":
         problems.append("notify.sns_topic_arn: needs provider aws (use notify.webhook here)")
     if spec.provider == "local":

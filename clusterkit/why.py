@@ -20,7 +20,6 @@ from clusterkit.billing import money
 from clusterkit.errors import ClusterkitError, SlurmError, StateError
 from clusterkit.nodetools import accounts
 from clusterkit.plan import head_name
-from clusterkit.spec import CLUSTER_BUDGET_QOS
 from clusterkit.state import check_name, load_state
 from clusterkit.trust import ClusterTrust
 
@@ -135,8 +134,6 @@ def _budget_explanation(
     asks = billing * minutes if billing and minutes else None
     numbers = {"name": "budget", "limit": limit, "in_use": spent, "held": held, "asked": asks}
     who, key = f"tenant {base['account']}", f"tenants[{base['account']}].budget"
-    if job.get("qos") == CLUSTER_BUDGET_QOS:
-        who, key = "the cluster", "cost.budget"
     if limit is None:
         text = f"{who} has spent its budget ({key})"
     else:
@@ -247,18 +244,6 @@ def _ssh(trust: ClusterTrust, cluster: str, argv: list[str]) -> str:
         raise SlurmError(f"cannot ask the head of {cluster}: {exc}") from None
 
 
-def _counters(trust: ClusterTrust, name: str, qos: str) -> dict[str, Any] | None:
-    line = _ssh(trust, name, ["scontrol", "-o", "show", "assoc_mgr", "flags=qos", f"qos={qos}"])
-    return next((parse_counters(x) for x in line.splitlines() if x.startswith(f"QOS={qos}(")), None)
-
-
-def _budget_of(trust: ClusterTrust, name: str, qos: str) -> int | None:
-    """The billing-minutes budget of ``qos``, None when it has none."""
-    counters = _counters(trust, name, qos) or {}
-    limit, _ = counters.get("GrpTRESMins", {}).get("billing", (None, 0))
-    return limit if isinstance(limit, int) else None
-
-
 def why(name: str, job_id: str) -> list[Explanation]:
     """The explanation of job ``job_id`` of cluster ``name`` (one per task of an array)."""
     check_name(name)
@@ -276,14 +261,16 @@ def why(name: str, job_id: str) -> list[Explanation]:
     if not jobs:
         raise StateError(f"job {job_id} is not in the queue of {name} (finished? see sacct)")
     found = []
-    for entry in jobs:
-        job = dict(entry)
+    for job in jobs:
         counters = None
         reason = str(job.get("state_reason", ""))
         if (reason in QOS_LIMITS or reason in BUDGETS) and job.get("qos"):
             qos = str(job["qos"])
-            if reason in BUDGETS and _budget_of(trust, name, qos) is None:
-                qos = job["qos"] = CLUSTER_BUDGET_QOS  # the tenant has none: the cluster's
-            counters = _counters(trust, name, qos)
+            line = _ssh(trust, name, ["scontrol", "-o", "show", "assoc_mgr", "flags=qos",
+                                      f"qos={qos}"])  # fmt: skip
+            counters = next(
+                (parse_counters(x) for x in line.splitlines() if x.startswith(f"QOS={qos}(")),
+                None,
+            )
         found.append(explain(job, counters))
     return found

@@ -45,7 +45,7 @@ def _rows(*args: str) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line.strip()]
 
 
-def read_current(cluster: str, only: str | None = None) -> Current:
+def read_current(cluster: str) -> Current:
     qos = {
         row[0]: {
             "GrpTRES": row[1], "GrpJobs": row[2], "MaxJobsPerUser": row[3], "Flags": row[4],
@@ -57,8 +57,6 @@ def read_current(cluster: str, only: str | None = None) -> Current:
     }  # fmt: skip
     accounts: dict[str, tuple[str, str]] = {}
     users: dict[str, set[str]] = {}
-    if only == "qos":
-        return Current(qos=qos, accounts={}, users={})
     assoc = _rows("show", "assoc", f"cluster={cluster}", "format=account,user,qos,defaultqos")
     for account, user, qos_list, default_qos in assoc:
         if user:
@@ -118,40 +116,22 @@ def _settings(limits: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in limits.items())
 
 
-PHASES = ("qos", "associations")
-
-
-def steps(plan: Mapping[str, Any], current: Current, only: str | None = None) -> list[Step]:
-    """The sacctmgr runs that make ``current`` the plan, as few as it takes; ``only``: just
-    the QOS (they need slurmdbd alone, so they can exist before slurmctld reads partitions
-    that name one) or just the accounts and users.
+def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
+    """The sacctmgr runs that make ``current`` the plan, as few as it takes.
 
     Each sacctmgr run costs about half a second here whatever it does, so new QOS with the
     same limits are added by one run, and new accounts and users by one ``load``.
     """
-    qos = [] if only == "associations" else qos_steps(plan, current)
-    return qos + ([] if only == "qos" else association_steps(plan, current))
-
-
-def qos_steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
+    cluster = plan["cluster"]
     todo: list[Step] = []
     new_qos: dict[tuple[str, ...], list[str]] = {}
-    for entry in [*plan.get("qos", []), *plan["accounts"]]:
-        name, limits = entry["name"], entry["qos"]
+    load = [f"Cluster - '{cluster}'", "Parent - 'root'"]
+    for account in plan["accounts"]:
+        name, limits = account["name"], account["qos"]
         if name not in current.qos:
             new_qos.setdefault(_settings(limits), []).append(name)
         elif qos_differs(limits, current.qos[name]):
             todo.append(Step(("modify", "qos", name, "set", *_settings(limits))))
-    added = [Step(("add", "qos", ",".join(names), *s)) for s, names in new_qos.items()]
-    return [*added, *todo]
-
-
-def association_steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
-    cluster = plan["cluster"]
-    todo: list[Step] = []
-    load = [f"Cluster - '{cluster}'", "Parent - 'root'"]
-    for account in plan["accounts"]:
-        name = account["name"]
         if name not in current.accounts:
             load.append(
                 f"Account - '{name}':Description='{account['description']}'"
@@ -174,8 +154,9 @@ def association_steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
             Step(("delete", "user", name, f"account={old}", f"cluster={cluster}"))
             for old in sorted(have - {account})
         ]
+    added = [Step(("add", "qos", ",".join(names), *s)) for s, names in new_qos.items()]
     loaded = [Step(("load", "file=/dev/stdin"), "\n".join(load) + "\n")] if len(load) > 2 else []
-    return [*todo, *loaded, *moved]
+    return [*added, *todo, *loaded, *moved]
 
 
 def wait_for_cluster(cluster: str, seconds: float) -> None:
@@ -193,10 +174,10 @@ def wait_for_cluster(cluster: str, seconds: float) -> None:
         time.sleep(0.2)
 
 
-def apply(plan: Mapping[str, Any], only: str | None = None) -> list[str]:
+def apply(plan: Mapping[str, Any]) -> list[str]:
     """Run what closes the difference; return one description per sacctmgr run."""
     done = []
-    for step in steps(plan, read_current(plan["cluster"], only), only):
+    for step in steps(plan, read_current(plan["cluster"])):
         run([SACCTMGR, "-i", *step.argv], input=step.load or None)
         done.append(step.describe())
     return done
@@ -209,12 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(prints 'changed: ...' per change; nothing when already so).",
     )
     parser.add_argument("--plan", default="/etc/clusterkit/accounts.json")
-    parser.add_argument(
-        "--only",
-        choices=PHASES,
-        default=None,
-        help="only the QOS (before slurmctld), or only accounts and users",
-    )
     parser.add_argument("--wait-cluster", type=float, default=0.0, metavar="SECONDS",
                         help="first wait this long at most for the cluster's row")  # fmt: skip
     args = parser.parse_args(argv)
@@ -223,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = json.load(fh)
         if args.wait_cluster > 0:
             wait_for_cluster(plan["cluster"], args.wait_cluster)
-        for line in apply(plan, args.only):
+        for line in apply(plan):
             print(f"changed: {line}")
     except (OSError, ValueError, CommandError) as exc:
         print(f"ck-accounts: {exc}", file=sys.stderr)

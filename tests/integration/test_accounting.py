@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import re
 import socket
 import subprocess
 import threading
@@ -51,8 +50,7 @@ SPEC: dict[str, Any] = {
     "tenants": [{"name": "physics", "users": ["alice"], "limits": {"cpus": 2}},
                 {"name": "chem", "users": ["bob"]},
                 {"name": "lab", "users": ["dave"], "budget": BUDGET}],
-    # a cluster budget too large to hold anything back: every partition counts against it
-    "cost": {"budget": 100.0, "prices": [
+    "cost": {"prices": [
         {"instance_type": "c7i.large", "spot": CHEAP, "on_demand": ON_DEMAND["c7i.large"]},
         {"instance_type": "c7i.xlarge", "spot": DEAR, "on_demand": ON_DEMAND["c7i.xlarge"]},
     ]},
@@ -271,10 +269,6 @@ def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
     told = wait_message(hook, "job", job=one)
     assert told["schema"] == "clusterkit.notify/1" and told["cluster"] == NAME
     assert (told["user"], told["tenant"], told["states"]) == ("bob", "chem", {"COMPLETED": 1})
-    line = ck.ssh(NAME, HEAD, "scontrol -o show assoc_mgr flags=qos qos=cluster-budget").stdout
-    counted = re.search(r"GrpTRESMins=\S*billing=(\d+)\((\d+)\)", line)
-    assert counted and counted.group(1) == "100000000", line  # the cluster's budget ...
-    assert int(counted.group(2)) > 0, line  # ... counts every tenant's jobs
     summary = cost(ck)["summary"]
     # the nodes and the on-demand head have run since up: the jobs are part of what was spent
     assert summary["spent"] > summary["jobs"] > 0

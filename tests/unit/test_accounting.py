@@ -15,7 +15,6 @@ from clusterkit.accounting import (
     playbook_vars,
     slurmdbd_conf,
 )
-from clusterkit.errors import SpecError
 from clusterkit.nodetools.accounts import Current, qos_differs, steps, tres
 from clusterkit.slurmconf import accounting_settings
 from clusterkit.spec import parse_spec
@@ -199,28 +198,3 @@ def test_unset_limits_equal_empty_ones() -> None:
     have = {"GrpTRES": "", "GrpJobs": "", "MaxJobsPerUser": "2", "Flags": "DenyOnLimit"}
     assert not qos_differs(want, have)
     assert qos_differs(want, {**have, "Flags": ""})
-
-
-def test_a_cluster_budget_is_a_qos_on_every_partition_made_before_slurmctld() -> None:
-    from clusterkit.prices import price_book
-    from clusterkit.slurmconf import partition_settings
-
-    funded = SPEC.model_copy(update={"cost": SPEC.cost.model_copy(update={"budget": 2.5})})
-    plan = accounts_plan(funded)
-    assert plan["qos"] == [{"name": "cluster-budget", "qos": {
-        "GrpTRES": "cpu=-1,mem=-1,node=-1", "GrpJobs": "-1", "MaxJobsPerUser": "-1",
-        "GrpTRESMins": "billing=2500000", "Flags": "NoDecay",
-    }}]  # fmt: skip
-    # Phase one (slurmdbd only): every QOS and nothing else; phase two: the rest.
-    first = steps(plan, EMPTY, only="qos")
-    assert {s.argv[0] for s in first} == {"add"}
-    assert any("cluster-budget" in s.argv[2].split(",") for s in first)
-    assert [s.argv[0] for s in steps(plan, EMPTY, only="associations")] == ["load"]
-    parts = partition_settings(funded, [], price_book(funded))
-    assert {p.get("QOS") for p in parts} == {"cluster-budget"}
-    assert "QOS" not in partition_settings(SPEC, [], price_book(SPEC))[0]
-
-
-def test_the_cluster_budgets_qos_is_no_tenants_name() -> None:
-    with pytest.raises(SpecError, match="reserved"):
-        parse_spec({"name": "x", "tenants": [{"name": "cluster-budget", "users": ["ckuser"]}]})

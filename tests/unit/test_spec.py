@@ -110,7 +110,6 @@ def test_minimal_spec_gets_every_default() -> None:
         "tenants": (),
         "cost": {
             "currency": "USD",
-            "budget": None,
             "prices": (),
             "assumed_spot_ratio": 0.35,
             "default_time_minutes": 60,
