@@ -28,10 +28,11 @@ NAME = "tnt"
 HEAD = f"{NAME}-head"
 CHEAP, DEAR = 0.12, 0.36  # Spot, per hour
 ON_DEMAND = {"c7i.large": 0.24, "c7i.xlarge": 0.72}
-# 0.0105 is 10,500 billing-minutes. A 2-CPU job in partition cheap bills 0.12 / 60 * 1e6 =
-# 2,000 a minute, so a 5-minute limit reserves 10,000: a second such job waits while the
-# first runs, and still once the first has spent some of the rest.
-BUDGET, RAISED = 0.0105, 0.05
+# 0.007 is 7,000 billing-minutes. A 2-CPU job bills 0.36 / 60 * 1e6 = 6,000 a minute in
+# partition dear and 2,000 in cheap: a 3-minute job in cheap (6,000) fits the budget alone,
+# not beside a running 1-minute job in dear (its 6,000 are reserved), nor after that job
+# spent a third of them (20 s).
+BUDGET, RAISED = 0.007, 0.05
 # Messages go to a webhook on this machine's address on the cluster's bridge (the subnet is
 # fixed so the address is known before up makes it).
 SUBNET, BRIDGE, HOOK_PORT = "10.250.231.0/24", "10.250.231.1", 18231
@@ -278,26 +279,26 @@ def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
 def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
     ck: Clusterkit, cluster: str, hook: list[dict[str, Any]]
 ) -> None:
-    spend = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 5 --wrap="sleep 20"')
+    spend = as_user(ck, "dave", 'sbatch --parsable -n2 -p dear -t 1 --wrap="sleep 20"')
     wait_state(ck, spend, {"RUNNING"})
-    waits = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 5 --wrap="echo ran"')
-    other = as_user(ck, "bob", 'sbatch --parsable -n1 -p dear --wrap="sleep 1"')
+    waits = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 3 --wrap="echo ran"')
+    other = as_user(ck, "bob", 'sbatch --parsable -n1 -p cheap --wrap="sleep 1"')
     time.sleep(2)
     assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
     why = ck.run("why", cluster, waits).stdout
-    assert "tenant lab has spent" in why and "of its budget of 0.0105" in why, why
+    assert "tenant lab has spent" in why and "of its budget of 0.0070" in why, why
     wait_gone(ck, [other, spend], timeout=60)  # chem is not held back; lab's job runs out
     assert sacct(ck, [spend])[spend]["state"] == "COMPLETED"
-    # What it spent is counted at its end: the next 5 minutes no longer fit what is left.
+    # What it spent is counted at its end: the 3 minutes no longer fit what is left.
     time.sleep(2)
     assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
     spent = wait_message(hook, "budget", tenant="lab")
-    assert spent["budget_minutes"] == 10500 and spent["used_minutes"] > 0
+    assert spent["budget_minutes"] == 7000 and spent["jobs_waiting"] >= 1
     before = accounting_dump(ck)
     raised = {**SPEC, "tenants": [*SPEC["tenants"][:2], {**SPEC["tenants"][2], "budget": RAISED}]}
     ck.run("up", "-f", str(ck.write_spec(raised)), timeout=600)
     # up again changed the budget and nothing else of accounts, QOS and users
-    assert accounting_dump(ck) == before.replace("billing=10500", "billing=50000")
+    assert accounting_dump(ck) == before.replace("billing=7000\n", "billing=50000\n")
     wait_gone(ck, [waits], timeout=90)
     assert sacct(ck, [waits])[waits]["state"] == "COMPLETED"
 
