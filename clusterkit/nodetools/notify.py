@@ -25,6 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +190,19 @@ def job_message(cluster: str, job: str, rows: Sequence[Row]) -> dict[str, Any]:
 
 
 def _minutes(row: Row) -> float:
+    """How long an attempt ran, in minutes; sacct prints its times as ISO 8601 (or, with
+    SLURM_TIME_FORMAT=%s, as seconds)."""
     try:
-        return max(0.0, (float(row.end) - float(row.start)) / 60)
+        return max(0.0, (_seconds(row.end) - _seconds(row.start)) / 60)
     except ValueError:
         return 0.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(text).timestamp()
 
 
 def storms(found: Sequence[Mapping[str, Any]], count: int, seconds: float) -> list[list[str]]:

@@ -40,6 +40,11 @@ def test_a_pack_arrays_end_is_a_pack_message_with_its_tasks_states() -> None:
     assert job["kind"] == "job" and job["attempts"] == 2 and job["states"] == {"COMPLETED": 1}
     # billing is millionths of the currency per minute: 1000 for 100 s, then for 60 s
     assert job["billing_minutes"] == pytest.approx(1000 * 100 / 60 + 1000 * 60 / 60)
+    # sacct's own times (ISO 8601) count the same
+    iso = notify.parse_rows(
+        "7|7|x|alice|physics|COMPLETED|2026-12-02T10:00:00|2026-12-02T10:02:00|billing=30\n"
+    )
+    assert notify.job_message("demo", "7", iso)["billing_minutes"] == pytest.approx(60)
 
 
 def notice(t: float, instance: str) -> dict[str, Any]:
