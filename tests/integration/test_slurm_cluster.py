@@ -1,6 +1,7 @@
 """A configured cluster (1 head + 2 computes) running real Slurm jobs as a cluster user:
 distinct nodes, arrays, cgroup limits, MPI across nodes, shared storage, host-side clients,
-and a munge key that stays private. The tests share one cluster and run in file order."""
+and a munge key that stays private; then ``verify`` on it, healthy and broken. The tests
+share one cluster and run in file order."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from clusterkit.checks import ACCOUNTING_CHECKS
+from clusterkit.verify import COMPUTE_CHECKS, HEAD_CHECKS, Check, failures, verify
 from tests.driver import Clusterkit, Result
 from tests.local_residue import residue
 
@@ -177,6 +181,77 @@ def test_up_again_keeps_the_cluster_working(ck: Clusterkit, cluster: dict[str, A
     after = json.loads((ck.cluster_dir(NAME) / "state.json").read_text())["nodes"]
     assert {n: v["pids"] for n, v in after.items()} == {n: v["pids"] for n, v in before.items()}
     assert sorted(as_user(ck, "srun -N2 hostname").stdout.split()) == COMPUTES
+
+
+# --- verify, healthy then broken: each test breaks a little more (first all is well, then
+# slurmd dies on compute-st-1, then compute-st-2 stops answering SSH), so they come last.
+
+HEAD = f"{NAME}-head"
+STEP_CHECKS = {"cgroup-cpus", "cgroup-memory"}
+# A node supervisor's services: a test takes one away (then waits out a pass that still had
+# it) before killing it, or ck-supervise has it back within a second.
+SERVICES = "/etc/clusterkit/services"
+
+
+@pytest.fixture
+def here(ck: Clusterkit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verify`` runs in this process: point it at the module's CLUSTERKIT_HOME."""
+    monkeypatch.setenv("CLUSTERKIT_HOME", str(ck.home))
+
+
+def names_by_node(checks: list[Check]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for check in checks:
+        found.setdefault(check.node, []).append(check.name)
+    return found
+
+
+@pytest.mark.usefixtures("here")
+def test_a_healthy_cluster_passes_every_check_on_every_node(
+    ck: Clusterkit, cluster: dict[str, Any]
+) -> None:
+    start = time.monotonic()
+    checks = verify(NAME)
+    elapsed = time.monotonic() - start
+    assert failures(checks) == []
+    by_node = names_by_node(checks)
+    assert list(by_node) == [HEAD, *COMPUTES]
+    assert by_node[HEAD] == [*HEAD_CHECKS, *ACCOUNTING_CHECKS]  # accounting is on by default
+    assert all(by_node[c] == list(COMPUTE_CHECKS) for c in COMPUTES)
+    assert elapsed < 30, f"verify took {elapsed:.1f}s"
+    # What shared-rw wrote is gone (the head's shared directory is the cluster's shared/).
+    assert list((ck.cluster_dir(NAME) / "shared").glob(".ck-verify-*")) == []
+
+
+@pytest.mark.usefixtures("here")
+def test_a_dead_slurmd_fails_that_nodes_slurmd_check(
+    ck: Clusterkit, cluster: dict[str, Any]
+) -> None:
+    # Unsupervised first: ck-supervise would have slurmd back within a second.
+    ck.ssh(NAME, "compute-st-1", f"rm {SERVICES}/slurmd.json && sleep 1.5 && pkill -x slurmd")
+    failed = failures(verify(NAME))
+    assert {c.node for c in failed} == {"compute-st-1"}
+    names = {c.name for c in failed}
+    assert "slurmd" in names
+    assert names <= {"slurmd", "slurm-idle", *STEP_CHECKS}  # Slurm may not have noticed yet
+    slurmd = next(c for c in failed if c.name == "slurmd")
+    assert slurmd.detail == "slurmd is not running on compute-st-1"
+
+
+@pytest.mark.usefixtures("here")
+def test_a_node_without_ssh_gives_failed_checks_not_an_exception(
+    ck: Clusterkit, cluster: dict[str, Any]
+) -> None:
+    # Unsupervised first (ck-supervise would restart sshd); the pkill ends this session too.
+    ck.ssh(NAME, "compute-st-2", f"rm {SERVICES}/sshd.json && sleep 1.5 && pkill -x sshd",
+           check=False)  # fmt: skip
+    checks = verify(NAME)
+    node_checks = [c for c in checks if c.node == "compute-st-2"]
+    assert [c.name for c in node_checks] == list(COMPUTE_CHECKS)
+    lost = [c for c in node_checks if c.name != "slurm-idle"]  # slurmctld's view, not SSH
+    assert all(not c.ok for c in lost)
+    assert all("SSH to compute-st-2 failed" in c.detail for c in lost)
+    assert [c for c in failures(checks) if c.node == HEAD] == []
 
 
 def test_down_leaves_nothing(ck: Clusterkit, cluster: dict[str, Any]) -> None:
