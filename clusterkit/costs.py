@@ -317,9 +317,15 @@ def saved(name: str) -> Inputs:
 # --- what `clusterkit cost` shows ---------------------------------------------------------
 
 
-def report(inputs: Inputs, by: str = "tenant", since: float | None = None) -> dict[str, Any]:
-    """The cost report: the summary, one row per ``by`` key, the prices and their sources."""
-    book = inputs.build(since)
+def report(
+    inputs: Inputs,
+    by: str = "tenant",
+    since: float | None = None,
+    built: ledger.Ledger | None = None,
+) -> dict[str, Any]:
+    """The cost report: the summary, one row per ``by`` key, the prices and their sources
+    (``built``: the ledger of ``inputs``, where the caller has it already)."""
+    book = built or inputs.build(since)
     rows = [{"key": key, **totals.as_dict()} for key, totals in book.by(by).items()]
     rows.sort(key=lambda r: -float(r["spent"]))
     notes = list(inputs.notes)

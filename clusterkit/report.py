@@ -36,7 +36,7 @@ def page_data(inputs: Inputs) -> dict[str, Any]:
     ledger = inputs.build()
     start = min([x.start for x in ledger.lives] + [a.attempt.start for a in ledger.costs] or [0])
     times = _samples(start, inputs.now)
-    summary = report(inputs, by="tenant")
+    summary = report(inputs, by="tenant", built=ledger)
     return {
         "cluster": inputs.cluster,
         "provider": inputs.provider,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.nodetools import events
+from clusterkit.nodetools.spot import parse_time
 
 SCHEMA = "clusterkit.notify/1"
 KINDS = ("job", "pack", "budget", "interruption-storm", "mission")
@@ -241,8 +242,6 @@ def qos_budgets(text: str) -> dict[str, tuple[int, int]]:
 
 
 def events_time(event: Mapping[str, Any]) -> float:
-    from clusterkit.nodetools.spot import parse_time  # noqa: PLC0415 - avoid a cycle
-
     return parse_time(str(event["time"]))
 
 
