@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,7 @@ def parse_sacct(text: str) -> list[JobAttempt]:
     seen: dict[str, int] = {}
     numbered: list[JobAttempt] = []
     for row in rows:
-        numbered.append(JobAttempt(**{**asdict(row), "attempt": seen.get(row.job, 0)}))
+        numbered.append(replace(row, attempt=seen.get(row.job, 0)))
         seen[row.job] = seen.get(row.job, 0) + 1
     return numbered
 
@@ -236,11 +236,11 @@ class Inputs:
 
 
 def _clip_life(life: Life, since: float) -> Life:
-    return Life(**{**asdict(life), "start": max(life.start, since)})
+    return replace(life, start=max(life.start, since))
 
 
 def _clip(attempt: JobAttempt, since: float) -> JobAttempt:
-    return JobAttempt(**{**asdict(attempt), "start": max(attempt.start, since)})
+    return replace(attempt, start=max(attempt.start, since))
 
 
 def gather(name: str, book: PriceBook, now: float | None = None) -> Inputs:
@@ -278,19 +278,12 @@ def _on_head(state: ClusterState, script: str) -> str:
 def finished(inputs: Inputs) -> Inputs:
     """``inputs`` as ``down`` keeps them: every life still open ends now, ``down``."""
     ended = [
-        x if x.end is not None else Life(**{**asdict(x), "end": inputs.now, "ended_by": "down"})
+        x if x.end is not None else replace(x, end=inputs.now, ended_by="down")
         for x in inputs.lives
     ]
-    attempts = [
-        a if a.end is not None else JobAttempt(**{**asdict(a), "end": inputs.now})
-        for a in inputs.attempts
-    ]
+    attempts = [a if a.end is not None else replace(a, end=inputs.now) for a in inputs.attempts]
     stamp = datetime.fromtimestamp(inputs.now).astimezone().isoformat(timespec="seconds")
-    return Inputs(**{**_fields(inputs), "lives": ended, "attempts": attempts, "saved_at": stamp})
-
-
-def _fields(inputs: Inputs) -> dict[str, Any]:
-    return {f: getattr(inputs, f) for f in Inputs.__dataclass_fields__}
+    return replace(inputs, lives=ended, attempts=attempts, saved_at=stamp)
 
 
 def save(inputs: Inputs) -> Path:
