@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clusterkit.billing import budget_minutes
+from clusterkit.nodetools.accounts import PARENT_ACCOUNT
 from clusterkit.plan import cluster_users
 from clusterkit.render import render
 from clusterkit.spec import DEFAULT_TENANT, ClusterSpec, TenantLimits, tenant_of
@@ -191,8 +192,9 @@ def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None)
 def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
     """``/etc/clusterkit/accounts.json``: what ``ck-accounts`` makes Slurm's associations be.
 
-    Each tenant is an account whose one QOS (of the same name) holds its limits; each user
-    is in its tenant's account only. ``GrpTRES`` lists every limit, unset ones as ``-1``, so
+    Each tenant is an account whose one QOS (of the same name) holds its limits, under one
+    parent account that holds the cluster's budget; each user is in its tenant's account
+    only. ``GrpTRES`` lists every limit, unset ones as ``-1``, so
     a limit removed from the spec is removed from Slurm by ``up`` again.
     """
     by_name = {t.name: t for t in spec.tenants}
@@ -207,8 +209,13 @@ def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
             "description": f"tenant {name}" if tenant else "users in no tenant",
             "qos": qos_limits(limits, gpus=gpus, budget=budget),
         })  # fmt: skip
+    budget = spec.cost.budget
     return {
         "cluster": spec.slurm_cluster_name,
+        "parent": {
+            "name": PARENT_ACCOUNT,
+            "GrpTRESMins": f"billing={budget_minutes(budget) if budget is not None else -1}",
+        },
         "accounts": accounts,
         "users": [
             {"name": u.name, "account": tenant_of(spec, u.name)} for u in cluster_users(spec)

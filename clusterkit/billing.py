@@ -10,7 +10,8 @@ budgets as billing limits.
   of the node's price, the rule the cost ledger uses. A billing-minute is then one millionth
   of the currency, whatever the node. The partition of every node (``all``) takes the
   dearest group's weights per TRES: a budget counts a job there at no less than it costs.
-- **Budgets.** A budget of B becomes ``GrpTRESMins=billing=B * 1e6``.
+- **Budgets.** A budget of B becomes ``GrpTRESMins=billing=B * 1e6``: a tenant's on its QOS,
+  the cluster's on the account every tenant's account is a child of.
 """
 
 from __future__ import annotations
@@ -81,4 +82,5 @@ def money(billing_minutes: float) -> float:
 
 
 def has_budgets(spec: ClusterSpec) -> bool:
-    return any(t.budget is not None for t in spec.tenants)
+    """Whether a tenant or the whole cluster has a budget (cost.budget)."""
+    return spec.cost.budget is not None or any(t.budget is not None for t in spec.tenants)

@@ -233,6 +233,13 @@ def judge_isolation(node: str, users: Sequence[str], out: Output | None) -> Chec
     if out is None:
         return Check(node, "tenant-isolation", False, "slurmctld does not answer")
     got = dict(line.strip().partition(" ")[::2] for line in out.stdout.splitlines())
+    if "held" in got:
+        user, _, reason = got["held"].partition(" ")
+        return Check(
+            node, "tenant-isolation", True,
+            f"not checked: a budget holds {user}'s job ({reason}); "
+            "`clusterkit verify` checks it once the budget allows",
+        )  # fmt: skip
     hosts = got.get("first", ""), got.get("second", "")
     if not out.ok or not all(hosts):
         return Check(node, "tenant-isolation", False, f"the tenants' jobs did not run: {out.why()}")

@@ -235,6 +235,10 @@ def job_settings(spec: ClusterSpec) -> Settings:
     }
 
 
+# days-hours; Slurm reads it into seconds in a signed 32-bit int (at most 24,855 days)
+USAGE_HALF_LIFE = "10000-0"
+
+
 def priority_settings(spec: ClusterSpec) -> Settings:
     """FIFO, the guide's faster choice: an ephemeral cluster has no fair share to keep.
 
@@ -242,6 +246,10 @@ def priority_settings(spec: ClusterSpec) -> Settings:
     queue stays first come, first served), because only multifactor counts what jobs used,
     which budgets (GrpTRESMins) need; measured: under basic a spent budget held nothing. Its
     count runs every minute, so a running job's use shows within one.
+
+    What associations used decays (QOS with ``NoDecay`` do not); the cluster's budget is on
+    one, so its half-life is 10,000 days: spent money fades by 0.007 % a day. No decay at all
+    (0) would need a usage reset period, and a reset (at best yearly) empties every budget.
     """
     if not spec.accounting.enabled:
         return {"PriorityType": "priority/basic"}
@@ -250,6 +258,7 @@ def priority_settings(spec: ClusterSpec) -> Settings:
         "PriorityType": "priority/multifactor",
         **{f"PriorityWeight{w}": "0" for w in weights},
         "PriorityCalcPeriod": "1",
+        "PriorityDecayHalfLife": USAGE_HALF_LIFE,
     }
 
 

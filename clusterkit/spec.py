@@ -177,7 +177,9 @@ class ProtectedModeSpec(_Model):
 
 
 # Tenant names that clusterkit's own Slurm accounts take.
-RESERVED_TENANTS = ("root", "default")
+# root is Slurm's; default holds users in no tenant; cluster is every tenant's parent (the
+# association the cluster's budget, cost.budget, is set on).
+RESERVED_TENANTS = ("root", "default", "cluster")
 DEFAULT_TENANT = "default"  # the account of users who belong to no tenant
 # Each tenant is a Unix group of its name on every node, its gid fixed by the name (so adding or
 # reordering tenants never renumbers one) above the users' range (uid/gid <= 60000).
@@ -333,6 +335,9 @@ class CostSpec(_Model):
     default_time_minutes: PosInt = Field(
         60, description="with a budget: the time limit of a job that sets none (--time)"
     )
+    budget: Money | None = Field(
+        None, description="what all jobs together may cost (currency); then they wait"
+    )
 
 
 class UserSpec(_Model):
@@ -433,6 +438,9 @@ class ClusterSpec(_Model):
 
 def _tenant_problems(spec: ClusterSpec) -> list[str]:
     """Tenants need accounting; each names known users, and a user is in one tenant only."""
+    if spec.cost.budget is not None and not spec.accounting.enabled:
+        return ["cost.budget: needs accounting (remove `accounting.enabled: false`, or the "
+                "budget)"]  # fmt: skip
     if not spec.tenants:
         return []
     if not spec.accounting.enabled:

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from clusterkit import interrupt
+from clusterkit.billing import has_budgets
 from clusterkit.checks import (
     CACHED_SLURM_CONF,
     COMPUTE_CHECKS,
@@ -101,18 +102,31 @@ done
 
 # Run on the head as root with the two users of two tenants: the first one's job holds a CPU;
 # the second must not see it, and its own job, started meanwhile, must land on another node.
+# A budget that holds either job (the user's choice, not a fault) ends the check early with
+# a line ``held USER REASON``.
 ISOLATION_SCRIPT = r"""
 cd /tmp
 first=$(mktemp) second=$(mktemp)
 step() { runuser -u "$1" -- srun --immediate=10 --job-name=ck-verify-tenant --time=1 \
     --nodes=1 --ntasks=1 --cpus-per-task=1 --mem=64M sh -c "hostname; sleep $2"; }
+held() {
+    reason=$(squeue -h -u "$1" -n ck-verify-tenant -t PD -o %r | grep -m1 GrpBillingMinutes) \
+        || return 1
+    echo "held $1 $reason"; scancel -u "$1" -n ck-verify-tenant; wait; rm -f "$first" "$second"
+}
 step "$FIRST" 3 >"$first" 2>&1 &
 i=0
 until [ -n "$(squeue -h -u "$FIRST" -t R -n ck-verify-tenant -o %i)" ] || [ $i -ge 40 ]; do
+    held "$FIRST" && exit 0
     sleep 0.25; i=$((i + 1))
 done
 echo "seen $(runuser -u "$SECOND" -- squeue -h -u "$FIRST" -o %i | wc -l)"
-step "$SECOND" 0 >"$second" 2>&1
+step "$SECOND" 0 >"$second" 2>&1 &
+last=$!
+while kill -0 "$last" 2>/dev/null; do
+    held "$SECOND" && exit 0
+    sleep 0.25
+done
 wait
 echo "first $(head -n1 "$first")"
 echo "second $(head -n1 "$second")"
@@ -185,10 +199,13 @@ def layout_of(state: ClusterState, spec: ClusterSpec, traits: Traits) -> Layout:
     """The head, the compute nodes in plan order and what the checks need of the spec."""
     nodes = sorted(state.nodes.values(), key=lambda n: n.index)
     users = cluster_users(spec)
+    # A budget counts verification's steps as work, and a spent one would hold them: root
+    # belongs to no tenant and is under no budget (Slurm sets the same cgroup limits).
+    as_root = not users or has_budgets(spec)
     return Layout(
         head=head_name(spec.name),
         computes=tuple(n.name for n in nodes if n.role == "compute"),
-        user=users[0].name if users else "root",
+        user="root" if as_root else users[0].name,
         shared_dir=spec.shared_storage.mount_point,
         head_mounts_shared=traits.head_mounts_shared,
         rendered_conf=ClusterFiles(state.dir).slurm_conf_dir / "slurm.conf",

@@ -19,6 +19,7 @@ from clusterkit import proc
 from clusterkit.billing import money
 from clusterkit.errors import ClusterkitError, SlurmError, StateError
 from clusterkit.nodetools import accounts
+from clusterkit.nodetools.accounts import PARENT_ACCOUNT
 from clusterkit.plan import head_name
 from clusterkit.state import check_name, load_state
 from clusterkit.trust import ClusterTrust
@@ -32,8 +33,9 @@ QOS_LIMITS = {
     "QOSGrpJobsLimit": ("GrpJobs", "", "jobs", "running jobs"),
     "QOSMaxJobsPerUserLimit": ("MaxJobsPU", "", "jobs_per_user", "running jobs per user"),
 }
-# A budget's reason: the job would take its tenant (its QOS) over what it may spend in all.
-BUDGETS = {"QOSGrpBillingMinutes": "tenant"}
+# A budget's reason: the job would take its tenant (its QOS), or the whole cluster (the
+# account every tenant's account is under), over what it may spend in all.
+BUDGETS = {"QOSGrpBillingMinutes": "tenant", "AssocGrpBillingMinutes": "cluster"}
 # Slurm's other reasons for a pending job, in words; {id} and {nodes} are filled in.
 REASONS = {
     "Resources": "no node has room for it now; it starts when running jobs end (a node runs "
@@ -134,6 +136,8 @@ def _budget_explanation(
     asks = billing * minutes if billing and minutes else None
     numbers = {"name": "budget", "limit": limit, "in_use": spent, "held": held, "asked": asks}
     who, key = f"tenant {base['account']}", f"tenants[{base['account']}].budget"
+    if BUDGETS[base["reason"]] == "cluster":
+        who, key = "the cluster", "cost.budget"
     if limit is None:
         text = f"{who} has spent its budget ({key})"
     else:
@@ -244,6 +248,14 @@ def _ssh(trust: ClusterTrust, cluster: str, argv: list[str]) -> str:
         raise SlurmError(f"cannot ask the head of {cluster}: {exc}") from None
 
 
+def _counters(
+    trust: ClusterTrust, cluster: str, *filters: str, start: str
+) -> dict[str, dict[str, tuple[int | None, int]]] | None:
+    """The controller's counters of one QOS or association: its line that holds ``start``."""
+    text = _ssh(trust, cluster, ["scontrol", "-o", "show", "assoc_mgr", *filters])
+    return next((parse_counters(x) for x in text.splitlines() if start in x), None)
+
+
 def why(name: str, job_id: str) -> list[Explanation]:
     """The explanation of job ``job_id`` of cluster ``name`` (one per task of an array)."""
     check_name(name)
@@ -264,13 +276,11 @@ def why(name: str, job_id: str) -> list[Explanation]:
     for job in jobs:
         counters = None
         reason = str(job.get("state_reason", ""))
-        if (reason in QOS_LIMITS or reason in BUDGETS) and job.get("qos"):
+        if BUDGETS.get(reason) == "cluster":
+            counters = _counters(trust, name, "flags=assoc", f"accounts={PARENT_ACCOUNT}",
+                                 start=f" Account={PARENT_ACCOUNT} UserName= ")  # fmt: skip
+        elif (reason in QOS_LIMITS or reason in BUDGETS) and job.get("qos"):
             qos = str(job["qos"])
-            line = _ssh(trust, name, ["scontrol", "-o", "show", "assoc_mgr", "flags=qos",
-                                      f"qos={qos}"])  # fmt: skip
-            counters = next(
-                (parse_counters(x) for x in line.splitlines() if x.startswith(f"QOS={qos}(")),
-                None,
-            )
+            counters = _counters(trust, name, "flags=qos", f"qos={qos}", start=f"QOS={qos}(")
         found.append(explain(job, counters))
     return found

@@ -19,13 +19,17 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clusterkit.errors import CommandError
 from clusterkit.proc import run
 
 SACCTMGR = "sacctmgr"
+# Every tenant's account is a child of this one, whose association carries the cluster's
+# budget (cost.budget): Slurm checks a job against its account's parents too, and a QOS
+# cannot hold it (a job has one QOS, and a partition's QOS overrides the job's own limit).
+PARENT_ACCOUNT = "cluster"
 # sacctmgr prints memory with a unit (mem=2G); plans hold MiB.
 _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 
@@ -38,6 +42,8 @@ class Current:
     qos: Mapping[str, Mapping[str, str]]
     accounts: Mapping[str, tuple[str, str]]  # account -> (qos list, default qos)
     users: Mapping[str, frozenset[str]]  # user -> its accounts
+    parents: Mapping[str, str] = field(default_factory=dict)  # account -> its parent
+    account_mins: Mapping[str, str] = field(default_factory=dict)  # account -> GrpTRESMins
 
 
 def _rows(*args: str) -> list[list[str]]:
@@ -56,14 +62,23 @@ def read_current(cluster: str) -> Current:
         )
     }  # fmt: skip
     accounts: dict[str, tuple[str, str]] = {}
+    parents: dict[str, str] = {}
+    mins: dict[str, str] = {}
     users: dict[str, set[str]] = {}
-    assoc = _rows("show", "assoc", f"cluster={cluster}", "format=account,user,qos,defaultqos")
-    for account, user, qos_list, default_qos in assoc:
+    assoc = _rows(
+        "show", "assoc", f"cluster={cluster}",
+        "format=account,user,qos,defaultqos,parentname,grptresmins",
+    )  # fmt: skip
+    for account, user, qos_list, default_qos, parent, grp_mins in assoc:
         if user:
             users.setdefault(user, set()).add(account)
         else:
             accounts[account] = (qos_list, default_qos)
-    return Current(qos=qos, accounts=accounts, users={u: frozenset(a) for u, a in users.items()})
+            parents[account], mins[account] = parent, grp_mins
+    return Current(
+        qos=qos, accounts=accounts, users={u: frozenset(a) for u, a in users.items()},
+        parents=parents, account_mins=mins,
+    )  # fmt: skip
 
 
 def tres(text: str) -> dict[str, int]:
@@ -122,10 +137,21 @@ def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
     Each sacctmgr run costs about half a second here whatever it does, so new QOS with the
     same limits are added by one run, and new accounts and users by one ``load``.
     """
-    cluster = plan["cluster"]
+    cluster, parent = plan["cluster"], plan["parent"]
+    where = ("where", f"cluster={cluster}", "set")
     todo: list[Step] = []
+    after: list[Step] = []  # what needs the parent account the load makes
     new_qos: dict[tuple[str, ...], list[str]] = {}
     load = [f"Cluster - '{cluster}'", "Parent - 'root'"]
+    if parent["name"] not in current.accounts:
+        load.append(f"Account - '{parent['name']}':Description='every tenant'"
+                    ":Organization='clusterkit'")  # fmt: skip
+    if tres(parent["GrpTRESMins"]) != tres(current.account_mins.get(parent["name"], "")):
+        # before a tenant's limits loosen, so that no job starts in between
+        budget = Step(("modify", "account", parent["name"], *where,
+                       f"GrpTRESMins={parent['GrpTRESMins']}"))  # fmt: skip
+        (todo if parent["name"] in current.accounts else after).append(budget)
+    tenants = [f"Parent - '{parent['name']}'"]
     for account in plan["accounts"]:
         name, limits = account["name"], account["qos"]
         if name not in current.qos:
@@ -133,15 +159,18 @@ def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
         elif qos_differs(limits, current.qos[name]):
             todo.append(Step(("modify", "qos", name, "set", *_settings(limits))))
         if name not in current.accounts:
-            load.append(
+            tenants.append(
                 f"Account - '{name}':Description='{account['description']}'"
                 f":Organization='clusterkit':QOS='{name}':DefaultQOS='{name}'"
             )
-        elif current.accounts[name] != (name, name):
+            continue
+        if current.accounts[name] != (name, name):
             todo.append(Step((
-                "modify", "account", name, "where", f"cluster={cluster}", "set",
-                f"qos={name}", f"defaultqos={name}",
+                "modify", "account", name, *where, f"qos={name}", f"defaultqos={name}",
             )))  # fmt: skip
+        if current.parents.get(name) != parent["name"]:  # made before tenants had a parent
+            after.append(Step(("modify", "account", name, *where, f"parent={parent['name']}")))
+    load += tenants if len(tenants) > 1 else []
     moved = []
     for user in plan["users"]:
         name, account = user["name"], user["account"]
@@ -156,7 +185,7 @@ def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
         ]
     added = [Step(("add", "qos", ",".join(names), *s)) for s, names in new_qos.items()]
     loaded = [Step(("load", "file=/dev/stdin"), "\n".join(load) + "\n")] if len(load) > 2 else []
-    return [*added, *todo, *loaded, *moved]
+    return [*added, *todo, *loaded, *after, *moved]
 
 
 def wait_for_cluster(cluster: str, seconds: float) -> None:

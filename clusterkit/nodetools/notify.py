@@ -30,12 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.nodetools import events
+from clusterkit.nodetools.accounts import PARENT_ACCOUNT
 from clusterkit.nodetools.spot import parse_time
 
 SCHEMA = "clusterkit.notify/1"
 KINDS = ("job", "pack", "budget", "interruption-storm", "mission")
 POLL_SECONDS = 10.0
-BUDGET_REASON = "QOSGrpBillingMinutes"  # a job its tenant's budget cannot admit
+# A job its tenant's budget cannot admit, and one the cluster's budget cannot (it is on the
+# association every tenant's account is under).
+BUDGET_REASON = "QOSGrpBillingMinutes"
+CLUSTER_BUDGET_REASON = "AssocGrpBillingMinutes"
 TIMEOUT_SECONDS = 5.0
 STATE = Path("/var/lib/clusterkit/notified.json")
 # sacct states of a job that has ended (an array task's, or a whole job's)
@@ -235,10 +239,24 @@ def qos_budgets(text: str) -> dict[str, tuple[int, int]]:
     found = {}
     for line in text.splitlines():
         name = re.search(r"\bQOS=([^(\s]+)\(", line)
-        mins = re.search(r"\bGrpTRESMins=\S*?billing=(\d+)\((\d+)\)", line)
+        mins = _billing_minutes(line)
         if name and mins:
-            found[name.group(1)] = (int(mins.group(1)), int(mins.group(2)))
+            found[name.group(1)] = mins
     return found
+
+
+def cluster_budget(text: str) -> tuple[int, int] | None:
+    """(limit, used) of the cluster's budget from ``scontrol -o show assoc_mgr flags=assoc
+    accounts=cluster``, None without one."""
+    for line in text.splitlines():
+        if f" Account={PARENT_ACCOUNT} UserName= " in line:
+            return _billing_minutes(line)
+    return None
+
+
+def _billing_minutes(line: str) -> tuple[int, int] | None:
+    mins = re.search(r"\bGrpTRESMins=\S*?billing=(\d+)\((\d+)\)", line)
+    return (int(mins.group(1)), int(mins.group(2))) if mins else None
 
 
 def events_time(event: Mapping[str, Any]) -> float:
@@ -296,7 +314,8 @@ class Notifier:
             return [], []
 
     def _held_by_budget(self) -> dict[str, int]:
-        """Tenants (QOS) with jobs waiting because their budget cannot admit them: how many."""
+        """Tenants (QOS) with jobs waiting because their budget cannot admit them, and
+        ``""`` for the cluster's budget: how many."""
         try:
             out = self.run(["squeue", "-h", "-t", "PD", "-o", "%q|%r"])
         except (OSError, subprocess.SubprocessError):
@@ -304,15 +323,20 @@ class Notifier:
         held: dict[str, int] = {}
         for line in out.splitlines():
             qos, _, reason = line.partition("|")
-            if reason.strip() == BUDGET_REASON:
-                held[qos] = held.get(qos, 0) + 1
+            key = {BUDGET_REASON: qos, CLUSTER_BUDGET_REASON: ""}.get(reason.strip())
+            if key is not None:
+                held[key] = held.get(key, 0) + 1
         return held
 
     def _budgets(self) -> dict[str, tuple[int, int]]:
+        """Budgets by tenant, the cluster's as ``""``: (limit, used) in billing-minutes."""
+        show = ["scontrol", "-o", "show", "assoc_mgr"]
         try:
-            return qos_budgets(self.run(["scontrol", "-o", "show", "assoc_mgr", "flags=qos"]))
+            found = qos_budgets(self.run([*show, "flags=qos"]))
+            whole = cluster_budget(self.run([*show, "flags=assoc", f"accounts={PARENT_ACCOUNT}"]))
         except (OSError, subprocess.SubprocessError):
             return {}
+        return {**found, **({"": whole} if whole else {})}
 
     def tick(self, now: float, logged: Sequence[Mapping[str, Any]]) -> None:
         """Take in the events logged since the last tick; at most every ``POLL_SECONDS``,
@@ -327,9 +351,10 @@ class Notifier:
         held = self._held_by_budget()
         for tenant, (limit, used) in self._budgets().items():
             if used >= limit or tenant in held:
-                self._once("budget", f"{tenant}:{limit}", message(
-                    "budget", self.cluster, tenant=tenant, budget_minutes=limit,
-                    used_minutes=used, jobs_waiting=held.get(tenant, 0),
+                self._once("budget", f"{tenant or PARENT_ACCOUNT}:{limit}", message(
+                    "budget", self.cluster, scope="tenant" if tenant else "cluster",
+                    tenant=tenant or None, budget_minutes=limit, used_minutes=used,
+                    jobs_waiting=held.get(tenant, 0),
                 ))  # fmt: skip
         targets = self.targets
         for group in storms(self.notices, targets.storm_count, targets.storm_seconds):

@@ -4,8 +4,9 @@ through it, the cost ledger against a hand computation from Slurm's own records,
 ledger kept after ``down``.
 
 One cluster for the module: tenant physics (alice, at most 2 CPUs at once), tenant chem (bob),
-tenant lab (dave, with a budget), and carol in no tenant; two compute nodes of 2 CPUs, one of
-a cheap group and one of a dear one (prices given in the spec)."""
+tenant lab (dave, with a budget), and carol in no tenant; two static compute nodes of 2 CPUs,
+one of a cheap group and one of a dear one (prices given in the spec), and a dynamic node
+(spare) that only jobs asking for it use."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ ON_DEMAND = {"c7i.large": 0.24, "c7i.xlarge": 0.72}
 # not beside a running 1-minute job in dear (its 6,000 are reserved), nor after that job
 # spent a third of them (20 s).
 BUDGET, RAISED = 0.007, 0.05
+# The cluster's budget, set late: 7,000 billing-minutes admit the 6,000 of a 3-minute job in
+# cheap alone, not beside the 2,000 or more every earlier test spent together.
+CLUSTER_BUDGET = 0.007
 # Messages go to a webhook on this machine's address on the cluster's bridge (the subnet is
 # fixed so the address is known before up makes it).
 SUBNET, BRIDGE, HOOK_PORT = "10.250.231.0/24", "10.250.231.1", 18231
@@ -45,6 +49,8 @@ SPEC: dict[str, Any] = {
          "memory_mb": 2048},
         {"name": "dear", "instance_types": ["c7i.xlarge"], "min": 1, "max": 1, "cpus": 2,
          "memory_mb": 2048},
+        {"name": "spare", "instance_types": ["c7i.large"], "min": 0, "max": 1, "cpus": 2,
+         "memory_mb": 2048, "weight": 100000},  # last: only jobs that ask for it
     ],
     "users": [{"name": "alice", "uid": 2101}, {"name": "bob", "uid": 2102},
               {"name": "carol", "uid": 2103}, {"name": "dave", "uid": 2104}],
@@ -129,7 +135,8 @@ def wait_state(ck: Clusterkit, job: str, states: set[str], timeout: float = 60) 
 
 
 def accounting_dump(ck: Clusterkit) -> str:
-    return ck.ssh(NAME, HEAD, "sacctmgr -n -P show assoc format=account,user,qos,defaultqos; "
+    return ck.ssh(NAME, HEAD, "sacctmgr -n -P show assoc "
+                  "format=account,user,qos,defaultqos,parentname,grptresmins; "
                   "sacctmgr -n -P show qos format=name,grptres,grpjobs,maxjobsperuser,flags,"
                   "grptresmins; "
                   "sacctmgr -n -P show user format=user,defaultaccount").stdout  # fmt: skip
@@ -276,12 +283,24 @@ def test_cheapest_nodes_first_and_each_jobs_cost_is_its_share_of_its_node(
     assert summary["head"] > 0 and summary["spot_savings"] > 0
 
 
+def wait_reason(ck: Clusterkit, job: str, reason: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while job_state(ck, job)[:2] != ("PENDING", reason):
+        assert time.monotonic() < deadline, (job, job_state(ck, job), reason)
+        time.sleep(0.5)
+
+
+def powered_down(ck: Clusterkit, node: str) -> bool:
+    return ck.ssh(NAME, HEAD, f"sinfo -h -n {node} -o %t").stdout.strip().endswith("~")
+
+
 def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
     ck: Clusterkit, cluster: str, hook: list[dict[str, Any]]
 ) -> None:
+    """Then the cluster's own budget holds every tenant's work, until up raises it too."""
     spend = as_user(ck, "dave", 'sbatch --parsable -n2 -p dear -t 1 --wrap="sleep 20"')
     wait_state(ck, spend, {"RUNNING"})
-    waits = as_user(ck, "dave", 'sbatch --parsable -n2 -p cheap -t 3 --wrap="echo ran"')
+    waits = as_user(ck, "dave", 'sbatch --parsable -n2 -p spare -t 3 --wrap="echo ran"')
     other = as_user(ck, "bob", 'sbatch --parsable -n1 -p cheap --wrap="sleep 1"')
     time.sleep(2)
     assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
@@ -292,15 +311,31 @@ def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
     # What it spent is counted at its end: the 3 minutes no longer fit what is left.
     time.sleep(2)
     assert job_state(ck, waits)[:2] == ("PENDING", "QOSGrpBillingMinutes")
+    assert powered_down(ck, "spare-dy-1")  # no node is started for work a budget holds
     spent = wait_message(hook, "budget", tenant="lab")
     assert spent["budget_minutes"] == 7000 and spent["jobs_waiting"] >= 1
     before = accounting_dump(ck)
     raised = {**SPEC, "tenants": [*SPEC["tenants"][:2], {**SPEC["tenants"][2], "budget": RAISED}]}
-    ck.run("up", "-f", str(ck.write_spec(raised)), timeout=600)
-    # up again changed the budget and nothing else of accounts, QOS and users
-    assert accounting_dump(ck) == before.replace("billing=7000\n", "billing=50000\n")
+    capped = {**raised, "cost": {**SPEC["cost"], "budget": CLUSTER_BUDGET}}
+    ck.run("up", "-f", str(ck.write_spec(capped)), timeout=600)
+    # up again changed the two budgets and nothing else of accounts, QOS and users
+    assert accounting_dump(ck) == before.replace("billing=7000\n", "billing=50000\n").replace(
+        "cluster||normal||root|\n", "cluster||normal||root|billing=7000\n"
+    )
+    # lab's own budget governs its jobs (Slurm: a QOS's billing-minutes override the
+    # association's): its job runs, on the dynamic node; chem's waits on the cluster's
     wait_gone(ck, [waits], timeout=90)
-    assert sacct(ck, [waits])[waits]["state"] == "COMPLETED"
+    theirs = as_user(ck, "bob", 'sbatch --parsable -n2 -p cheap -t 3 --wrap="echo ran"')
+    wait_reason(ck, theirs, "AssocGrpBillingMinutes")
+    why = ck.run("why", cluster, theirs).stdout
+    assert "the cluster has spent" in why and "of its budget of 0.0070 (cost.budget)" in why
+    whole = wait_message(hook, "budget", scope="cluster")
+    assert whole["budget_minutes"] == 7000 and whole["jobs_waiting"] >= 1
+    ck.run("up", "-f", str(ck.write_spec(raised)), timeout=600)
+    wait_gone(ck, [theirs], timeout=90)
+    ran = sacct(ck, [waits, theirs])
+    assert ran[waits]["state"] == ran[theirs]["state"] == "COMPLETED", ran
+    assert ran[waits]["node"] == "spare-dy-1"  # powered up once the budgets allowed it
 
 
 # A second MariaDB on the head, on its cluster address and port 3307, in the head's own

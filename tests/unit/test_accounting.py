@@ -15,7 +15,7 @@ from clusterkit.accounting import (
     playbook_vars,
     slurmdbd_conf,
 )
-from clusterkit.nodetools.accounts import Current, qos_differs, steps, tres
+from clusterkit.nodetools.accounts import PARENT_ACCOUNT, Current, qos_differs, steps, tres
 from clusterkit.slurmconf import accounting_settings
 from clusterkit.spec import parse_spec
 from tests.unit.conftest import GoldenCheck
@@ -100,7 +100,8 @@ def test_an_external_database_is_named_without_its_password() -> None:
 
 EMPTY = Current(qos={"normal": {"GrpTRES": "", "GrpJobs": "", "MaxJobsPerUser": "",
                                 "Flags": ""}}, accounts={"root": ("normal", "")},
-                users={"root": frozenset({"root"})})  # fmt: skip
+                users={"root": frozenset({"root"})}, parents={"root": ""},
+                account_mins={"root": ""})  # fmt: skip
 
 
 def _as_current(plan: dict[str, object]) -> Current:
@@ -119,11 +120,19 @@ def _as_current(plan: dict[str, object]) -> Current:
     } for a in accounts}  # fmt: skip
     users = plan["users"]
     assert isinstance(users, list)
+    parent = plan["parent"]
+    assert isinstance(parent, dict)
+    mins = "" if parent["GrpTRESMins"].endswith("=-1") else parent["GrpTRESMins"]
     return Current(
         qos={**EMPTY.qos, **qos},
-        accounts={**EMPTY.accounts, **{a["name"]: (a["name"], a["name"]) for a in accounts}},
+        accounts={**EMPTY.accounts, PARENT_ACCOUNT: ("normal", ""),
+                  **{a["name"]: (a["name"], a["name"]) for a in accounts}},
         users={**EMPTY.users, **{u["name"]: frozenset({u["account"]}) for u in users}},
-    )
+        parents={**EMPTY.parents, PARENT_ACCOUNT: "root",
+                 **{a["name"]: PARENT_ACCOUNT for a in accounts}},
+        account_mins={**EMPTY.account_mins, PARENT_ACCOUNT: mins,
+                      **{a["name"]: "" for a in accounts}},
+    )  # fmt: skip
 
 
 def test_a_fresh_database_gets_the_qos_in_one_run_per_limit_set_and_the_rest_in_one_load() -> None:
@@ -135,7 +144,10 @@ def test_a_fresh_database_gets_the_qos_in_one_run_per_limit_set_and_the_rest_in_
         "MaxJobsPerUser=-1", "GrpTRESMins=billing=-1", "Flags=DenyOnLimit,NoDecay",
     )  # fmt: skip
     load = done[-1].load.splitlines()
-    assert load[:2] == ["Cluster - 'demo'", "Parent - 'root'"]
+    # every tenant under the one account that carries the cluster's budget
+    assert load[:4] == ["Cluster - 'demo'", "Parent - 'root'",
+                        "Account - 'cluster':Description='every tenant':Organization='clusterkit'",
+                        "Parent - 'cluster'"]  # fmt: skip
     assert "Account - 'chem':Description='tenant chem':Organization='clusterkit':QOS='chem'" \
         ":DefaultQOS='chem'" in load  # fmt: skip
     assert load[-2:] == ["Parent - 'default'", "User - 'carol':DefaultAccount='default'"]
@@ -168,6 +180,46 @@ def test_a_budget_is_billing_minutes_and_raising_it_modifies_only_that_qos() -> 
     # A billing-minute is a millionth of the currency: 0.05 is 50,000 of them.
     assert "GrpTRESMins=billing=50000" in done[0].argv
     assert steps(accounts_plan(funded), _as_current(accounts_plan(funded))) == []
+
+
+def test_a_cluster_budget_is_set_on_the_parent_account_only() -> None:
+    before = _as_current(accounts_plan(SPEC))
+    funded = SPEC.model_copy(update={"cost": SPEC.cost.model_copy(update={"budget": 2.5})})
+    done = steps(accounts_plan(funded), before)
+    assert [s.describe() for s in done] == [
+        "modify account cluster where cluster=demo set GrpTRESMins=billing=2500000"
+    ]
+    assert steps(accounts_plan(funded), _as_current(accounts_plan(funded))) == []
+    # set with a tenant's raised budget, it comes first: nothing may start in between
+    both = funded.model_copy(update={"tenants": (
+        SPEC.tenants[0].model_copy(update={"budget": 0.05}), SPEC.tenants[1],
+    )})  # fmt: skip
+    assert [s.argv[:3] for s in steps(accounts_plan(both), before)] == [
+        ("modify", "account", "cluster"),
+        ("modify", "qos", "physics"),
+    ]
+    # dropped from the spec, it is cleared
+    cleared = steps(accounts_plan(SPEC), _as_current(accounts_plan(funded)))
+    assert [s.argv[-1] for s in cleared] == ["GrpTRESMins=billing=-1"]
+
+
+def test_tenants_made_under_root_move_under_the_parent_account() -> None:
+    """A cluster made before tenants had a parent: up again makes it and moves them."""
+    now = _as_current(accounts_plan(SPEC))
+    old = Current(
+        qos=now.qos, users=now.users,
+        accounts={k: v for k, v in now.accounts.items() if k != PARENT_ACCOUNT},
+        parents={k: "root" for k in now.parents if k != PARENT_ACCOUNT},
+        account_mins={k: v for k, v in now.account_mins.items() if k != PARENT_ACCOUNT},
+    )  # fmt: skip
+    done = [s.describe() for s in steps(accounts_plan(SPEC), old)]
+    assert done[0] == (
+        "load Account - 'cluster':Description='every tenant':Organization='clusterkit'"
+    )
+    assert done[1:] == [
+        f"modify account {name} where cluster=demo set parent=cluster"
+        for name in ("physics", "chem", "default")
+    ]
 
 
 def test_a_user_moved_to_another_tenant_leaves_its_old_account() -> None:

@@ -69,6 +69,26 @@ def test_budgets_are_read_from_the_controllers_qos_counters() -> None:
     assert notify.qos_budgets(line) == {"physics": (50000, 50312)}
 
 
+# scontrol -o show assoc_mgr flags=assoc accounts=cluster, as Slurm 22.05 printed it here
+CLUSTER_ASSOC = (
+    "Current Association Manager state\nAssociation Records\n"
+    "ClusterName=bx Account=cluster UserName= Partition= Priority=0 ID=7 "
+    "SharesRaw/Norm/Level/Factor=1/0.50/2/0.00 UsageRaw/Norm/Efctv=0.00/1.00/0.00 "
+    "ParentAccount=root(1) Lft=2 DefAssoc=No GrpJobs=N(1) GrpWall=N(0.00) "
+    "GrpTRES=cpu=N(2),mem=N(2048),billing=N(2000) "
+    "GrpTRESMins=cpu=N(0),mem=N(682),energy=N(0),node=N(0),billing=3000(666),fs/disk=N(0) "
+    "GrpTRESRunMins=cpu=N(2),billing=N(2000) MaxJobs= MaxTRESPJ= MinPrioThresh=\n"
+    "ClusterName=bx Account=cluster UserName=bob(2102) Partition= ID=9 "
+    "GrpTRESMins=cpu=N(0),billing=N(666)"
+)
+
+
+def test_the_cluster_budget_is_read_from_its_parent_accounts_counters() -> None:
+    assert notify.cluster_budget(CLUSTER_ASSOC) == (3000, 666)
+    without = CLUSTER_ASSOC.replace("billing=3000(666)", "billing=N(666)")
+    assert notify.cluster_budget(without) is None
+
+
 class Hook(http.server.BaseHTTPRequestHandler):
     got: ClassVar[list[dict[str, Any]]] = []
 
@@ -117,22 +137,27 @@ def test_the_notifier_sends_each_thing_once_across_restarts(
 
     def run(argv: list[str]) -> str:
         if argv[:3] == ["squeue", "-h", "-t"]:  # what waits, and why
-            return "lab|QOSGrpBillingMinutes\nops|Resources\n"
+            return "lab|QOSGrpBillingMinutes\nops|Resources\nops|AssocGrpBillingMinutes\n"
+        if "flags=assoc" in argv:
+            return CLUSTER_ASSOC
         return answers[argv[0]]
 
     state = tmp_path / "notified.json"
     first = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
     first.load()
     first.tick(100.0, [])
-    assert sorted(m["kind"] for m in Hook.got) == ["budget", "job", "pack"]
-    (spent,) = [m for m in Hook.got if m["kind"] == "budget"]
-    assert (spent["tenant"], spent["used_minutes"], spent["jobs_waiting"]) == ("lab", 700, 1)
+    assert sorted(m["kind"] for m in Hook.got) == ["budget", "budget", "job", "pack"]
+    whole, tenant = sorted((m for m in Hook.got if m["kind"] == "budget"), key=lambda m: m["scope"])
+    assert (whole["scope"], whole["tenant"], whole["jobs_waiting"]) == ("cluster", None, 1)
+    assert (whole["budget_minutes"], whole["used_minutes"]) == (3000, 666)
+    assert (tenant["scope"], tenant["tenant"], tenant["used_minutes"]) == ("tenant", "lab", 700)
+    assert tenant["jobs_waiting"] == 1
     again = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
     again.load()
     again.tick(200.0, [notice(0, "i-1"), notice(1, "i-2"), notice(2, "i-3")])
     kinds = sorted(m["kind"] for m in Hook.got)
-    assert kinds == ["budget", "interruption-storm", "job", "pack"]
-    assert [e["action"] for e in events.read(log)] == ["sent"] * 4
+    assert kinds == ["budget", "budget", "interruption-storm", "job", "pack"]
+    assert [e["action"] for e in events.read(log)] == ["sent"] * 5
 
 
 def test_the_aws_head_may_publish_to_the_specs_topic_and_no_other() -> None:

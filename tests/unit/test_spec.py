@@ -113,6 +113,7 @@ def test_minimal_spec_gets_every_default() -> None:
             "prices": (),
             "assumed_spot_ratio": 0.35,
             "default_time_minutes": 60,
+            "budget": None,
         },
         "notify": {
             "webhook": None,

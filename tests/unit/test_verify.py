@@ -461,6 +461,9 @@ def test_layout_of_a_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert got.rendered_conf == tmp_path / "clusters/demo/rendered/slurm/slurm.conf"
     no_users = parse_spec({"name": "demo", "users": []})
     assert layout_of(state, no_users, LocalProvider.traits).user == "root"
+    # a budget would count (and could hold) a user's steps: root is under none
+    capped = parse_spec({"name": "demo", "cost": {"budget": 5}})
+    assert layout_of(state, capped, LocalProvider.traits).user == "root"
 
 
 def test_failures_keeps_only_failed_checks_in_order() -> None:
@@ -543,6 +546,18 @@ def test_what_breaks_accounting_or_isolation_fails_its_check(
     got = _by_name(judge_all(tenants, probes, files_of(tenants), RUN_ID), "demo-head")[check]
     assert not got.ok
     assert detail in got.detail
+
+
+def test_a_budget_that_holds_the_tenants_jobs_leaves_isolation_unchecked_not_failed(
+    tenants: Layout,
+) -> None:
+    held = ok("held bob AssocGrpBillingMinutes\n")
+    probes = {**healthy_probes(tenants), ("demo-head", "tenants"): held}
+    got = _by_name(judge_all(tenants, probes, files_of(tenants), RUN_ID), "demo-head")
+    check = got["tenant-isolation"]
+    assert check.ok and check.detail.startswith(
+        "not checked: a budget holds bob's job (AssocGrpBillingMinutes)"
+    )
 
 
 def test_where_no_step_ran_sacct_must_still_answer(tenants: Layout) -> None:

@@ -57,6 +57,36 @@ def test_memory_limits_are_in_mib() -> None:
     assert e.limit == {"name": "mem", "limit": 4096, "in_use": 3072, "asked": 2048}
 
 
+# The cluster's budget as `scontrol -o show assoc_mgr flags=assoc accounts=cluster` shows it
+# on a live 22.05 cluster (cut short): 3,000 billing-minutes, 666 spent, 2,000 held.
+CLUSTER_LINE = (
+    "ClusterName=bx Account=cluster UserName= Partition= Priority=0 ID=7 ParentAccount=root(1) "
+    "GrpJobs=N(1) GrpWall=N(0.00) GrpTRES=cpu=N(2),billing=N(2000) "
+    "GrpTRESMins=cpu=N(0),mem=N(682),billing=3000(666),fs/disk=N(0) "
+    "GrpTRESRunMins=cpu=N(2),billing=N(2000)"
+)
+
+
+def test_a_job_the_clusters_budget_holds_is_told_the_clusters_numbers() -> None:
+    held = job(state_reason="AssocGrpBillingMinutes", account="chem", billable_tres=2000.0,
+               time_limit={"set": True, "number": 1})  # fmt: skip
+    e = explain(held, parse_counters(CLUSTER_LINE))
+    assert e.limit == {"name": "budget", "limit": 3000, "in_use": 666, "held": 2000,
+                       "asked": 2000.0}  # fmt: skip
+    assert e.text.startswith(
+        "the cluster has spent 0.0007 of its budget of 0.0030 (cost.budget), and its running "
+        "jobs may spend 0.0020 more; this job may cost up to 0.0020 (its time limit)."
+    )
+
+
+def test_a_job_its_tenants_budget_holds_names_the_tenant() -> None:
+    line = QOS_LINE + " GrpTRESMins=cpu=N(0),billing=7000(6500)"
+    held = job(state_reason="QOSGrpBillingMinutes", account="lab")
+    e = explain(held, parse_counters(line))
+    assert e.text.startswith("tenant lab has spent 0.0065 of its budget of 0.0070 "
+                             "(tenants[lab].budget)")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
