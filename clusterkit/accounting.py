@@ -166,6 +166,11 @@ def tenant_names(spec: ClusterSpec) -> list[str]:
     return names
 
 
+def billing_limit(budget: float | None) -> str:
+    """``GrpTRESMins`` of a budget in currency units; ``-1`` clears one the spec dropped."""
+    return f"billing={budget_minutes(budget) if budget is not None else -1}"
+
+
 def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None) -> dict[str, str]:
     """A tenant's limits as sacctmgr QOS settings; ``-1`` clears a limit the spec dropped.
     ``gpus``: the cluster has GPUs (Slurm knows no ``gres/gpu`` TRES otherwise); ``budget``
@@ -184,7 +189,7 @@ def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None)
         "GrpTRES": ",".join(f"{k}={value(v)}" for k, v in tres.items()),
         "GrpJobs": value(limits.jobs),
         "MaxJobsPerUser": value(limits.jobs_per_user),
-        "GrpTRESMins": f"billing={budget_minutes(budget) if budget is not None else -1}",
+        "GrpTRESMins": billing_limit(budget),
         "Flags": QOS_FLAGS,
     }
 
@@ -209,13 +214,9 @@ def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
             "description": f"tenant {name}" if tenant else "users in no tenant",
             "qos": qos_limits(limits, gpus=gpus, budget=budget),
         })  # fmt: skip
-    budget = spec.cost.budget
     return {
         "cluster": spec.slurm_cluster_name,
-        "parent": {
-            "name": PARENT_ACCOUNT,
-            "GrpTRESMins": f"billing={budget_minutes(budget) if budget is not None else -1}",
-        },
+        "parent": {"name": PARENT_ACCOUNT, "GrpTRESMins": billing_limit(spec.cost.budget)},
         "accounts": accounts,
         "users": [
             {"name": u.name, "account": tenant_of(spec, u.name)} for u in cluster_users(spec)

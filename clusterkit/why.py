@@ -19,7 +19,7 @@ from clusterkit import proc
 from clusterkit.billing import money
 from clusterkit.errors import ClusterkitError, SlurmError, StateError
 from clusterkit.nodetools import accounts
-from clusterkit.nodetools.accounts import PARENT_ACCOUNT
+from clusterkit.nodetools.accounts import PARENT_ACCOUNT, PARENT_ASSOC_LINE
 from clusterkit.plan import head_name
 from clusterkit.state import check_name, load_state
 from clusterkit.trust import ClusterTrust
@@ -278,7 +278,7 @@ def why(name: str, job_id: str) -> list[Explanation]:
         reason = str(job.get("state_reason", ""))
         if BUDGETS.get(reason) == "cluster":
             counters = _counters(trust, name, "flags=assoc", f"accounts={PARENT_ACCOUNT}",
-                                 start=f" Account={PARENT_ACCOUNT} UserName= ")  # fmt: skip
+                                 start=PARENT_ASSOC_LINE)  # fmt: skip
         elif (reason in QOS_LIMITS or reason in BUDGETS) and job.get("qos"):
             qos = str(job["qos"])
             counters = _counters(trust, name, "flags=qos", f"qos={qos}", start=f"QOS={qos}(")

@@ -30,6 +30,8 @@ SACCTMGR = "sacctmgr"
 # budget (cost.budget): Slurm checks a job against its account's parents too, and a QOS
 # cannot hold it (a job has one QOS, and a partition's QOS overrides the job's own limit).
 PARENT_ACCOUNT = "cluster"
+# How `scontrol -o show assoc_mgr flags=assoc` starts to show that account's own line.
+PARENT_ASSOC_LINE = f" Account={PARENT_ACCOUNT} UserName= "
 # sacctmgr prints memory with a unit (mem=2G); plans hold MiB.
 _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.nodetools import events
-from clusterkit.nodetools.accounts import PARENT_ACCOUNT
+from clusterkit.nodetools.accounts import PARENT_ACCOUNT, PARENT_ASSOC_LINE
 from clusterkit.nodetools.spot import parse_time
 
 SCHEMA = "clusterkit.notify/1"
@@ -249,7 +249,7 @@ def cluster_budget(text: str) -> tuple[int, int] | None:
     """(limit, used) of the cluster's budget from ``scontrol -o show assoc_mgr flags=assoc
     accounts=cluster``, None without one."""
     for line in text.splitlines():
-        if f" Account={PARENT_ACCOUNT} UserName= " in line:
+        if PARENT_ASSOC_LINE in line:
             return _billing_minutes(line)
     return None
 
