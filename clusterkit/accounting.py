@@ -3,9 +3,10 @@
 slurmdbd keeps one record per job attempt in a database: MariaDB on the head by default
 (clusterkit starts it, listening on the head only, with a password made for this cluster), or
 an external MariaDB/MySQL named in the spec. Tenants become Slurm accounts, each with a QOS of
-its own that carries its limits. Every value is computed here; the ``accounting`` role only
-places the files, and ``ck-accounts`` on the head makes Slurm's associations match
-``accounts.json`` (so ``up`` again changes nothing, or only what the spec changed).
+its own that carries its limits (its budget is on the account's association). Every value is
+computed here; the ``accounting`` role only places the files, and ``ck-accounts`` on the head
+makes Slurm's associations match ``accounts.json`` (so ``up`` again changes nothing, or only
+what the spec changed).
 """
 
 from __future__ import annotations
@@ -47,9 +48,7 @@ MARIADB_SETTINGS = {
 }
 # Every tenant's QOS refuses at submit a job that could never fit its limits (Slurm treats
 # Grp limits as Max limits for DenyOnLimit), instead of leaving it pending forever.
-# NoDecay: what a tenant spent never decays, so its budget (GrpTRESMins on billing) is spent
-# for good; more budget, by `up` again, lets its jobs run again.
-QOS_FLAGS = "DenyOnLimit,NoDecay"
+QOS_FLAGS = "DenyOnLimit"
 PASSWORD_BYTES = 24
 
 
@@ -171,10 +170,10 @@ def billing_limit(budget: float | None) -> str:
     return f"billing={budget_minutes(budget) if budget is not None else -1}"
 
 
-def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None) -> dict[str, str]:
+def qos_limits(limits: TenantLimits, *, gpus: bool) -> dict[str, str]:
     """A tenant's limits as sacctmgr QOS settings; ``-1`` clears a limit the spec dropped.
-    ``gpus``: the cluster has GPUs (Slurm knows no ``gres/gpu`` TRES otherwise); ``budget``
-    in currency units becomes billing-minutes (``billing``)."""
+    ``gpus``: the cluster has GPUs (Slurm knows no ``gres/gpu`` TRES otherwise). The QOS
+    holds no budget (``GrpTRESMins`` cleared): with one there, Slurm would check no account's."""
 
     def value(v: int | None) -> str:
         return str(v) if v is not None else "-1"
@@ -189,7 +188,7 @@ def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None)
         "GrpTRES": ",".join(f"{k}={value(v)}" for k, v in tres.items()),
         "GrpJobs": value(limits.jobs),
         "MaxJobsPerUser": value(limits.jobs_per_user),
-        "GrpTRESMins": billing_limit(budget),
+        "GrpTRESMins": billing_limit(None),
         "Flags": QOS_FLAGS,
     }
 
@@ -197,10 +196,10 @@ def qos_limits(limits: TenantLimits, *, gpus: bool, budget: float | None = None)
 def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
     """``/etc/clusterkit/accounts.json``: what ``ck-accounts`` makes Slurm's associations be.
 
-    Each tenant is an account whose one QOS (of the same name) holds its limits, under one
-    parent account that holds the cluster's budget; each user is in its tenant's account
-    only. ``GrpTRES`` lists every limit, unset ones as ``-1``, so
-    a limit removed from the spec is removed from Slurm by ``up`` again.
+    Each tenant is an account whose one QOS (of the same name) holds its limits and whose
+    association holds its budget, under one parent account that holds the cluster's budget;
+    each user is in its tenant's account only. Every limit is listed, unset ones as ``-1``,
+    so a limit removed from the spec is removed from Slurm by ``up`` again.
     """
     by_name = {t.name: t for t in spec.tenants}
     accounts = []
@@ -212,7 +211,8 @@ def accounts_plan(spec: ClusterSpec) -> dict[str, Any]:
         accounts.append({
             "name": name,
             "description": f"tenant {name}" if tenant else "users in no tenant",
-            "qos": qos_limits(limits, gpus=gpus, budget=budget),
+            "qos": qos_limits(limits, gpus=gpus),
+            "GrpTRESMins": billing_limit(budget),
         })  # fmt: skip
     return {
         "cluster": spec.slurm_cluster_name,

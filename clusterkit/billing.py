@@ -10,8 +10,9 @@ budgets as billing limits.
   of the node's price, the rule the cost ledger uses. A billing-minute is then one millionth
   of the currency, whatever the node. The partition of every node (``all``) takes the
   dearest group's weights per TRES: a budget counts a job there at no less than it costs.
-- **Budgets.** A budget of B becomes ``GrpTRESMins=billing=B * 1e6``: a tenant's on its QOS,
-  the cluster's on the account every tenant's account is a child of.
+- **Budgets.** A budget of B becomes ``GrpTRESMins=billing=B * 1e6``: a tenant's on its
+  account's association, the cluster's on the account every tenant's account is a child of
+  (Slurm checks both for every job).
 """
 
 from __future__ import annotations

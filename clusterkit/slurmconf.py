@@ -247,8 +247,9 @@ def priority_settings(spec: ClusterSpec) -> Settings:
     which budgets (GrpTRESMins) need; measured: under basic a spent budget held nothing. Its
     count runs every minute, so a running job's use shows within one.
 
-    What associations used decays (QOS with ``NoDecay`` do not); the cluster's budget is on
-    one, so its half-life is 10,000 days: spent money fades by 0.007 % a day. No decay at all
+    What associations used decays, and budgets are on associations (the tenants' accounts
+    and the cluster's), so its half-life is 10,000 days: spent money fades by 0.007 % a day.
+    No decay at all
     (0) would need a usage reset period, and a reset (at best yearly) empties every budget.
     """
     if not spec.accounting.enabled:

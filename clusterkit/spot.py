@@ -195,8 +195,6 @@ def _accounted(name: str, jobs: list[str]) -> dict[str, list[Attempt]] | None:
     if not jobs:
         return {}
     trust = ClusterTrust(state.name, state.dir)
-    argv = trust.ssh_argv(head_name(name), [*SACCT_ATTEMPTS, ",".join(jobs)])
-    try:
-        return parse_attempts(proc.run(argv, timeout=60).stdout)
-    except ClusterkitError as exc:
-        raise SSHError(f"{name}: cannot read the requeued jobs from accounting: {exc}") from exc
+    out = trust.on_head([*SACCT_ATTEMPTS, ",".join(jobs)], timeout=60,
+                        doing="read the requeued jobs from accounting")  # fmt: skip
+    return parse_attempts(out)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clusterkit import proc
+from clusterkit.errors import ClusterkitError, SSHError
+from clusterkit.plan import head_name
 from clusterkit.render import render
 from clusterkit.state import atomic_write
 
@@ -121,6 +123,21 @@ class ClusterTrust:
                 known_hosts=self.known_hosts,
             ),
         )
+
+    def on_head(
+        self,
+        argv: list[str],
+        *,
+        doing: str,
+        timeout: float = 30.0,
+        error: type[ClusterkitError] = SSHError,
+    ) -> str:
+        """``argv`` run on the head as root; its stdout. A failure raises ``error``, one line:
+        ``CLUSTER: cannot DOING: why``."""
+        try:
+            return proc.run(self.ssh_argv(head_name(self.cluster), argv), timeout=timeout).stdout
+        except ClusterkitError as exc:
+            raise error(f"{self.cluster}: cannot {doing}: {exc}") from exc
 
     def ssh_argv(
         self,

@@ -15,12 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from clusterkit import proc
 from clusterkit.billing import money
-from clusterkit.errors import ClusterkitError, SlurmError, StateError
+from clusterkit.errors import SlurmError, StateError
 from clusterkit.nodetools import accounts
-from clusterkit.nodetools.accounts import PARENT_ACCOUNT, PARENT_ASSOC_LINE
-from clusterkit.plan import head_name
+from clusterkit.nodetools.accounts import BUDGET_REASON, PARENT_ACCOUNT, Budget
 from clusterkit.state import check_name, load_state
 from clusterkit.trust import ClusterTrust
 
@@ -33,9 +31,6 @@ QOS_LIMITS = {
     "QOSGrpJobsLimit": ("GrpJobs", "", "jobs", "running jobs"),
     "QOSMaxJobsPerUserLimit": ("MaxJobsPU", "", "jobs_per_user", "running jobs per user"),
 }
-# A budget's reason: the job would take its tenant (its QOS), or the whole cluster (the
-# account every tenant's account is under), over what it may spend in all.
-BUDGETS = {"QOSGrpBillingMinutes": "tenant", "AssocGrpBillingMinutes": "cluster"}
 # Slurm's other reasons for a pending job, in words; {id} and {nodes} are filled in.
 REASONS = {
     "Resources": "no node has room for it now; it starts when running jobs end (a node runs "
@@ -101,9 +96,14 @@ def parse_counters(line: str) -> dict[str, dict[str, tuple[int | None, int]]]:
     return found
 
 
-def explain(job: Mapping[str, Any], counters: Mapping[str, Any] | None = None) -> Explanation:
+def explain(
+    job: Mapping[str, Any],
+    counters: Mapping[str, Any] | None = None,
+    budget: Budget | None = None,
+) -> Explanation:
     """Why ``job`` (an entry of ``squeue --json``) is in its state; ``counters``: its QOS's
-    ``parse_counters`` when it waits on a tenant's limit."""
+    ``parse_counters`` when it waits on a tenant's limit, ``budget`` the one that holds it
+    (``accounts.holding``) when a budget does."""
     job_id = _job_id(job)
     state = str(job.get("job_state", "")).upper()
     reason = str(job.get("state_reason", "") or "None")
@@ -117,33 +117,34 @@ def explain(job: Mapping[str, Any], counters: Mapping[str, Any] | None = None) -
         return Explanation(**base, text=f"it is {state.lower()}{where}, not waiting")
     if reason in QOS_LIMITS:
         return _limit_explanation(base, job, counters or {})
-    if reason in BUDGETS:
-        return _budget_explanation(base, job, counters or {})
+    if reason == BUDGET_REASON:
+        return _budget_explanation(base, job, budget)
     words = _reason_words(reason)
     text = words.format(id=job_id) if words else f"Slurm's reason is {reason}"
     return Explanation(**base, text=text)
 
 
 def _budget_explanation(
-    base: dict[str, Any], job: Mapping[str, Any], counters: Mapping[str, Any]
+    base: dict[str, Any], job: Mapping[str, Any], budget: Budget | None
 ) -> Explanation:
     """A job its budget cannot admit: Slurm starts a job under a budget only if it can run
     to its time limit within what is left (AccountingStorageEnforce=safe)."""
-    limit, spent = counters.get("GrpTRESMins", {}).get("billing", (None, None))
-    _, held = counters.get("GrpTRESRunMins", {}).get("billing", (None, None))
     minutes = _time_limit_minutes(job)
     billing = _billing(job)
     asks = billing * minutes if billing and minutes else None
-    numbers = {"name": "budget", "limit": limit, "in_use": spent, "held": held, "asked": asks}
-    who, key = f"tenant {base['account']}", f"tenants[{base['account']}].budget"
-    if BUDGETS[base["reason"]] == "cluster":
-        who, key = "the cluster", "cost.budget"
-    if limit is None:
-        text = f"{who} has spent its budget ({key})"
+    if budget is None:
+        numbers = {"name": "budget", "asked": asks}
+        text = f"tenant {base['account']} or the cluster has spent its budget"
     else:
+        numbers = {"name": "budget", "limit": budget.limit, "in_use": budget.used,
+                   "held": budget.running, "asked": asks}  # fmt: skip
+        who, key = f"tenant {budget.account}", f"tenants[{budget.account}].budget"
+        if budget.account == PARENT_ACCOUNT:
+            who, key = "the cluster", "cost.budget"
+        held = budget.running
         text = (
-            f"{who} has spent {money(spent or 0):.4f} of its budget of {money(limit):.4f} "
-            f"({key})"
+            f"{who} has spent {money(budget.used):.4f} of its budget of "
+            f"{money(budget.limit):.4f} ({key})"
             + (f", and its running jobs may spend {money(held):.4f} more" if held else "")
             + (f"; this job may cost up to {money(asks):.4f} (its time limit)" if asks else "")
         )
@@ -180,8 +181,8 @@ def in_words(reason: str, job_id: str) -> str:
     """A pending job's reason in a few words, without asking the head for numbers."""
     if reason in QOS_LIMITS:
         return f"its tenant is at its limit of {QOS_LIMITS[reason][3]} at once"
-    if reason in BUDGETS:
-        return f"its {BUDGETS[reason]}'s budget has too little left for it"
+    if reason == BUDGET_REASON:
+        return "its tenant's or the cluster's budget has too little left for it"
     words = _reason_words(reason)
     return words.format(id=job_id).split(" (a node runs")[0] if words else ""
 
@@ -241,19 +242,21 @@ def _in_range(task: int, ranges: str) -> bool:
     return False
 
 
-def _ssh(trust: ClusterTrust, cluster: str, argv: list[str]) -> str:
-    try:
-        return proc.run(trust.ssh_argv(head_name(cluster), argv), timeout=30).stdout
-    except ClusterkitError as exc:
-        raise SlurmError(f"cannot ask the head of {cluster}: {exc}") from None
+def _ssh(trust: ClusterTrust, argv: list[str]) -> str:
+    return trust.on_head(argv, doing="ask the head", error=SlurmError)
 
 
-def _counters(
-    trust: ClusterTrust, cluster: str, *filters: str, start: str
-) -> dict[str, dict[str, tuple[int | None, int]]] | None:
-    """The controller's counters of one QOS or association: its line that holds ``start``."""
-    text = _ssh(trust, cluster, ["scontrol", "-o", "show", "assoc_mgr", *filters])
-    return next((parse_counters(x) for x in text.splitlines() if start in x), None)
+def _counters(trust: ClusterTrust, qos: str) -> dict[str, dict[str, tuple[int | None, int]]] | None:
+    """The controller's counters of one QOS."""
+    text = _ssh(trust, ["scontrol", "-o", "show", "assoc_mgr", "flags=qos", f"qos={qos}"])
+    return next((parse_counters(x) for x in text.splitlines() if f"QOS={qos}(" in x), None)
+
+
+def _budget(trust: ClusterTrust, account: str) -> Budget | None:
+    """The budget holding back a job of ``account``: its own or the cluster's."""
+    argv = ["scontrol", "-o", "show", "assoc_mgr", "flags=assoc",
+            f"accounts={account},{PARENT_ACCOUNT}"]  # fmt: skip
+    return accounts.holding(account, accounts.budgets(_ssh(trust, argv)))
 
 
 def why(name: str, job_id: str) -> list[Explanation]:
@@ -265,7 +268,7 @@ def why(name: str, job_id: str) -> list[Explanation]:
     if "configure" not in state.steps:
         raise StateError(f"cluster {name!r} runs no Slurm (it was made with --no-configure)")
     trust = ClusterTrust(name, state.dir)
-    text = _ssh(trust, name, ["squeue", "--json", "-j", job_id])
+    text = _ssh(trust, ["squeue", "--json", "-j", job_id])
     try:
         jobs = matching(json.loads(text).get("jobs", []), job_id)
     except json.JSONDecodeError as exc:
@@ -274,13 +277,11 @@ def why(name: str, job_id: str) -> list[Explanation]:
         raise StateError(f"job {job_id} is not in the queue of {name} (finished? see sacct)")
     found = []
     for job in jobs:
-        counters = None
+        counters, budget = None, None
         reason = str(job.get("state_reason", ""))
-        if BUDGETS.get(reason) == "cluster":
-            counters = _counters(trust, name, "flags=assoc", f"accounts={PARENT_ACCOUNT}",
-                                 start=PARENT_ASSOC_LINE)  # fmt: skip
-        elif (reason in QOS_LIMITS or reason in BUDGETS) and job.get("qos"):
-            qos = str(job["qos"])
-            counters = _counters(trust, name, "flags=qos", f"qos={qos}", start=f"QOS={qos}(")
-        found.append(explain(job, counters))
+        if reason == BUDGET_REASON:
+            budget = _budget(trust, str(job.get("account", "")))
+        elif reason in QOS_LIMITS and job.get("qos"):
+            counters = _counters(trust, str(job["qos"]))
+        found.append(explain(job, counters, budget))
     return found

@@ -29,9 +29,11 @@ SACCTMGR = "sacctmgr"
 # Every tenant's account is a child of this one, whose association carries the cluster's
 # budget (cost.budget): Slurm checks a job against its account's parents too, and a QOS
 # cannot hold it (a job has one QOS, and a partition's QOS overrides the job's own limit).
+# A tenant's budget is on its own account's association, not its QOS: Slurm skips every
+# association's billing-minutes limit for a job whose QOS has one (acct_policy.c, measured).
 PARENT_ACCOUNT = "cluster"
-# How `scontrol -o show assoc_mgr flags=assoc` starts to show that account's own line.
-PARENT_ASSOC_LINE = f" Account={PARENT_ACCOUNT} UserName= "
+# Slurm's reason for a job that a budget (its tenant's or the cluster's) cannot admit.
+BUDGET_REASON = "AssocGrpBillingMinutes"
 # sacctmgr prints memory with a unit (mem=2G); plans hold MiB.
 _UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 
@@ -46,6 +48,44 @@ class Current:
     users: Mapping[str, frozenset[str]]  # user -> its accounts
     parents: Mapping[str, str] = field(default_factory=dict)  # account -> its parent
     account_mins: Mapping[str, str] = field(default_factory=dict)  # account -> GrpTRESMins
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An account's budget as the controller counts it, in billing-minutes."""
+
+    account: str
+    limit: int
+    used: int  # by jobs that ended, and what running jobs have used so far
+    running: int  # what running jobs may still use, to their time limits
+
+    @property
+    def left(self) -> int:
+        return self.limit - self.used - self.running
+
+
+def budgets(text: str) -> dict[str, Budget]:
+    """The accounts with a budget in ``scontrol -o show assoc_mgr flags=assoc``: one line per
+    association, an account's own with ``UserName=`` empty."""
+    found = {}
+    for line in text.splitlines():
+        account = re.search(r"\bAccount=(\S+) UserName= ", line)
+        mins = re.search(r"\bGrpTRESMins=\S*?\bbilling=(\d+)\((\d+)", line)
+        if account is None or mins is None:
+            continue
+        run_mins = re.search(r"\bGrpTRESRunMins=\S*?\bbilling=(?:N|\d+)\((\d+)", line)
+        found[account.group(1)] = Budget(
+            account.group(1), int(mins.group(1)), int(mins.group(2)),
+            int(run_mins.group(1)) if run_mins else 0,
+        )  # fmt: skip
+    return found
+
+
+def holding(account: str, found: Mapping[str, Budget]) -> Budget | None:
+    """The budget that holds back a job of ``account`` (Slurm checks the account's own and
+    then its parent's, the cluster's): of the two, the one with less left."""
+    mine = [found[a] for a in (account, PARENT_ACCOUNT) if a in found]
+    return min(mine, key=lambda b: b.left, default=None)
 
 
 def _rows(*args: str) -> list[list[str]]:
@@ -116,6 +156,12 @@ def qos_differs(want: Mapping[str, str], have: Mapping[str, str]) -> bool:
     )
 
 
+def _loosens(want: str, have: str) -> bool:
+    """Whether limit ``want`` allows more than ``have`` of some TRES (unset: no limit)."""
+    new, old = tres(want), tres(have)
+    return any(key not in new or (key in old and new[key] > old[key]) for key in {*new, *old})
+
+
 @dataclass(frozen=True)
 class Step:
     """One sacctmgr run: its arguments, and for ``load`` the file it loads."""
@@ -133,6 +179,29 @@ def _settings(limits: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in limits.items())
 
 
+def _budget_steps(
+    plan: Mapping[str, Any], current: Current
+) -> tuple[list[Step], list[Step], list[Step]]:
+    """The budgets that change: those that tighten, those that loosen (so that no job starts
+    in between), and those of accounts the load makes (set once it has)."""
+    tighten: list[Step] = []
+    loosen: list[Step] = []
+    after: list[Step] = []
+    parent = plan["parent"]
+    for name, want in [(parent["name"], parent["GrpTRESMins"]),
+                       *((a["name"], a["GrpTRESMins"]) for a in plan["accounts"])]:  # fmt: skip
+        have = current.account_mins.get(name, "")
+        if tres(want) == tres(have):
+            continue
+        step = Step(("modify", "account", name, "where", f"cluster={plan['cluster']}", "set",
+                     f"GrpTRESMins={want}"))  # fmt: skip
+        if name not in current.accounts:
+            after.append(step)
+        else:
+            (loosen if _loosens(want, have) else tighten).append(step)
+    return tighten, loosen, after
+
+
 def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
     """The sacctmgr runs that make ``current`` the plan, as few as it takes.
 
@@ -142,17 +211,13 @@ def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
     cluster, parent = plan["cluster"], plan["parent"]
     where = ("where", f"cluster={cluster}", "set")
     todo: list[Step] = []
-    after: list[Step] = []  # what needs the parent account the load makes
     new_qos: dict[tuple[str, ...], list[str]] = {}
     load = [f"Cluster - '{cluster}'", "Parent - 'root'"]
     if parent["name"] not in current.accounts:
         load.append(f"Account - '{parent['name']}':Description='every tenant'"
                     ":Organization='clusterkit'")  # fmt: skip
-    if tres(parent["GrpTRESMins"]) != tres(current.account_mins.get(parent["name"], "")):
-        # before a tenant's limits loosen, so that no job starts in between
-        budget = Step(("modify", "account", parent["name"], *where,
-                       f"GrpTRESMins={parent['GrpTRESMins']}"))  # fmt: skip
-        (todo if parent["name"] in current.accounts else after).append(budget)
+    tighten, loosen, after = _budget_steps(plan, current)
+    todo += tighten  # budgets that tighten first, then limits, then those that loosen
     tenants = [f"Parent - '{parent['name']}'"]
     for account in plan["accounts"]:
         name, limits = account["name"], account["qos"]
@@ -185,6 +250,7 @@ def steps(plan: Mapping[str, Any], current: Current) -> list[Step]:
             Step(("delete", "user", name, f"account={old}", f"cluster={cluster}"))
             for old in sorted(have - {account})
         ]
+    todo += loosen
     added = [Step(("add", "qos", ",".join(names), *s)) for s, names in new_qos.items()]
     loaded = [Step(("load", "file=/dev/stdin"), "\n".join(load) + "\n")] if len(load) > 2 else []
     return [*added, *todo, *loaded, *after, *moved]

@@ -2,7 +2,7 @@
 interruptions come in a storm; sent to a webhook, a command, or an SNS topic.
 
 The head's reconciler calls ``Notifier.tick`` every pass; at most every ``POLL_SECONDS`` it
-looks at accounting for jobs that ended, at the controller's QOS counters for budgets, and
+looks at accounting for jobs that ended, at the controller's account counters for budgets, and
 at the event log for interruption notices. ``clusterkit down`` sends the ``mission`` message
 itself (with what the whole cluster cost). Every message is one JSON object (README:
 "Notifications" has the schema):
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 import urllib.request
@@ -29,17 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clusterkit.nodetools import events
-from clusterkit.nodetools.accounts import PARENT_ACCOUNT, PARENT_ASSOC_LINE
+from clusterkit.nodetools import accounts, events
+from clusterkit.nodetools.accounts import BUDGET_REASON, PARENT_ACCOUNT, Budget
 from clusterkit.nodetools.spot import parse_time
 
 SCHEMA = "clusterkit.notify/1"
 KINDS = ("job", "pack", "budget", "interruption-storm", "mission")
 POLL_SECONDS = 10.0
-# A job its tenant's budget cannot admit, and one the cluster's budget cannot (it is on the
-# association every tenant's account is under).
-BUDGET_REASON = "QOSGrpBillingMinutes"
-CLUSTER_BUDGET_REASON = "AssocGrpBillingMinutes"
 TIMEOUT_SECONDS = 5.0
 STATE = Path("/var/lib/clusterkit/notified.json")
 # sacct states of a job that has ended (an array task's, or a whole job's)
@@ -233,32 +228,6 @@ def storms(found: Sequence[Mapping[str, Any]], count: int, seconds: float) -> li
     return groups
 
 
-def qos_budgets(text: str) -> dict[str, tuple[int, int]]:
-    """QOS name -> (billing-minutes limit, used) from ``scontrol -o show assoc_mgr
-    flags=qos``, for the QOS that have a budget."""
-    found = {}
-    for line in text.splitlines():
-        name = re.search(r"\bQOS=([^(\s]+)\(", line)
-        mins = _billing_minutes(line)
-        if name and mins:
-            found[name.group(1)] = mins
-    return found
-
-
-def cluster_budget(text: str) -> tuple[int, int] | None:
-    """(limit, used) of the cluster's budget from ``scontrol -o show assoc_mgr flags=assoc
-    accounts=cluster``, None without one."""
-    for line in text.splitlines():
-        if PARENT_ASSOC_LINE in line:
-            return _billing_minutes(line)
-    return None
-
-
-def _billing_minutes(line: str) -> tuple[int, int] | None:
-    mins = re.search(r"\bGrpTRESMins=\S*?billing=(\d+)\((\d+)\)", line)
-    return (int(mins.group(1)), int(mins.group(2))) if mins else None
-
-
 def events_time(event: Mapping[str, Any]) -> float:
     return parse_time(str(event["time"]))
 
@@ -313,30 +282,28 @@ class Notifier:
         except (OSError, subprocess.SubprocessError):
             return [], []
 
-    def _held_by_budget(self) -> dict[str, int]:
-        """Tenants (QOS) with jobs waiting because their budget cannot admit them, and
-        ``""`` for the cluster's budget: how many."""
+    def _held_by_budget(self, found: Mapping[str, Budget]) -> dict[str, int]:
+        """How many jobs wait because a budget cannot admit them, by the account whose
+        budget it is (a tenant's, or the cluster's, ``PARENT_ACCOUNT``)."""
         try:
-            out = self.run(["squeue", "-h", "-t", "PD", "-o", "%q|%r"])
+            out = self.run(["squeue", "-h", "-t", "PD", "-o", "%a|%r"])
         except (OSError, subprocess.SubprocessError):
             return {}
         held: dict[str, int] = {}
         for line in out.splitlines():
-            qos, _, reason = line.partition("|")
-            key = {BUDGET_REASON: qos, CLUSTER_BUDGET_REASON: ""}.get(reason.strip())
-            if key is not None:
-                held[key] = held.get(key, 0) + 1
+            account, _, reason = line.partition("|")
+            budget = accounts.holding(account, found) if reason == BUDGET_REASON else None
+            if budget is not None:
+                held[budget.account] = held.get(budget.account, 0) + 1
         return held
 
-    def _budgets(self) -> dict[str, tuple[int, int]]:
-        """Budgets by tenant, the cluster's as ``""``: (limit, used) in billing-minutes."""
-        show = ["scontrol", "-o", "show", "assoc_mgr"]
+    def _budgets(self) -> dict[str, Budget]:
+        """Every account's budget (the tenants' and the cluster's), one call for all."""
         try:
-            found = qos_budgets(self.run([*show, "flags=qos"]))
-            whole = cluster_budget(self.run([*show, "flags=assoc", f"accounts={PARENT_ACCOUNT}"]))
+            return accounts.budgets(self.run(["scontrol", "-o", "show", "assoc_mgr",
+                                              "flags=assoc"]))  # fmt: skip
         except (OSError, subprocess.SubprocessError):
             return {}
-        return {**found, **({"": whole} if whole else {})}
 
     def tick(self, now: float, logged: Sequence[Mapping[str, Any]]) -> None:
         """Take in the events logged since the last tick; at most every ``POLL_SECONDS``,
@@ -348,13 +315,15 @@ class Notifier:
         for job, found in ended_jobs(*self._jobs()).items():
             msg = job_message(self.cluster, job, found)
             self._once(str(msg["kind"]), job, msg)
-        held = self._held_by_budget()
-        for tenant, (limit, used) in self._budgets().items():
-            if used >= limit or tenant in held:
-                self._once("budget", f"{tenant or PARENT_ACCOUNT}:{limit}", message(
-                    "budget", self.cluster, scope="tenant" if tenant else "cluster",
-                    tenant=tenant or None, budget_minutes=limit, used_minutes=used,
-                    jobs_waiting=held.get(tenant, 0),
+        budgets = self._budgets()
+        held = self._held_by_budget(budgets) if budgets else {}
+        for account, b in budgets.items():
+            if b.used >= b.limit or account in held:
+                whole = account == PARENT_ACCOUNT
+                self._once("budget", f"{account}:{b.limit}", message(
+                    "budget", self.cluster, scope="cluster" if whole else "tenant",
+                    tenant=None if whole else account, budget_minutes=b.limit,
+                    used_minutes=b.used, jobs_waiting=held.get(account, 0),
                 ))  # fmt: skip
         targets = self.targets
         for group in storms(self.notices, targets.storm_count, targets.storm_seconds):

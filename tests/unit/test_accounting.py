@@ -4,6 +4,7 @@ to make slurmdbd hold that plan (on recorded ``sacctmgr -P`` answers)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -58,8 +59,9 @@ def test_users_in_no_tenant_share_the_default_account_and_each_tenant_has_its_qo
     physics = plan["accounts"][0]["qos"]
     assert physics == {
         "GrpTRES": "cpu=4,mem=8192,node=-1", "GrpJobs": "3", "MaxJobsPerUser": "-1",
-        "GrpTRESMins": "billing=-1", "Flags": "DenyOnLimit,NoDecay",
+        "GrpTRESMins": "billing=-1", "Flags": "DenyOnLimit",
     }  # fmt: skip
+    assert plan["accounts"][0]["GrpTRESMins"] == "billing=-1"  # no budget in the spec
 
 
 def test_gpu_limits_exist_only_where_the_cluster_has_gpus() -> None:
@@ -122,7 +124,10 @@ def _as_current(plan: dict[str, object]) -> Current:
     assert isinstance(users, list)
     parent = plan["parent"]
     assert isinstance(parent, dict)
-    mins = "" if parent["GrpTRESMins"].endswith("=-1") else parent["GrpTRESMins"]
+
+    def mins(limit: str) -> str:
+        return "" if limit.endswith("=-1") else limit
+
     return Current(
         qos={**EMPTY.qos, **qos},
         accounts={**EMPTY.accounts, PARENT_ACCOUNT: ("normal", ""),
@@ -130,8 +135,8 @@ def _as_current(plan: dict[str, object]) -> Current:
         users={**EMPTY.users, **{u["name"]: frozenset({u["account"]}) for u in users}},
         parents={**EMPTY.parents, PARENT_ACCOUNT: "root",
                  **{a["name"]: PARENT_ACCOUNT for a in accounts}},
-        account_mins={**EMPTY.account_mins, PARENT_ACCOUNT: mins,
-                      **{a["name"]: "" for a in accounts}},
+        account_mins={**EMPTY.account_mins, PARENT_ACCOUNT: mins(parent["GrpTRESMins"]),
+                      **{a["name"]: mins(a["GrpTRESMins"]) for a in accounts}},
     )  # fmt: skip
 
 
@@ -141,7 +146,7 @@ def test_a_fresh_database_gets_the_qos_in_one_run_per_limit_set_and_the_rest_in_
     assert [s.argv[:2] for s in done] == [("add", "qos")] * 3 + [("load", "file=/dev/stdin")]
     assert done[0].argv == (
         "add", "qos", "physics", "GrpTRES=cpu=4,mem=8192,node=-1", "GrpJobs=3",
-        "MaxJobsPerUser=-1", "GrpTRESMins=billing=-1", "Flags=DenyOnLimit,NoDecay",
+        "MaxJobsPerUser=-1", "GrpTRESMins=billing=-1", "Flags=DenyOnLimit",
     )  # fmt: skip
     load = done[-1].load.splitlines()
     # every tenant under the one account that carries the cluster's budget
@@ -170,16 +175,40 @@ def test_a_changed_limit_modifies_only_that_qos() -> None:
     assert "GrpTRES=cpu=8,mem=8192,node=-1" in done[0].argv
 
 
-def test_a_budget_is_billing_minutes_and_raising_it_modifies_only_that_qos() -> None:
+def test_a_budget_is_billing_minutes_on_its_tenants_account_not_its_qos() -> None:
     before = _as_current(accounts_plan(SPEC))
     funded = SPEC.model_copy(update={"tenants": (
         SPEC.tenants[0].model_copy(update={"budget": 0.05}), SPEC.tenants[1],
     )})  # fmt: skip
     done = steps(accounts_plan(funded), before)
-    assert [s.argv[:3] for s in done] == [("modify", "qos", "physics")]
     # A billing-minute is a millionth of the currency: 0.05 is 50,000 of them.
-    assert "GrpTRESMins=billing=50000" in done[0].argv
+    assert [s.describe() for s in done] == [
+        "modify account physics where cluster=demo set GrpTRESMins=billing=50000"
+    ]
     assert steps(accounts_plan(funded), _as_current(accounts_plan(funded))) == []
+
+
+def test_a_budget_of_an_account_the_load_makes_is_set_once_it_is_made() -> None:
+    funded = SPEC.model_copy(update={"tenants": (
+        SPEC.tenants[0].model_copy(update={"budget": 0.05}), SPEC.tenants[1],
+    )})  # fmt: skip
+    done = [s.argv[:3] for s in steps(accounts_plan(funded), EMPTY)]
+    assert done[-2:] == [("load", "file=/dev/stdin"), ("modify", "account", "physics")]
+
+
+def test_an_old_clusters_qos_budget_is_cleared_and_moved_to_its_account() -> None:
+    funded = SPEC.model_copy(update={"tenants": (
+        SPEC.tenants[0].model_copy(update={"budget": 0.05}), SPEC.tenants[1],
+    )})  # fmt: skip
+    now = _as_current(accounts_plan(funded))
+    physics = {**now.qos["physics"], "GrpTRESMins": "billing=50000", "Flags": "DenyOnLimit,NoDecay"}
+    old = replace(now, qos={**now.qos, "physics": physics},
+                  account_mins={**now.account_mins, "physics": ""})  # fmt: skip
+    done = steps(accounts_plan(funded), old)
+    # the account's budget first (it tightens), then the QOS loses its own
+    assert [s.argv[:3] for s in done] == [("modify", "account", "physics"),
+                                          ("modify", "qos", "physics")]  # fmt: skip
+    assert "GrpTRESMins=billing=-1" in done[1].argv
 
 
 def test_a_cluster_budget_is_set_on_the_parent_account_only() -> None:
@@ -190,14 +219,18 @@ def test_a_cluster_budget_is_set_on_the_parent_account_only() -> None:
         "modify account cluster where cluster=demo set GrpTRESMins=billing=2500000"
     ]
     assert steps(accounts_plan(funded), _as_current(accounts_plan(funded))) == []
-    # set with a tenant's raised budget, it comes first: nothing may start in between
-    both = funded.model_copy(update={"tenants": (
+    # budgets that tighten come before those that loosen: nothing may start in between
+    tenant = funded.model_copy(update={"tenants": (
         SPEC.tenants[0].model_copy(update={"budget": 0.05}), SPEC.tenants[1],
     )})  # fmt: skip
-    assert [s.argv[:3] for s in steps(accounts_plan(both), before)] == [
-        ("modify", "account", "cluster"),
-        ("modify", "qos", "physics"),
-    ]
+    raised = tenant.model_copy(update={"cost": SPEC.cost.model_copy(update={"budget": 9.0})})
+    assert [s.argv[2] for s in steps(accounts_plan(raised), _as_current(accounts_plan(tenant)))
+            ] == ["cluster"]  # fmt: skip
+    lowered = SPEC.model_copy(update={"tenants": (
+        SPEC.tenants[0].model_copy(update={"budget": 0.01}), SPEC.tenants[1],
+    ), "cost": raised.cost})  # fmt: skip
+    assert [s.argv[2] for s in steps(accounts_plan(lowered), _as_current(accounts_plan(tenant)))
+            ] == ["physics", "cluster"]  # fmt: skip
     # dropped from the spec, it is cleared
     cleared = steps(accounts_plan(SPEC), _as_current(accounts_plan(funded)))
     assert [s.argv[-1] for s in cleared] == ["GrpTRESMins=billing=-1"]

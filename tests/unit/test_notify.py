@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from clusterkit.nodetools import events, notify
+from clusterkit.nodetools import accounts, events, notify
 
 SACCT = """\
 12|12|sim|alice|physics|REQUEUED|100|200|billing=1000,cpu=2
@@ -60,17 +60,9 @@ def test_a_storm_is_enough_notices_close_together() -> None:
     assert notify.storms([*found[:2], rebalance], count=3, seconds=60) == []
 
 
-def test_budgets_are_read_from_the_controllers_qos_counters() -> None:
-    line = (
-        "QOS=physics(2) UsageRaw=120.0 GrpJobs=3(1) GrpTRES=cpu=4(2),mem=N(0) "
-        "GrpTRESMins=cpu=N(0),mem=N(0),energy=N(0),node=N(0),billing=50000(50312),fs/disk=N(0)"
-        "\nQOS=normal(1) GrpTRESMins=cpu=N(0),billing=N(12)"
-    )
-    assert notify.qos_budgets(line) == {"physics": (50000, 50312)}
-
-
-# scontrol -o show assoc_mgr flags=assoc accounts=cluster, as Slurm 22.05 printed it here
-CLUSTER_ASSOC = (
+# scontrol -o show assoc_mgr flags=assoc, as Slurm 22.05 printed it here (cut short): the
+# cluster's account, a user's association under it, and tenant lab's account
+ASSOC = (
     "Current Association Manager state\nAssociation Records\n"
     "ClusterName=bx Account=cluster UserName= Partition= Priority=0 ID=7 "
     "SharesRaw/Norm/Level/Factor=1/0.50/2/0.00 UsageRaw/Norm/Efctv=0.00/1.00/0.00 "
@@ -79,14 +71,30 @@ CLUSTER_ASSOC = (
     "GrpTRESMins=cpu=N(0),mem=N(682),energy=N(0),node=N(0),billing=3000(666),fs/disk=N(0) "
     "GrpTRESRunMins=cpu=N(2),billing=N(2000) MaxJobs= MaxTRESPJ= MinPrioThresh=\n"
     "ClusterName=bx Account=cluster UserName=bob(2102) Partition= ID=9 "
-    "GrpTRESMins=cpu=N(0),billing=N(666)"
+    "GrpTRESMins=cpu=N(0),billing=N(666)\n"
+    "ClusterName=bx Account=lab UserName= Partition= ID=8 ParentAccount=cluster(7) "
+    "GrpTRESMins=cpu=N(0),billing=10500(10490) GrpTRESRunMins=cpu=N(0),billing=N(50)\n"
+    "ClusterName=bx Account=chem UserName= Partition= ID=10 ParentAccount=cluster(7) "
+    "GrpTRESMins=cpu=N(0),billing=N(12) GrpTRESRunMins=cpu=N(0),billing=N(0)"
 )
 
 
-def test_the_cluster_budget_is_read_from_its_parent_accounts_counters() -> None:
-    assert notify.cluster_budget(CLUSTER_ASSOC) == (3000, 666)
-    without = CLUSTER_ASSOC.replace("billing=3000(666)", "billing=N(666)")
-    assert notify.cluster_budget(without) is None
+def test_budgets_are_read_from_the_accounts_own_lines() -> None:
+    found = accounts.budgets(ASSOC)
+    assert found == {
+        "cluster": accounts.Budget("cluster", 3000, 666, 2000),
+        "lab": accounts.Budget("lab", 10500, 10490, 50),
+    }
+    assert accounts.budgets(ASSOC.replace("billing=3000(666)", "billing=N(666)")).keys() == {"lab"}
+
+
+def test_the_budget_holding_a_job_back_is_the_one_with_less_left() -> None:
+    found = accounts.budgets(ASSOC)
+    holding = accounts.holding
+    assert holding("lab", found) == found["lab"]  # -40 left, against the cluster's 334
+    assert holding("chem", found) == found["cluster"]  # chem has no budget of its own
+    assert holding("lab", {**found, "lab": accounts.Budget("lab", 10500, 0, 0)}) == found["cluster"]
+    assert holding("chem", {}) is None
 
 
 class Hook(http.server.BaseHTTPRequestHandler):
@@ -132,14 +140,11 @@ def test_the_notifier_sends_each_thing_once_across_restarts(
 ) -> None:
     log = tmp_path / "events.jsonl"
     monkeypatch.setattr(events.record, "__defaults__", (log,))
-    budget = "QOS=lab(3) GrpTRESMins=cpu=N(0),billing=10500(700)"
-    answers = {"sacct": SACCT, "squeue": "30\n40_2\n", "scontrol": budget}
+    answers = {"sacct": SACCT, "squeue": "30\n40_2\n", "scontrol": ASSOC}
 
     def run(argv: list[str]) -> str:
-        if argv[:3] == ["squeue", "-h", "-t"]:  # what waits, and why
-            return "lab|QOSGrpBillingMinutes\nops|Resources\nops|AssocGrpBillingMinutes\n"
-        if "flags=assoc" in argv:
-            return CLUSTER_ASSOC
+        if argv[:3] == ["squeue", "-h", "-t"]:  # what waits, and why, by account
+            return "lab|AssocGrpBillingMinutes\nops|Resources\nops|AssocGrpBillingMinutes\n"
         return answers[argv[0]]
 
     state = tmp_path / "notified.json"
@@ -150,7 +155,7 @@ def test_the_notifier_sends_each_thing_once_across_restarts(
     whole, tenant = sorted((m for m in Hook.got if m["kind"] == "budget"), key=lambda m: m["scope"])
     assert (whole["scope"], whole["tenant"], whole["jobs_waiting"]) == ("cluster", None, 1)
     assert (whole["budget_minutes"], whole["used_minutes"]) == (3000, 666)
-    assert (tenant["scope"], tenant["tenant"], tenant["used_minutes"]) == ("tenant", "lab", 700)
+    assert (tenant["scope"], tenant["tenant"], tenant["used_minutes"]) == ("tenant", "lab", 10490)
     assert tenant["jobs_waiting"] == 1
     again = notify.Notifier("demo", notify.Targets(webhook=hook), run, state_path=state)
     again.load()

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from clusterkit.nodetools.accounts import Budget
 from clusterkit.why import explain, matching, parse_counters
 
 # `scontrol -o show assoc_mgr flags=qos qos=physics` on a live 22.05 cluster, cut short.
@@ -57,20 +58,10 @@ def test_memory_limits_are_in_mib() -> None:
     assert e.limit == {"name": "mem", "limit": 4096, "in_use": 3072, "asked": 2048}
 
 
-# The cluster's budget as `scontrol -o show assoc_mgr flags=assoc accounts=cluster` shows it
-# on a live 22.05 cluster (cut short): 3,000 billing-minutes, 666 spent, 2,000 held.
-CLUSTER_LINE = (
-    "ClusterName=bx Account=cluster UserName= Partition= Priority=0 ID=7 ParentAccount=root(1) "
-    "GrpJobs=N(1) GrpWall=N(0.00) GrpTRES=cpu=N(2),billing=N(2000) "
-    "GrpTRESMins=cpu=N(0),mem=N(682),billing=3000(666),fs/disk=N(0) "
-    "GrpTRESRunMins=cpu=N(2),billing=N(2000)"
-)
-
-
 def test_a_job_the_clusters_budget_holds_is_told_the_clusters_numbers() -> None:
     held = job(state_reason="AssocGrpBillingMinutes", account="chem", billable_tres=2000.0,
                time_limit={"set": True, "number": 1})  # fmt: skip
-    e = explain(held, parse_counters(CLUSTER_LINE))
+    e = explain(held, budget=Budget("cluster", 3000, 666, 2000))
     assert e.limit == {"name": "budget", "limit": 3000, "in_use": 666, "held": 2000,
                        "asked": 2000.0}  # fmt: skip
     assert e.text.startswith(
@@ -80,11 +71,10 @@ def test_a_job_the_clusters_budget_holds_is_told_the_clusters_numbers() -> None:
 
 
 def test_a_job_its_tenants_budget_holds_names_the_tenant() -> None:
-    line = QOS_LINE + " GrpTRESMins=cpu=N(0),billing=7000(6500)"
-    held = job(state_reason="QOSGrpBillingMinutes", account="lab")
-    e = explain(held, parse_counters(line))
+    held = job(state_reason="AssocGrpBillingMinutes", account="lab")
+    e = explain(held, budget=Budget("lab", 7000, 6500, 0))
     assert e.text.startswith("tenant lab has spent 0.0065 of its budget of 0.0070 "
-                             "(tenants[lab].budget)")  # fmt: skip
+                             "(tenants[lab].budget). It starts")  # fmt: skip
 
 
 @pytest.mark.parametrize(
