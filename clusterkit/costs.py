@@ -14,23 +14,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clusterkit import ledger, proc
-from clusterkit.errors import ClusterkitError, SSHError, StateError
+from clusterkit import ledger
+from clusterkit.errors import StateError
 from clusterkit.files import ClusterFiles
 from clusterkit.headfiles import rendered_prices
 from clusterkit.hostlist import hostnames
 from clusterkit.ledger import JobAttempt, Life, NodeSize
 from clusterkit.nodetools import meter
 from clusterkit.nodetools.accounts import tres
+from clusterkit.nodetools.packstate import ROOT_NAME as PACK_ROOT
 from clusterkit.nodetools.spot import parse_time
-from clusterkit.plan import head_name
-from clusterkit.prices import PriceBook, price_book
-from clusterkit.spec import ClusterSpec
+from clusterkit.plan import head_name, home_root
+from clusterkit.prices import PriceBook, group_capacity, price_book
+from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec
 from clusterkit.spot import cluster_events
 from clusterkit.state import ClusterState, atomic_write, check_name, home, load_state, spec_of
 from clusterkit.trust import ClusterTrust
@@ -114,7 +115,7 @@ def lives_from_events(found: Sequence[Mapping[str, Any]]) -> list[Life]:
             instance_id=instance, node=str(up["node"]), group=str(up["group"]),
             instance_type=str(up["instance_type"]), capacity=str(up["lifecycle"]),
             start=parse_time(str(up["launched_at"])), end=end, ended_by=ended_by,
-            dynamic="-dy-" in str(up["node"]),
+            dynamic="-dy-" in str(up["node"]), zone=str(up.get("zone", "")),
         ))  # fmt: skip
     return lives
 
@@ -184,7 +185,10 @@ def parse_sacct(text: str) -> list[JobAttempt]:
 
 
 def node_sizes(spec: ClusterSpec) -> dict[str, NodeSize]:
-    return {g.name: NodeSize(g.cpus, g.memory_mb, g.gpus) for g in spec.groups}
+    return {
+        g.name: NodeSize(g.cpus, g.memory_mb, g.gpus, g.instance_types[0], group_capacity(g))
+        for g in spec.groups
+    }
 
 
 # --- gathering, saving, loading ---------------------------------------------------------------
@@ -204,13 +208,17 @@ class Inputs:
     book: PriceBook
     saved_at: str = ""  # set on the copy ``down`` keeps
     notes: tuple[str, ...] = ()
+    # the run times of every pack's done tasks (for the report's histograms), by pack
+    tasks: dict[str, list[float]] = field(default_factory=dict)
 
     def build(self, since: float | None = None) -> ledger.Ledger:
         lives, attempts = self.lives, self.attempts
         if since is not None:
             lives = [_clip_life(x, since) for x in lives if (x.end or self.now) > since]
             attempts = [_clip(a, since) for a in attempts if (a.end or self.now) > since]
-        return ledger.build(lives, attempts, self.sizes, self.book, self.now)
+        return ledger.build(
+            lives, attempts, self.sizes, self.book, self.now, chosen_in=DEFAULT_PARTITION
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -219,7 +227,7 @@ class Inputs:
             "lives": [asdict(x) for x in self.lives],
             "attempts": [asdict(a) for a in self.attempts],
             "sizes": {k: asdict(v) for k, v in self.sizes.items()},
-            "prices": self.book.as_dict(), "notes": list(self.notes),
+            "prices": self.book.as_dict(), "notes": list(self.notes), "tasks": self.tasks,
         }  # fmt: skip
 
     @classmethod
@@ -232,6 +240,7 @@ class Inputs:
             sizes={k: NodeSize(**v) for k, v in data["sizes"].items()},
             book=PriceBook.from_dict(data["prices"]), saved_at=data.get("saved_at", ""),
             notes=tuple(data.get("notes", ())),
+            tasks={k: [float(x) for x in v] for k, v in data.get("tasks", {}).items()},
         )  # fmt: skip
 
 
@@ -243,8 +252,9 @@ def _clip(attempt: JobAttempt, since: float) -> JobAttempt:
     return replace(attempt, start=max(attempt.start, since))
 
 
-def gather(name: str, book: PriceBook, now: float | None = None) -> Inputs:
-    """The ledger's inputs of live cluster ``name`` (its events and its accounting)."""
+def gather(name: str, book: PriceBook, now: float | None = None, *, tasks: bool = False) -> Inputs:
+    """The ledger's inputs of live cluster ``name`` (its events and its accounting);
+    ``tasks``: with every pack's task run times too (one more read on the head)."""
     check_name(name)
     state = load_state(name)
     spec = spec_of(state)
@@ -260,19 +270,33 @@ def gather(name: str, book: PriceBook, now: float | None = None) -> Inputs:
         attempts = parse_sacct(_on_head(state, sacct_script(created)))
     elif not spec.accounting.enabled:
         notes.append("accounting is off: no job's cost is known, only the instances'")
+    durations = pack_durations(state, spec) if tasks and "configure" in state.steps else {}
     return Inputs(
         cluster=name, provider=state.provider, created_at=state.created_at, now=now,
         lives=lives, attempts=attempts, sizes=node_sizes(spec), book=book, notes=tuple(notes),
+        tasks=durations,
     )  # fmt: skip
 
 
-def _on_head(state: ClusterState, script: str) -> str:
+def pack_durations(state: ClusterState, spec: ClusterSpec) -> dict[str, list[float]]:
+    """Every user's packs' task run times, read on the head (``ck-pack durations``)."""
+    mount = spec.shared_storage.mount_point
+    script = (f"for r in {home_root(spec)}/*/{PACK_ROOT}; do [ -d \"$r\" ] && "
+              f"{mount}/clusterkit/bin/ck-pack durations --root \"$r\"; done; true")  # fmt: skip
+    found: dict[str, list[float]] = {}
     trust = ClusterTrust(state.name, state.dir)
-    argv = trust.ssh_argv(head_name(state.name), [script])
-    try:
-        return proc.run(argv, timeout=30).stdout
-    except ClusterkitError as exc:
-        raise SSHError(f"{state.name}: cannot read accounting on the head: {exc}") from exc
+    for line in trust.on_head([script], doing="read the packs' task times").splitlines():
+        try:
+            found.update(json.loads(line))
+        except ValueError:
+            continue  # a line that is no JSON (a pack cut short) adds nothing
+    return found
+
+
+def _on_head(state: ClusterState, script: str) -> str:
+    return ClusterTrust(state.name, state.dir).on_head(
+        [script], doing="read accounting on the head"
+    )
 
 
 def finished(inputs: Inputs) -> Inputs:
@@ -342,15 +366,15 @@ def prices_of(state: ClusterState) -> PriceBook:
     return rendered_prices(ClusterFiles(state.dir)) or price_book(spec_of(state))
 
 
-def inputs_of(name: str) -> Inputs:
-    """The ledger's inputs of cluster ``name``: live while it exists, else the ones its
-    ``down`` kept."""
+def inputs_of(name: str, *, tasks: bool = False) -> Inputs:
+    """The ledger's inputs of cluster ``name``: live while it exists (``tasks``: with its
+    packs' task run times), else the ones its ``down`` kept."""
     check_name(name)
     try:
         state = load_state(name)
     except StateError:
         return saved(name)
-    return gather(name, prices_of(state))
+    return gather(name, prices_of(state), tasks=tasks)
 
 
 def keep(name: str) -> Inputs | None:
@@ -359,7 +383,7 @@ def keep(name: str) -> Inputs | None:
     state = load_state(name)
     if "configure" not in state.steps:
         return None
-    final = finished(gather(name, prices_of(state)))
+    final = finished(gather(name, prices_of(state), tasks=True))
     save(final)
     return final
 

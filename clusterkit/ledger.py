@@ -16,6 +16,10 @@ how it ended), each job attempt from accounting (``JobAttempt``: one per run of 
   time of static nodes and the head, stay as the cluster's idle and head cost.
 - **Interruption cost** is the whole cost of every attempt that ended because its node was
   interrupted (the next attempt does that work again, or part of it from a checkpoint).
+- **What cheapest first saved**: for each attempt in the partition of every group (where
+  Slurm chose the group), its cost on a node of each group it fits, averaged (what placement
+  blind to price would cost on the mean), less its direct cost where it ran. Negative where
+  Slurm had to use dearer nodes (the cheap ones were busy).
 - **On-demand equivalent**: the same instance-seconds at on-demand prices. **Spot savings**
   are net of interruptions: the on-demand equivalent less the interrupted attempts' share of
   it (on-demand capacity would not have done that work twice), minus what was spent.
@@ -52,6 +56,7 @@ class Life:
     end: float | None = None
     ended_by: str = ""
     dynamic: bool = False
+    zone: str = ""  # its availability zone, where prices differ by zone
 
     def seconds(self, now: float) -> float:
         return max(0.0, (self.end if self.end is not None else now) - self.start)
@@ -87,9 +92,18 @@ class JobAttempt:
 
 @dataclass(frozen=True)
 class NodeSize:
+    """A group's node: its size, and what it is priced as (its first type and capacity)."""
+
     cpus: int
     mem_mb: int
     gpus: int = 0
+    instance_type: str = ""
+    capacity: str = ""
+
+    def fits(self, attempt: JobAttempt) -> bool:
+        per_node = max(1, len(attempt.nodes))
+        return (attempt.cpus <= self.cpus * per_node and attempt.mem_mb <= self.mem_mb * per_node
+                and attempt.gpus <= self.gpus * per_node)  # fmt: skip
 
 
 @dataclass
@@ -159,6 +173,7 @@ class Ledger:
     on_demand: float = 0.0  # the same seconds on on-demand
     head: float = 0.0
     idle: float = 0.0  # static nodes' unused time, dynamic nodes no attempt used
+    cheapest_first: float = 0.0  # saved against placement blind to price
     unpriced: list[str] = field(default_factory=list)
 
     @property
@@ -195,6 +210,7 @@ class Ledger:
             "idle": round(self.idle, 6),
             "head": round(self.head, 6),
             "jobs": round(self.jobs.spent, 6),
+            "cheapest_first_savings": round(self.cheapest_first, 6),
             "unpriced": self.unpriced,
         }
 
@@ -209,7 +225,7 @@ def dominant_share(attempt: JobAttempt, size: NodeSize) -> float:
 
 
 def _per_second(book: PriceBook, life: Life, capacity: str, unpriced: set[str]) -> float:
-    hourly = book.hourly(life.instance_type, capacity)
+    hourly = book.hourly(life.instance_type, capacity, life.zone)
     if hourly is None:
         unpriced.add(life.instance_type)
         return 0.0
@@ -221,14 +237,29 @@ def life_at(lives: Sequence[Life], node: str, start: float, end: float, now: flo
     return [x for x in lives if x.node == node and x.overlap(start, end, now) > 0]
 
 
+def blind_cost(attempt: JobAttempt, seconds: float, sizes: Mapping[str, NodeSize],
+               book: PriceBook) -> float | None:  # fmt: skip
+    """The mean cost of ``attempt`` over ``seconds`` on each priced group it fits."""
+    costs = []
+    for size in sizes.values():
+        hourly = book.hourly(size.instance_type, size.capacity) if size.instance_type else None
+        if hourly is not None and size.fits(attempt):
+            nodes = max(1, len(attempt.nodes))
+            costs.append(nodes * dominant_share(attempt, size) * seconds * hourly / 3600)
+    return sum(costs) / len(costs) if costs else None
+
+
 def build(
     lives: Iterable[Life],
     attempts: Iterable[JobAttempt],
     sizes: Mapping[str, NodeSize],
     book: PriceBook,
     now: float,
+    *,
+    chosen_in: str = "",
 ) -> Ledger:
-    """The ledger of ``lives`` and ``attempts`` at time ``now``. ``sizes``: by group name."""
+    """The ledger of ``lives`` and ``attempts`` at time ``now``. ``sizes``: by group name;
+    ``chosen_in``: the partition where Slurm chose among every group (cheapest first)."""
     lives = list(lives)
     unpriced: set[str] = set()
     ledger = Ledger(now=now, currency=book.currency, lives=lives, costs=[])
@@ -251,6 +282,9 @@ def build(
                 charged[life.instance_id].append((cost, direct))
                 if _cut_by(attempt, life, end):
                     cost.interrupted = True
+        if chosen_in and attempt.partition == chosen_in and cost.direct > 0:
+            blind = blind_cost(attempt, max(0.0, end - attempt.start), sizes, book)
+            ledger.cheapest_first += blind - cost.direct if blind is not None else 0.0
         ledger.costs.append(cost)
     for life in lives:
         _settle(

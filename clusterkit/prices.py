@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
@@ -45,14 +45,20 @@ def on_demand_table() -> OnDemandTable:
 
 @dataclass(frozen=True)
 class Price:
-    """One hourly price, where it comes from and of when."""
+    """One hourly price, where it comes from and of when; ``zones``: the price in each zone
+    where it differs by zone (a Spot price), ``hourly`` then their mean."""
 
     hourly: float
     source: str
     as_of: str
+    zones: Mapping[str, float] = field(default_factory=dict)
+
+    def in_zone(self, zone: str) -> float:
+        return self.zones.get(zone, self.hourly) if zone else self.hourly
 
     def as_dict(self) -> dict[str, Any]:
-        return {"hourly": self.hourly, "source": self.source, "as_of": self.as_of}
+        found: dict[str, Any] = {"hourly": self.hourly, "source": self.source, "as_of": self.as_of}
+        return {**found, "zones": dict(sorted(self.zones.items()))} if self.zones else found
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,10 @@ class PriceBook:
     def get(self, instance_type: str, capacity: str) -> Price | None:
         return self.prices.get((instance_type, capacity))
 
-    def hourly(self, instance_type: str, capacity: str) -> float | None:
+    def hourly(self, instance_type: str, capacity: str, zone: str = "") -> float | None:
+        """The price of an hour; in ``zone`` where the price is known per zone."""
         price = self.get(instance_type, capacity)
-        return None if price is None else price.hourly
+        return None if price is None else price.in_zone(zone)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,7 +91,10 @@ class PriceBook:
             str(data["currency"]),
             {
                 (str(p["instance_type"]), str(p["capacity"])): Price(
-                    float(p["hourly"]), str(p["source"]), str(p["as_of"])
+                    float(p["hourly"]),
+                    str(p["source"]),
+                    str(p["as_of"]),
+                    {str(z): float(v) for z, v in p.get("zones", {}).items()},
                 )
                 for p in data["prices"]
             },

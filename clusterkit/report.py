@@ -10,14 +10,15 @@ library, nothing fetched: it opens anywhere, offline). Charts:
 - interruptions and recoveries over time (a recovery: a job an interruption cut short that
   then completed), with the interruption rate and recovery success;
 - node utilisation over time: CPUs held by jobs over the CPUs of the nodes alive;
-- for packs: the duration histogram of their array elements, and their throughput.
+- for packs: the duration histograms of their tasks and of their array elements, and their
+  throughput (tasks and elements per second over the pack's span).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def page_data(inputs: Inputs) -> dict[str, Any]:
         "cost_over_time": _cost_over_time(ledger, times),
         "utilisation": _utilisation(inputs, ledger, times),
         "operations": _operations(inputs, ledger, times),
-        "packs": _packs(ledger),
+        "packs": _packs(ledger, inputs.tasks),
     }
 
 
@@ -131,7 +132,7 @@ def _counts(when: Sequence[float], times: Sequence[float]) -> list[list[float]]:
     return points
 
 
-def _packs(ledger: Ledger) -> list[dict[str, Any]]:
+def _packs(ledger: Ledger, tasks: Mapping[str, Sequence[float]]) -> list[dict[str, Any]]:
     packs: dict[str, list[AttemptCost]] = {}
     for c in ledger.costs:
         if c.attempt.pack and c.attempt.end is not None:
@@ -140,9 +141,12 @@ def _packs(ledger: Ledger) -> list[dict[str, Any]]:
     for pack, runs in packs.items():
         durations = [float(c.attempt.end or 0) - c.attempt.start for c in runs]
         span = max(float(c.attempt.end or 0) for c in runs) - min(c.attempt.start for c in runs)
+        done = tasks.get(pack, [])
         found.append({
             "pack": pack, "elements": len(runs), "histogram": _histogram(durations),
             "elements_per_second": round(len(runs) / span, 4) if span > 0 else None,
+            "tasks": len(done), "task_histogram": _histogram(done) if done else [],
+            "tasks_per_second": round(len(done) / span, 4) if done and span > 0 else None,
             "cost": round(sum(c.total for c in runs), 6),
         })  # fmt: skip
     return found
@@ -172,7 +176,7 @@ def html(inputs: Inputs) -> str:
 def write(name: str, path: Path | None = None) -> Path:
     """Write cluster ``name``'s report to ``path`` (default ``NAME-report.html`` here)."""
     target = path or Path(f"{name}-report.html")
-    text = html(inputs_of(name))
+    text = html(inputs_of(name, tasks=True))
     try:
         target.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -79,6 +79,7 @@ def _print(found: dict[str, Any]) -> None:
     for label, key in (
         ("spent", "spent"), ("on-demand equivalent", "on_demand"), ("spot savings", "spot_savings"),
         ("interruptions", "interruption"), ("jobs", "jobs"), ("idle", "idle"), ("head", "head"),
+        ("cheapest first saved", "cheapest_first_savings"),
     ):  # fmt: skip
         console.out.print(f"  {label:<22}{_money(float(s[key]), cur)}")
     table = Table(

@@ -70,6 +70,7 @@ class Instance:
     lifecycle: str
     state: str  # pending | running | shutting-down | terminated
     launched_at: float  # seconds since the epoch
+    zone: str = ""  # where the provider has zones (an AWS availability zone)
 
     @property
     def alive(self) -> bool:

@@ -256,6 +256,7 @@ def _instance(
         lifecycle=lifecycle or (SPOT if data.get("InstanceLifecycle") == "spot" else ON_DEMAND),
         state=data["State"]["Name"],
         launched_at=launched.timestamp() if isinstance(launched, datetime) else 0.0,
+        zone=str(data.get("Placement", {}).get("AvailabilityZone", "")),
     )
 
 

@@ -2,9 +2,10 @@
 
 Each reconciler pass hands the meter what the provider describes (static and dynamic
 instances alike). An instance seen for the first time is logged ``instance up`` with its
-type, capacity and launch time (the provider's, not the pass's); one no longer described, or
-no longer alive, is logged ``instance gone`` with the pass that missed it (``at``) and the
-last that saw it (``last_seen``): its end lies between the two. The ledger narrows that from
+type, capacity, zone (where there are zones) and launch time (the provider's, not the
+pass's); one no longer described, or no longer alive, is logged ``instance gone`` with the
+pass that missed it (``at``) and the last that saw it (``last_seen``): its end lies between
+the two. The ledger narrows that from
 the event that ended it where there is one (a suspend, an interruption, a replacement).
 
 The log is the meter's only memory: a restarted reconciler reads the lives still open from it.
@@ -53,6 +54,7 @@ class Meter:
                     "instance": inst.instance_id, "node": inst.node, "group": inst.group,
                     "instance_type": inst.instance_type, "lifecycle": inst.lifecycle,
                     "launched_at": events.utc(inst.launched_at or now),
+                    **({"zone": inst.zone} if inst.zone else {}),
                 }  # fmt: skip
                 self.open[inst.instance_id] = fields
                 found.append({"action": UP, **fields})

@@ -436,11 +436,12 @@ def parser() -> argparse.ArgumentParser:
             "  status   done / running / failed / pending counts of a pack\n"
             "  failed   the ids of the tasks that ended without success\n"
             "  collect  write results.csv and summary.json in the pack's directory\n"
+            "  durations  every pack's done tasks' run times, in seconds, by pack\n"
             "PACK defaults to the most recently submitted pack."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("command", choices=("list", "status", "failed", "collect"))
+    p.add_argument("command", choices=("list", "status", "failed", "collect", "durations"))
     p.add_argument("pack", nargs="?", help="the pack's name (default: the latest)")
     p.add_argument("--root", type=Path, default=Path.home() / ROOT_NAME, help="where packs live")
     return p
@@ -457,9 +458,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def durations(root: Path) -> dict[str, list[float]]:
+    """Every pack's done tasks' run times (the last attempt of each), by pack."""
+    found = {}
+    for info in list_packs(root):
+        pack = PackDir(root / info["pack"])
+        recs: list[Record] = []
+        for path in (pack.root / "manifest").glob("*.jsonl"):
+            recs += read_records(path)
+        recs.sort(key=lambda r: int(r.get("run") or 0))  # a retry's records come last
+        found[info["pack"]] = [
+            round(float(r.get("runtime") or 0.0), 3)
+            for r in latest(recs).values()
+            if r.get("state") == "done"
+        ]
+    return found
+
+
 def _command(command: str, root: Path, name: str | None) -> Any:
     if command == "list":
         return list_packs(root)
+    if command == "durations":
+        return durations(root)
     pack = resolve(root, name)
     jobs = squeue_jobs()  # before the manifest: see pack_status
     status = pack_status(pack, jobs)

@@ -82,7 +82,12 @@ def test_launch_tags_each_node_and_describe_sees_them(aws: Aws, group: dict[str,
         assert tags["clusterkit:cluster"] == "awc" and tags["clusterkit:group"] == "compute"
         assert inst["SubnetId"] in group["subnets"]
         assert inst["InstanceLifecycle"] == "spot"
-    assert sorted(i.node for i in cloud.describe()) == NODES
+    described = cloud.describe()
+    assert sorted(i.node for i in described) == NODES
+    # each instance's zone, so that the ledger costs it at its zone's Spot price
+    zones = {i["InstanceId"]: i["Placement"]["AvailabilityZone"]
+             for r in reply["Reservations"] for i in r["Instances"]}  # fmt: skip
+    assert {i.instance_id: i.zone for i in described} == zones and all(zones.values())
 
     # Terminate two; ids of another cluster, or gone already, are left alone quietly.
     other = _cloud(group, "other").launch("compute", ["x-dy-1"], Option("c7i.2xlarge", SPOT))

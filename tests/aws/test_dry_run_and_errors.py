@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-from clusterkit.prices import on_demand_table
-from tests.aws.conftest import Aws
+from clusterkit.prices import PriceBook, on_demand_table
+from clusterkit.providers.aws import pricing
+from clusterkit.providers.aws.session import Aws as Session
+from tests.aws.conftest import REGION, Aws
 
 
 def test_dry_run_lists_resources_prices_them_and_changes_nothing(aws: Aws) -> None:
@@ -53,3 +55,20 @@ def test_an_aws_error_is_one_line_naming_call_resource_and_code(aws: Aws) -> Non
     assert last.endswith("check aws.subnet_ids: they must exist in the region")  # what to do
     aws.run("down", "awe")
     assert aws.tagged("awe") == {}
+
+
+def test_spot_prices_are_quoted_per_zone_with_their_mean(aws: Aws) -> None:
+    history = aws.client("ec2").describe_spot_price_history(
+        InstanceTypes=["c7i.2xlarge"], ProductDescriptions=["Linux/UNIX"]
+    )["SpotPriceHistory"]
+    by_zone: dict[str, float] = {}
+    for p in sorted(history, key=lambda p: p["Timestamp"]):  # the latest in each zone
+        by_zone[p["AvailabilityZone"]] = float(p["SpotPrice"])
+    (quote,) = pricing.spot_quotes(Session(REGION), ["c7i.2xlarge"]).values()
+    assert dict(quote.zones) == by_zone and len(by_zone) > 1
+    assert quote.hourly == round(sum(by_zone.values()) / len(by_zone), 6)
+    zone = sorted(by_zone)[0]
+    book = PriceBook("USD", {("c7i.2xlarge", "spot"): quote})
+    assert book.hourly("c7i.2xlarge", "spot", zone) == by_zone[zone]
+    assert book.hourly("c7i.2xlarge", "spot") == quote.hourly  # no zone: the mean
+    assert PriceBook.from_dict(book.as_dict()) == book  # as the ledger keeps it

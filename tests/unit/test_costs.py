@@ -34,6 +34,17 @@ def test_the_meter_logs_each_life_once_with_the_providers_launch_time() -> None:
     }]  # fmt: skip
 
 
+def test_the_meter_logs_a_zone_where_the_provider_has_one_and_the_life_keeps_it() -> None:
+    zoned = Instance("i-1", "compute-st-1", "compute", "10.0.0.9", "c7i.2xlarge", "spot",
+                     "running", 100.0, zone="eu-west-1b")  # fmt: skip
+    (event,) = Meter().observe([zoned], now=130.0)
+    assert event["zone"] == "eu-west-1b"
+    assert "zone" not in Meter().observe([inst("i-2", "compute-st-2", 100.0)], now=130.0)[0]
+    logged = {"time": events.utc(130.0), "source": "meter", **event}
+    (found,) = costs.lives_from_events([logged])
+    assert found.zone == "eu-west-1b"
+
+
 def test_a_restarted_meter_knows_the_open_lives_from_the_log() -> None:
     logged = [
         {"source": "meter", "action": UP, "instance": "i-1", "node": "a"},

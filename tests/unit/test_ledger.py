@@ -139,3 +139,45 @@ def test_an_unpriced_type_is_named_and_costs_nothing() -> None:
 def test_grouping_by_an_unknown_key_names_the_choices() -> None:
     with pytest.raises(ValueError, match="job, user, tenant, pack, partition"):
         build([], [], SIZES, BOOK, now=0).by("colour")
+
+
+def test_cheapest_first_saved_the_mean_of_the_groups_a_job_fits_less_what_it_cost() -> None:
+    book = PriceBook("USD", {
+        ("c7i.large", "spot"): Price(0.12, "spec", ""),
+        ("c7i.xlarge", "spot"): Price(0.36, "spec", ""),
+        ("c7i.4xlarge", "spot"): Price(9.99, "spec", ""),
+    })  # fmt: skip
+    sizes = {
+        "cheap": NodeSize(2, 2000, instance_type="c7i.large", capacity="spot"),
+        "dear": NodeSize(2, 2000, instance_type="c7i.xlarge", capacity="spot"),
+        "big": NodeSize(16, 32000, instance_type="c7i.4xlarge", capacity="spot"),
+        "unpriced": NodeSize(2, 2000),
+    }
+    lives = [life("cheap-st-1", 0, HOUR, group="cheap", instance_type="c7i.large"),
+             life("dear-st-1", 0, HOUR, group="dear", instance_type="c7i.xlarge")]  # fmt: skip
+    runs = [
+        # half of cheap-st-1 for an hour: 0.06; on dear it would be 0.18, on big 16 times
+        # smaller a share of 9.99 (1/16 * 9.99); placement blind to price costs their mean
+        attempt("1", 0, HOUR, ("cheap-st-1",), cpus=1),
+        # asked for partition dear: Slurm had no choice, nothing is counted
+        attempt("2", 0, HOUR, ("dear-st-1",), cpus=1, partition="dear"),
+    ]
+    got = build(lives, runs, sizes, book, now=HOUR, chosen_in="all")
+    blind = (0.06 + 0.18 + 9.99 / 16) / 3
+    assert got.cheapest_first == pytest.approx(blind - 0.06)
+    assert got.summary()["cheapest_first_savings"] == pytest.approx(blind - 0.06, abs=1e-6)
+    # a 2-CPU job that ran on dear (cheap was busy): the mean counts big at 2 of its 16 CPUs
+    wide = attempt("3", 0, HOUR, ("dear-st-1",), cpus=2)
+    got = build(lives, [wide], sizes, book, now=HOUR, chosen_in="all")
+    assert got.cheapest_first == pytest.approx((0.12 + 0.36 + 9.99 / 8) / 3 - 0.36)
+    assert not build(lives, runs, sizes, book, now=HOUR).cheapest_first  # no partition named
+
+
+def test_an_instance_costs_its_own_zones_spot_price() -> None:
+    zoned = Price(0.30, "Spot price in force", "", {"eu-west-1a": 0.24, "eu-west-1b": 0.36})
+    book = PriceBook("USD", {**BOOK.prices, ("c7i.2xlarge", "spot"): zoned})
+    lives = [life("compute-st-1", 0, HOUR, zone="eu-west-1a"),
+             life("compute-st-2", 0, HOUR, zone="eu-west-1b"),
+             life("compute-st-3", 0, HOUR)]  # fmt: skip
+    # an hour in each zone, and one of a life from before zones were logged (the mean)
+    assert build(lives, [], SIZES, book, now=HOUR).spent == pytest.approx(0.24 + 0.36 + 0.30)

@@ -16,6 +16,7 @@ from clusterkit.nodetools.packstate import (
     RunSpec,
     array_indexes,
     collect,
+    durations,
     element_states,
     failed_tasks,
     pack_status,
@@ -312,3 +313,18 @@ def test_collect_writes_a_row_per_task_and_a_summary(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert [(r["task"], r["state"], r["exit"], r["out"], r["command"]) for r in rows] == [
         ("0", "done", "0", "out/0.out", "echo a"), ("1", "failed", "2", "", "exit 2")]  # fmt: skip
+
+
+def test_durations_are_each_done_tasks_last_run_time(tmp_path: Path) -> None:
+    pack = make_pack(tmp_path / "p1", ["true"] * 3, RunSpec(run=0, chunk=3, elements=1, count=3))
+    lines = [
+        {"task": 0, "run": 0, "state": "done", "runtime": 0.5},
+        {"task": 1, "run": 0, "state": "failed", "runtime": 0.2},
+        {"task": 2, "run": 0, "state": "failed", "runtime": 0.1},
+    ]
+    pack.manifest(0, 0).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    # `pack retry` ran task 1 again in run 1, and it succeeded; task 2 failed for good
+    retried = {"task": 1, "run": 1, "state": "done", "runtime": 0.75}
+    pack.manifest(1, 0).write_text(json.dumps(retried) + "\n")
+    found = durations(tmp_path)
+    assert {k: sorted(v) for k, v in found.items()} == {"p1": [0.5, 0.75]}

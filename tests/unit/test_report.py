@@ -44,9 +44,11 @@ def inputs() -> costs.Inputs:
         *(run(f"2_{i}", 0, bob, "pack-p1", "COMPLETED", 200 + i, 230 + 3 * i, "compute-st-2", 1)
           for i in range(20)),
     ]  # fmt: skip
+    # the pack's 20 elements ran 200 tasks: 190 of about 0.5 s and 10 of about 4 s
+    tasks = {"p1": [0.5 + i % 100 / 1000 for i in range(190)] + [4.0] * 10}
     return costs.Inputs(
         "demo", "local", "2026-09-21T00:00:00+00:00", NOW, lives, attempts,
-        costs.node_sizes(SPEC), price_book(SPEC),
+        costs.node_sizes(SPEC), price_book(SPEC), tasks=tasks,
     )  # fmt: skip
 
 
@@ -102,12 +104,27 @@ def test_the_browser_draws_every_chart_with_data(page: Path) -> None:
     charts = Charts()
     charts.feed(dom)
     assert charts.rendered, "the page's script did not finish"
-    # cost by tenant, savings, interruptions/recoveries, utilisation, one pack
-    assert len(charts.charts) == 5, charts.charts
+    # cost by tenant, savings, interruptions/recoveries, utilisation, one pack's tasks and
+    # its elements
+    assert len(charts.charts) == 6, charts.charts
     assert all(int(c["data-points"] or 0) > 0 for c in charts.charts), charts.charts
     assert all(m > 0 for m in charts.marks), charts.marks
     assert charts.charts[0]["data-series"] == "2"  # physics and chem
     assert "1 of 1" in dom  # the interrupted job completed
+    assert "pack p1: 200 tasks done in 20 array elements" in dom
+
+
+def test_a_packs_task_histogram_counts_its_tasks_by_duration() -> None:
+    (pack,) = report.page_data(inputs())["packs"]
+    bars = pack["task_histogram"]
+    assert sum(n for _, n in bars) == 200
+    assert bars[1] == [pytest.approx(1 / 3, abs=1e-3), 190.0]  # 12 bins of 4 s / 12
+    assert bars[-1][1] == 10.0
+    # The ledger kept at down carries them; one kept before it did reads as none.
+    kept = costs.Inputs.from_dict(inputs().as_dict())
+    assert kept.tasks == inputs().tasks
+    old = {k: v for k, v in inputs().as_dict().items() if k != "tasks"}
+    assert costs.Inputs.from_dict(old).tasks == {}
 
 
 def test_a_screenshot_is_kept(page: Path) -> None:

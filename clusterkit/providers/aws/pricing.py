@@ -18,6 +18,11 @@ from clusterkit.spec import ClusterSpec, GroupSpec
 
 def spot_prices(aws: Aws, types: list[str]) -> dict[str, list[float]]:
     """The current Spot price of each type in every zone of the region (type -> prices)."""
+    return {t: list(zones.values()) for t, zones in spot_zone_prices(aws, types).items()}
+
+
+def spot_zone_prices(aws: Aws, types: list[str]) -> dict[str, dict[str, float]]:
+    """The current Spot price of each type in each zone of the region (type -> zone -> price)."""
     if not types:
         return {}
     pages = aws.ec2.get_paginator("describe_spot_price_history").paginate(
@@ -31,20 +36,22 @@ def spot_prices(aws: Aws, types: list[str]) -> dict[str, list[float]]:
             key = (entry["InstanceType"], entry["AvailabilityZone"])
             if key not in latest or entry["Timestamp"] > latest[key][0]:
                 latest[key] = (entry["Timestamp"], float(entry["SpotPrice"]))
-    out: dict[str, list[float]] = {}
-    for (itype, _zone), (_when, price) in latest.items():
-        out.setdefault(itype, []).append(price)
+    out: dict[str, dict[str, float]] = {}
+    for (itype, zone), (_when, price) in sorted(latest.items()):
+        out.setdefault(itype, {})[zone] = price
     return out
 
 
 def spot_quotes(aws: Aws, types: list[str]) -> dict[str, Price]:
-    """Each type's Spot price in force now: the mean over the region's zones (the zone an
+    """Each type's Spot price in force now in each of the region's zones (an instance is
+    costed at its own zone's), and their mean (what a plan is priced at: the zone an
     instance lands in is the fleet's choice)."""
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     quotes = {}
-    for itype, prices in spot_prices(aws, types).items():
-        source = f"Spot price in force, {aws.region} (mean of {len(prices)} zone(s))"
-        quotes[itype] = Price(round(sum(prices) / len(prices), 6), source, today)
+    for itype, zones in spot_zone_prices(aws, types).items():
+        prices = list(zones.values())
+        source = f"Spot price in force, {aws.region}, per zone (mean of {len(prices)})"
+        quotes[itype] = Price(round(sum(prices) / len(prices), 6), source, today, zones)
     return quotes
 
 
