@@ -156,3 +156,18 @@ def test_collect_gathers_results_and_outputs(ck: Clusterkit, cluster: str, tmp_p
     assert (local / "out" / "0.out").read_text() == "zero\n"
     assert (local / "out" / "3.out").read_text() == f"{300 * 1024 * 1024}\n"
     assert json.loads((local / "summary.json").read_text())["done"] == 8
+
+
+def test_the_report_shows_each_packs_task_durations(ck: Clusterkit, cluster: str,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    page = tmp_path / "pkit-report.html"
+    ck.run("report", NAME, str(page))
+    text = page.read_text(encoding="utf-8")
+    start = text.index('<script type="application/json" id="report-data">')
+    payload = text[text.index(">", start) + 1 : text.index("</script>", start)]
+    packs = {p["pack"]: p for p in json.loads(payload.replace("<\\/", "</"))["packs"]}
+    mixed = packs["mixed"]
+    # the 8 tasks that ended done (their last attempts), by duration: "sleep 5" is the longest
+    assert mixed["tasks"] == 8
+    assert sum(n for _, n in mixed["task_histogram"]) == 8
+    assert mixed["task_histogram"][-1][1] == 1 and mixed["task_histogram"][-1][0] >= 4.0
