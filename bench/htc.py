@@ -20,6 +20,12 @@ every 0.5 s in the same SSH session). For (d) the span starts before the
 ``clusterkit pack submit`` process on this machine (so it includes reading the tasks, two
 SSH sessions and the upload) and its own manifest's first-start-to-last-end is shown too.
 
+What each variant cost is the cluster's own ledger over its span (``clusterkit cost pkbench
+--since START -o json`` as it ends): the compute nodes' time at their price (``spent`` less the
+head), shown per 1,000 tasks, and the part of it Slurm allocated to jobs (``jobs``). The nodes
+are priced as c7i.2xlarge (8 vCPUs), on-demand from the shipped table and Spot at the spec's
+assumed ratio.
+
 Targets: (d) reaches >= 90 % of ideal (ideal / span), is >= 10x faster than (a), and at
 least matches (c). Then ``clusterkit pack submit`` of 100,000 tasks (``--hold``; cancelled
 at once, nothing runs) must take <= 5 s, against ``sbatch --hold --array=0-99999`` of one
@@ -49,6 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +73,7 @@ MEMORY_MB = 4096
 TASKS = 4000
 QUICK_TASKS = 1000
 TASK_S = 0.5
+INSTANCE_TYPE = "c7i.2xlarge"  # what the nodes are priced as (8 vCPUs)
 BIG = 100_000
 SUBMIT_TARGET_S = 5.0
 IDEAL_TARGET = 0.90
@@ -110,6 +118,24 @@ class Variant:
     note: str = ""
     errors: list[str] = field(default_factory=list)
     projected: float | None = None  # an incomplete run's span at its rate, for all tasks
+    cost: dict[str, float] = field(default_factory=dict)  # the ledger over the span
+
+
+def window_cost(since: float) -> dict[str, float]:
+    """What the ledger says the cluster spent since ``since``: compute nodes (all but the
+    head), what of it went to jobs, and the same on on-demand; {} if it cannot say."""
+    iso = datetime.fromtimestamp(since).isoformat(timespec="seconds")
+    got = ck("cost", NAME, "--since", iso, "-o", "json")
+    try:
+        summary = json.loads(got.stdout)["summary"]
+    except (ValueError, KeyError):
+        print(f"  no cost: {last_line(got.stderr)}", flush=True)
+        return {}
+    return {
+        "compute": summary["spent"] - summary["head"],
+        "jobs": summary["jobs"],
+        "on_demand": summary["on_demand"],
+    }
 
 
 def end_time(out: str) -> float | None:
@@ -276,6 +302,7 @@ def figures(variants: dict[str, Variant], tasks: int, big: tuple[Result, Result]
     if a and a.seconds:
         figs.append(Figure("  bound: no variant beats ideal, so (d) / (a) <= span(a) / ideal",
                            a.seconds / ideal, "x", ""))  # fmt: skip
+    figs += cost_figures(variants, tasks)
     sub, base = big
     figs.append(
         Figure(
@@ -287,6 +314,20 @@ def figures(variants: dict[str, Variant], tasks: int, big: tuple[Result, Result]
             passed=sub.rc == 0 and sub.seconds <= SUBMIT_TARGET_S,
         )
     )
+    return figs
+
+
+def cost_figures(variants: dict[str, Variant], tasks: int) -> list[Figure]:
+    """Cost per 1,000 tasks of each variant (in US cents: fractions of one here), and pack's
+    against one sbatch per task."""
+    cents = 100 * 1000 / tasks
+    per = {k: v.cost["compute"] * cents for k, v in variants.items() if v.cost}
+    figs = [Figure(f"{variants[k].label}: cost per 1,000 tasks (allocated to jobs: "
+                   f"{variants[k].cost['jobs'] * cents:.3f})", c, " cents", "")
+            for k, c in per.items()]  # fmt: skip
+    if "a" in per and "d" in per:
+        figs.append(Figure("(a) / (d): one sbatch per task against pack, per task",
+                           per["a"] / per["d"] if per["d"] else None, "x", ""))  # fmt: skip
     return figs
 
 
@@ -321,7 +362,7 @@ def measure(
     spec = tmp / f"{NAME}.yaml"
     spec.write_text(
         f"{{name: {NAME}, groups: [{{name: compute, min: {COMPUTES}, max: {COMPUTES}, "
-        f"cpus: {CPUS}, memory_mb: {MEMORY_MB}}}]}}\n",
+        f"cpus: {CPUS}, memory_mb: {MEMORY_MB}, instance_types: [{INSTANCE_TYPE}]}}]}}\n",
         encoding="utf-8",
     )
     loads: dict[str, Any] = {"before": load()}
@@ -343,8 +384,10 @@ def measure(
             continue
         print(f"{key}: running ({tasks} tasks) ...", flush=True)
         loads[key] = load()
+        started = time.time()
         variants[key] = run()
         v = variants[key]
+        v.cost = window_cost(started)
         span = "n/a" if v.seconds is None else f"{v.seconds:.1f} s"
         print(f"  {v.label}: {span} {v.note} {' '.join(v.errors)}", flush=True)
     print("submit of 100,000 tasks ...", flush=True)
