@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from clusterkit import costs, interrupt, proc
+from clusterkit import costs, interrupt, proc, report
 from clusterkit.accounting import new_password
 from clusterkit.boot import node_boots, trusted_nodes, wait_for_boot
 from clusterkit.errors import ClusterkitError, ConfigureError, SSHError, StateError
@@ -380,8 +380,10 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
 def _keep_ledger(name: str, progress: Progress) -> None:
     """Save what the cluster cost before its database goes; nothing here stops ``down``."""
     try:
-        with progress.step("keep the cost ledger"):
+        with progress.step("keep the cost ledger and its report"):
             final = costs.keep(name)
+            if final is not None:
+                report.keep(final)
     except (ClusterkitError, OSError, ValueError) as exc:
         progress.warn(f"no cost ledger kept of {name}: {exc}")
         return

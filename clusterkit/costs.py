@@ -310,10 +310,15 @@ def finished(inputs: Inputs) -> Inputs:
     return replace(inputs, lives=ended, attempts=attempts, saved_at=stamp)
 
 
+def kept_path(inputs: Inputs) -> Path:
+    """Where ``down`` keeps the ledger of ``inputs``: one file per cluster of that name."""
+    stamp = inputs.created_at.replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
+    return ledgers_dir(inputs.cluster) / f"{stamp}.json"
+
+
 def save(inputs: Inputs) -> Path:
     """Keep ``inputs`` beside the ledgers of earlier clusters of the same name."""
-    stamp = inputs.created_at.replace(":", "").replace("+0000", "Z").replace("+00:00", "Z")
-    path = ledgers_dir(inputs.cluster) / f"{stamp}.json"
+    path = kept_path(inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(inputs.as_dict(), indent=1) + "\n", mode=0o600)
     return path

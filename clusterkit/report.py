@@ -23,10 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from clusterkit.costs import Inputs, inputs_of, report
+from clusterkit.costs import Inputs, inputs_of, kept_path, report
 from clusterkit.errors import StateError
 from clusterkit.ledger import INTERRUPTED, AttemptCost, Ledger
 from clusterkit.render import render
+from clusterkit.state import atomic_write
 
 SAMPLES = 60  # points of each time series
 BINS = 12  # bars of a duration histogram
@@ -171,6 +172,13 @@ def html(inputs: Inputs) -> str:
     # </script> inside the data would end the script element early.
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     return render("report/report.html.j2", data=data, payload=payload, made=made)
+
+
+def keep(inputs: Inputs) -> Path:
+    """At ``down``: the report of the ledger kept, beside it (``NAME/STAMP.html``)."""
+    target = kept_path(inputs).with_suffix(".html")
+    atomic_write(target, html(inputs), mode=0o600)
+    return target
 
 
 def write(name: str, path: Path | None = None) -> Path:

@@ -100,8 +100,9 @@ done
 """
 
 
-# Run on the head as root with the two users of two tenants: the first one's job holds a CPU;
-# the second must not see it, and its own job, started meanwhile, must land on another node.
+# Run on the head as root with the two users of two tenants: the first one's job holds a CPU
+# (until the second's has run: then it is cancelled); the second must not see it, and its
+# own job, started meanwhile, must land on another node.
 # A budget that holds either job (the user's choice, not a fault) ends the check early with
 # a line ``held USER REASON``.
 ISOLATION_SCRIPT = r"""
@@ -112,9 +113,9 @@ step() { runuser -u "$1" -- srun --immediate=10 --job-name=ck-verify-tenant --ti
 held() {
     reason=$(squeue -h -u "$1" -n ck-verify-tenant -t PD -o %r | grep -m1 GrpBillingMinutes) \
         || return 1
-    echo "held $1 $reason"; scancel -u "$1" -n ck-verify-tenant; wait; rm -f "$first" "$second"
+    echo "held $1 $reason"; scancel -n ck-verify-tenant; wait; rm -f "$first" "$second"
 }
-step "$FIRST" 3 >"$first" 2>&1 &
+step "$FIRST" 60 >"$first" 2>&1 &
 i=0
 until [ -n "$(squeue -h -u "$FIRST" -t R -n ck-verify-tenant -o %i)" ] || [ $i -ge 40 ]; do
     held "$FIRST" && exit 0
@@ -127,6 +128,7 @@ while kill -0 "$last" 2>/dev/null; do
     held "$SECOND" && exit 0
     sleep 0.25
 done
+scancel -u "$FIRST" -n ck-verify-tenant  # it held its node until the second step had run
 wait
 echo "first $(head -n1 "$first")"
 echo "second $(head -n1 "$second")"

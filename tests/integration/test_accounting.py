@@ -389,3 +389,7 @@ def test_cost_and_report_answer_from_the_ledger_down_kept(
     page = ck.home / f"{NAME}-report.html"
     ck.run("report", NAME, str(page))
     assert f'"cluster":"{NAME}"' in page.read_text()
+    # down kept the report beside the ledger, made from the same ledger
+    (kept,) = (ck.home / "ledgers" / NAME).glob("*.html")
+    assert kept.with_suffix(".json").is_file() and f'"cluster":"{NAME}"' in kept.read_text()
+    assert kept.stat().st_mode & 0o777 == 0o600

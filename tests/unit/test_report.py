@@ -135,3 +135,13 @@ def test_a_screenshot_is_kept(page: Path) -> None:
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 50_000, "a near-empty screenshot: the page drew little"
+
+
+def test_down_keeps_the_report_beside_its_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLUSTERKIT_HOME", str(tmp_path))
+    ledger = costs.save(inputs())
+    page = report.keep(inputs())
+    assert page == ledger.with_suffix(".html") and page.stat().st_mode & 0o777 == 0o600
+    assert '"cluster":"demo"' in page.read_text(encoding="utf-8")
