@@ -128,6 +128,7 @@ while kill -0 "$last" 2>/dev/null; do
     held "$SECOND" && exit 0
     sleep 0.25
 done
+for i in $(seq 40); do [ -s "$first" ] && break; sleep 0.25; done  # its host, once printed
 scancel -u "$FIRST" -n ck-verify-tenant  # it held its node until the second step had run
 wait
 echo "first $(head -n1 "$first")"
