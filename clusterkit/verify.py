@@ -38,8 +38,10 @@ from clusterkit.checks import (
     Key,
     Layout,
     Output,
+    busy_nodes,
     failures,
     judge_all,
+    node_busy,
     node_ready,
     shared_content,
     step_jobs,
@@ -172,7 +174,7 @@ def registering(nodes: Sequence[SlurmNode], wanted: Sequence[str]) -> list[str]:
     waiting = []
     for name in wanted:
         node = by_name.get(name)
-        if node is None or (not node_ready(node) and "DRAIN" not in node.flags):
+        if node is None or not (node_ready(node) or node_busy(node) or "DRAIN" in node.flags):
             waiting.append(name)
     return waiting
 
@@ -385,12 +387,13 @@ def second_plan(
     """Commands that need the first phase: decode credentials, read files, run steps."""
     head = layout.head
     plan = {}
+    busy = busy_nodes(first[head, "sinfo"])
     for node in layout.computes:
         if first[head, "munge"].ok:
             plan[node, "unmunge-head"] = Command(node, _unmunge(first[head, "munge"]))
         if first[node, "munge"].ok:
             plan[node, "unmunge-node"] = Command(head, _unmunge(first[node, "munge"]))
-        if first[node, "slurmd"].ok and first[head, "ping"].ok:
+        if first[node, "slurmd"].ok and first[head, "ping"].ok and node not in busy:
             plan[node, "step"] = Command(head, _srun(layout, node), SRUN_TIMEOUT)
     for node in layout.nodes:
         others = [files[o] for o in layout.nodes if o != node and first[o, "write"].ok]

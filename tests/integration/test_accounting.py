@@ -114,7 +114,9 @@ def wait_message(hook: list[dict[str, Any]], kind: str, **fields: Any) -> dict[s
 
 
 def as_user(ck: Clusterkit, user: str, command: str, node: str = HEAD, check: bool = True) -> str:
-    done = ck.ssh(NAME, node, f"cd /tmp && runuser -u {user} -- sh -c '{command}'", check=check)
+    # In the user's home, where its jobs write their output: local nodes share this
+    # machine's /tmp, where an earlier cluster's slurm-N.out of another user is not writable.
+    done = ck.ssh(NAME, node, f"runuser -u {user} -- sh -c 'cd && {command}'", check=check)
     return done.stdout.strip() + done.stderr.strip() * (not check)
 
 
@@ -332,6 +334,7 @@ def test_a_tenant_at_its_budget_waits_and_runs_once_up_raises_it(
     assert whole["budget_minutes"] == 7000 and whole["jobs_waiting"] >= 1
     ck.run("up", "-f", str(ck.write_spec(raised)), timeout=600)
     wait_gone(ck, [theirs], timeout=90)
+    wait_gone(ck, [waits], timeout=90)
     ran = sacct(ck, [waits, theirs])
     assert ran[waits]["state"] == ran[theirs]["state"] == "COMPLETED", ran
     assert ran[waits]["node"] == "spare-dy-1"  # powered up once the budgets allowed it

@@ -490,8 +490,9 @@ def test_up_waits_for_nodes_that_are_registering_not_for_drained_ones() -> None:
         _slurm_node("n3", "DOWN", "NOT_RESPONDING"),  # a slurmd coming back
         _slurm_node("n4", "IDLE", "DRAIN"),  # an operator's drain: waiting will not change it
         _slurm_node("n5", "MIXED"),
+        _slurm_node("n7", "ALLOCATED"),  # busy with users' jobs: ready, only full
     ]
-    assert registering(nodes, ["n1", "n2", "n3", "n4", "n5", "n6"]) == ["n2", "n3", "n6"]
+    assert registering(nodes, ["n1", "n2", "n3", "n4", "n5", "n6", "n7"]) == ["n2", "n3", "n6"]
     assert registering(nodes, ["n1", "n5"]) == []
 
 
@@ -586,3 +587,20 @@ def test_one_tenant_or_one_node_is_not_checked_for_isolation(tenants: Layout) ->
     assert "tenant-isolation" not in one.head_checks
     small = Layout(**{**tenants.__dict__, "computes": ("compute-st-1",)})
     assert "tenant-isolation" not in small.head_checks
+
+
+def test_a_node_busy_with_jobs_is_healthy_and_its_step_is_not_run(layout: Layout) -> None:
+    full = _slurm_node("compute-st-1", "ALLOCATED")
+    busy = judge_idle("compute-st-1", [full])
+    assert busy.ok and busy.detail == "Slurm says ALLOCATED: busy with jobs"
+    assert not judge_idle("compute-st-1", [_slurm_node("compute-st-1", "ALLOCATED", "DRAIN")]).ok
+    files = files_of(layout)
+    first = {key: ok() for key in first_plan(layout, files, RUN_ID)}
+    sinfo = {"nodes": [{"name": "compute-st-1", "state": "allocated"},
+                       {"name": "compute-st-2", "state": "idle"}]}  # fmt: skip
+    first["demo-head", "sinfo"] = ok(json.dumps(sinfo))
+    second = second_plan(layout, files, first)
+    # a step would wait for the users' jobs: not run there, and said so
+    assert ("compute-st-1", "step") not in second and ("compute-st-2", "step") in second
+    cpus, memory = judge_step("compute-st-1", None, ok(), busy=True)
+    assert cpus.ok and memory.ok and cpus.detail.startswith("not checked: every CPU")
