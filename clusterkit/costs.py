@@ -31,6 +31,7 @@ from clusterkit.nodetools.packstate import ROOT_NAME as PACK_ROOT
 from clusterkit.nodetools.spot import parse_time
 from clusterkit.plan import head_name, home_root
 from clusterkit.prices import PriceBook, group_capacity, price_book
+from clusterkit.slurmconf import tools_dir
 from clusterkit.spec import DEFAULT_PARTITION, ClusterSpec
 from clusterkit.spot import cluster_events
 from clusterkit.state import ClusterState, atomic_write, check_name, home, load_state, spec_of
@@ -280,9 +281,8 @@ def gather(name: str, book: PriceBook, now: float | None = None, *, tasks: bool 
 
 def pack_durations(state: ClusterState, spec: ClusterSpec) -> dict[str, list[float]]:
     """Every user's packs' task run times, read on the head (``ck-pack durations``)."""
-    mount = spec.shared_storage.mount_point
     script = (f"for r in {home_root(spec)}/*/{PACK_ROOT}; do [ -d \"$r\" ] && "
-              f"{mount}/clusterkit/bin/ck-pack durations --root \"$r\"; done; true")  # fmt: skip
+              f"{tools_dir(spec)}/ck-pack durations --root \"$r\"; done; true")  # fmt: skip
     found: dict[str, list[float]] = {}
     trust = ClusterTrust(state.name, state.dir)
     for line in trust.on_head([script], doing="read the packs' task times").splitlines():

@@ -36,6 +36,7 @@ from clusterkit.packplan import (
 )
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.render import render
+from clusterkit.slurmconf import tools_dir
 from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
@@ -60,7 +61,7 @@ class Target:
 
     @property
     def bin_dir(self) -> str:
-        return f"{self.spec.shared_storage.mount_point}/clusterkit/bin"
+        return tools_dir(self.spec)
 
     def remote(
         self, script: str, stdin: str | None = None, timeout: float = QUERY_TIMEOUT_S
