@@ -81,7 +81,10 @@ def _execute(channel: paramiko.Channel, command: str) -> None:
         channel.sendall(done.stdout)
         channel.sendall_stderr(done.stderr)
         channel.send_exit_status(done.returncode)
-        channel.close()
+        # EOF, not close: this thread may run before the transport thread has sent the
+        # exec request's reply, and a close ahead of it fails the client's exec_command
+        # ("Channel closed."). The client closes the channel once it has the exit status.
+        channel.shutdown_write()
     except (OSError, EOFError, paramiko.SSHException):
         pass  # the client went away first (a command stopped at its timeout)
 
