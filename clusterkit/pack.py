@@ -3,9 +3,10 @@ job array, and read, retry and collect it.
 
 ``submit`` takes the tasks (``packtasks``) and the chunking (``packplan``), writes the pack
 onto shared storage and submits ONE ``sbatch --array`` as the cluster user, both in a single
-SSH session to the head. Elements run ``ck-pack-run`` (``nodetools/packrun.py``), which
-writes the manifest; ``status``, ``retry`` and ``collect`` read it on the head through
-``ck-pack`` (``nodetools/packstate.py``), one SSH session each. Nothing here prints.
+SSH session to the head. Its elements run ``ck-pack-run`` (``nodetools/packrun.py``), which
+takes blocks of tasks from the run's queue and writes the manifest; ``status``, ``retry``
+and ``collect`` read it on the head through ``ck-pack`` (``nodetools/packstate.py``), one
+SSH session each. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from clusterkit import proc
 from clusterkit.errors import CommandError, StateError
 from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
 from clusterkit.packplan import (
-    DEFAULT_ESTIMATE_S,
     Chunking,
     PackOptions,
     auto_chunk,
@@ -163,8 +163,7 @@ def plan_chunks(where: Target, tasks: int, options: PackOptions) -> Chunking:
     max_elements = where.spec.slurm.max_array_size
     if options.chunk:
         return fixed_chunk(tasks, options.chunk, slots, max_elements)
-    estimate = options.estimate_s or DEFAULT_ESTIMATE_S
-    return auto_chunk(tasks, slots, estimate, max_elements)
+    return auto_chunk(tasks, slots, options.estimate_s, max_elements)
 
 
 def run_spec(
@@ -179,6 +178,7 @@ def run_spec(
         time_s=options.time_s,
         chdir=options.chdir,
         ids=None if ids is None else tuple(ids),
+        blocks=chunking.sizes(count),
     )
 
 
@@ -193,16 +193,25 @@ def job_script(bin_dir: str, pack: str, spec: RunSpec, options: PackOptions) -> 
         run=spec.run,
         count=spec.count,
         chunk=spec.chunk,
+        blocks=spec.block_count,
         elements=spec.elements,
         job_name=f"pack-{pack}"[:64],
         array=array,
         cpus=options.cpus,
         memory_mb=options.memory_mb,
-        time_minutes=element_time_limit(spec.chunk, options),
+        time_minutes=element_time_limit(_most_tasks(spec), options),
         partition=options.partition,
         hold=options.hold,
         runner=shlex.quote(f"{bin_dir}/ck-pack-run"),
     )
+
+
+def _most_tasks(spec: RunSpec) -> int:
+    """The most tasks one element of ``spec`` may run, for its time limit: its share, and a
+    largest block beyond it (it took one just before the others ran out of blocks)."""
+    if spec.blocks is None:
+        return spec.chunk
+    return min(spec.count, -(-spec.count // spec.elements) + spec.chunk)
 
 
 def run_files(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> dict[str, bytes]:
@@ -249,7 +258,7 @@ def _upload_and_submit(
         f"sbatch --parsable runs/{run}.sh > runs/{run}.job || {{ {undo}; exit 1; }}; "
         f"cat runs/{run}.job"
     )
-    dirs = ["manifest", "out", "logs"] if fresh else []
+    dirs = ["manifest", "out", "logs", "claims"] if fresh else []
     out = where.remote(script, stdin=_tarball(files, dirs), timeout=SUBMIT_TIMEOUT_S)
     first = out.strip().split(";")[0]
     if not first.isdigit():

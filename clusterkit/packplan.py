@@ -1,6 +1,7 @@
 """How a pack runs, before it touches a cluster: its options (``PackOptions``, durations,
-memory) and its chunking (how many tasks each array element runs, from the slots the
-partition's nodes hold), with the element's time limit that follows.
+memory) and its chunking (how many array elements, from the slots the partition's nodes
+hold, and the blocks of tasks they take from the run's queue), with the element's time
+limit that follows.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clusterkit.nodetools.packstate import PackError
+from clusterkit.nodetools.packstate import PackError, guided_blocks
 from clusterkit.slurm import SlurmNode
 
-TARGET_ELEMENT_S = 60.0  # an element should run at least this long: Slurm's cost is ~1 s
-DEFAULT_ESTIMATE_S = 1.0  # assumed task duration without --estimate: errs to fewer elements
+MIN_ELEMENT_WORK_S = 2.0  # with --estimate, an element gets at least this much work: its
+# start costs ~0.1 s of CPU and Slurm's launch ~1 s
 KILL_GRACE_S = 5  # ck-pack-run's SIGTERM-to-SIGKILL grace, counted in an element's time
 ELEMENT_SLACK_S = 120  # start-up and manifest writes of an element, in its time limit
 PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -54,8 +55,8 @@ class PackOptions:
     cpus: int = 1
     memory_mb: int | None = None  # per task; None: the cluster's DefMemPerCPU
     time_s: float | None = None  # per task; None: no limit
-    estimate_s: float | None = None  # expected duration, for auto chunking
-    chunk: int | None = None  # tasks per element; None: auto
+    estimate_s: float | None = None  # expected duration; fewer elements for little work
+    chunk: int | None = None  # tasks per block; None: guided sizes
     max_concurrent: int | None = None  # elements running at once (``--array=...%N``)
     retries: int = 0
     partition: str | None = None
@@ -84,13 +85,18 @@ class PackOptions:
 
 @dataclass(frozen=True)
 class Chunking:
-    """How a run's tasks are cut into array elements, and why."""
+    """How a run's tasks are cut into the blocks of its queue, how many array elements take
+    them, and why."""
 
-    chunk: int  # tasks per element
+    chunk: int  # tasks in the largest block (the first ones)
     elements: int
-    slots: int  # elements that can run at once on the partition
-    waves: int  # elements per slot
-    rule: str  # one sentence: how the chunk was chosen
+    slots: int  # one-task elements the partition's nodes hold at once
+    blocks: int  # blocks in the queue
+    fixed: bool  # every block has ``chunk`` tasks (--chunk), else guided sizes
+    rule: str  # one sentence: how the elements and blocks were chosen
+
+    def sizes(self, tasks: int) -> tuple[int, ...]:
+        return guided_blocks(tasks, self.elements, self.chunk if self.fixed else None)
 
 
 def cluster_slots(
@@ -110,36 +116,37 @@ def cluster_slots(
     return total
 
 
-def auto_chunk(tasks: int, slots: int, estimate_s: float, max_elements: int) -> Chunking:
-    """The chunk size: whole *waves* of elements (one element per slot per wave), as many
-    waves as keep every element at ``TARGET_ELEMENT_S`` of estimated work or more, and at
-    least one wave so that every slot gets an element.
+def auto_chunk(tasks: int, slots: int, estimate_s: float | None, max_elements: int) -> Chunking:
+    """One element per slot (the elements share the queue, so one that starts late or
+    runs short tasks takes fewer blocks, never holds others back), fewer only when the
+    user's estimate says the work would not keep them busy for ``MIN_ELEMENT_WORK_S``
+    each; blocks of guided sizes (``packstate.guided_blocks``).
 
-    ``waves = max(1, floor(tasks * estimate / (slots * TARGET_ELEMENT_S)))`` and
-    ``chunk = ceil(tasks / (slots * waves))``; the element count never exceeds the array
-    limit (``MaxArraySize``).
+    ``elements = min(slots, tasks, MaxArraySize, max(1, floor(tasks * estimate /
+    MIN_ELEMENT_WORK_S)))``, the last term only with ``--estimate``: without one, long
+    tasks are as likely as short ones, and too few elements would cost far more time
+    than too many.
     """
-    slots = max(1, slots)
-    work = tasks * estimate_s
-    waves = max(1, math.floor(work / (slots * TARGET_ELEMENT_S)))
-    chunk = math.ceil(tasks / (slots * waves))
-    chunk = max(chunk, math.ceil(tasks / max_elements))
-    elements = math.ceil(tasks / chunk)
+    elements = min(max(1, slots), tasks, max_elements)
+    if estimate_s is not None:
+        elements = min(elements, max(1, math.floor(tasks * estimate_s / MIN_ELEMENT_WORK_S)))
+    sizes = guided_blocks(tasks, elements)
     rule = (
-        f"{tasks} task(s) x {estimate_s:g} s estimated on {slots} slot(s): {waves} wave(s) "
-        f"of elements of >= {TARGET_ELEMENT_S:g} s each where the work allows"
+        f"{tasks} task(s) on {slots} slot(s): {elements} element(s) taking {len(sizes)} "
+        f"block(s) of {sizes[0]} task(s) down to {sizes[-1]} from one queue"
     )
-    return Chunking(chunk, elements, slots, math.ceil(elements / slots), rule)
+    if estimate_s is not None and elements < min(slots, tasks):
+        rule += f" (--estimate {estimate_s:g} s: >= {MIN_ELEMENT_WORK_S:g} s of work each)"
+    return Chunking(sizes[0], elements, slots, len(sizes), False, rule)
 
 
 def fixed_chunk(tasks: int, chunk: int, slots: int, max_elements: int) -> Chunking:
-    if math.ceil(tasks / chunk) > max_elements:
-        raise PackError(
-            f"--chunk {chunk}: {math.ceil(tasks / chunk)} elements is over the cluster's "
-            f"MaxArraySize ({max_elements}); use --chunk {math.ceil(tasks / max_elements)} or more"
-        )
-    elements = math.ceil(tasks / chunk)
-    return Chunking(chunk, elements, slots, math.ceil(elements / max(1, slots)), "--chunk")
+    """Blocks of ``chunk`` tasks each, taken by one element per slot (at most one per
+    block)."""
+    elements = min(max(1, slots), math.ceil(tasks / chunk), max_elements)
+    blocks = math.ceil(tasks / chunk)
+    rule = f"--chunk {chunk}: {blocks} block(s) of {chunk} task(s) for {elements} element(s)"
+    return Chunking(min(chunk, tasks), elements, slots, blocks, True, rule)
 
 
 def element_time_limit(chunk: int, options: PackOptions) -> int | None:

@@ -37,7 +37,7 @@ def _chunk(ctx: click.Context, param: click.Parameter, value: str) -> int | None
     if value == "auto":
         return None
     if not value.isdigit() or int(value) < 1:
-        raise click.BadParameter("a number of tasks per element (1 or more), or auto")
+        raise click.BadParameter("a number of tasks per block (1 or more), or auto")
     return int(value)
 
 
@@ -54,12 +54,13 @@ def pack() -> None:
       clusterkit pack collect demo -d results/    results.csv, summary.json and outputs
 
     \b
-    Each array element holds ONE task's CPUs and memory and runs a chunk of tasks one
-    after another; Slurm packs elements onto nodes (cons_tres) and each element's cgroup
-    enforces its task's memory, so a task that leaks memory is the only one killed.
-    Every attempt is a record in the pack's manifest on shared storage
-    (~/ck-pack/PACK/manifest/): exit code, runtime, node, attempt, output files. A
-    requeued element skips the tasks it already finished.
+    Each array element holds ONE task's CPUs and memory and runs tasks one after another,
+    taking blocks of them from the pack's queue until none is left (an element that
+    starts late or gets short tasks takes fewer); Slurm packs elements onto nodes
+    (cons_tres) and each element's cgroup enforces its task's memory, so a task that
+    leaks memory is the only one killed. Every attempt is a record in the pack's manifest
+    on shared storage (~/ck-pack/PACK/manifest/): exit code, runtime, node, attempt,
+    output files. A requeued element runs its blocks' unfinished tasks again, not the rest.
     """
 
 
@@ -84,13 +85,13 @@ def pack() -> None:
 )  # fmt: skip
 @click.option(
     "--estimate", "estimate_s", callback=_duration, default=None,
-    help=f"Expected duration of a task, for --chunk auto (default: "
-    f"{packplan.DEFAULT_ESTIMATE_S:g} s, which errs towards fewer, longer elements).",
+    help="Expected duration of a task. With it, a pack of little work starts fewer elements "
+    f"(each gets >= {packplan.MIN_ELEMENT_WORK_S:g} s of it); without it, one per slot.",
 )  # fmt: skip
 @click.option(
     "--chunk", callback=_chunk, default="auto", show_default=True,
-    help="Tasks per array element. auto: whole waves of elements, one per free slot, each "
-    f"running >= {packplan.TARGET_ELEMENT_S:g} s of estimated work where the work allows.",
+    help="Tasks per block of the queue the elements take from. auto: each block a share of "
+    "what is left (large first, single tasks last), so the elements end together.",
 )  # fmt: skip
 @click.option(
     "--max-concurrent", type=int, default=None, help="Elements running at once (--array=%N)."
@@ -140,10 +141,11 @@ def submit(  # noqa: PLR0917 - click passes every option as an argument
 def _print_submitted(done: lib.Submitted, seconds: float) -> None:
     c = done.chunking
     console.err.print(
-        f"Pack [bold]{done.pack}[/]: {done.tasks} task(s) in {c.elements} array element(s) of "
-        f"up to {c.chunk} task(s), {c.slots} slot(s) ({seconds:.1f}s)"
+        f"Pack [bold]{done.pack}[/]: {done.tasks} task(s), {c.elements} array element(s) "
+        f"taking {c.blocks} block(s) of up to {c.chunk} task(s), {c.slots} slot(s) "
+        f"({seconds:.1f}s)"
     )
-    console.err.print(f"[dim]chunk: {escape(c.rule)}[/]")
+    console.err.print(f"[dim]blocks: {escape(c.rule)}[/]")
     console.err.print(f"[dim]files: ~/{done.directory} on the cluster[/]")
     console.err.print(f"Next: [bold]clusterkit pack status {done.cluster} {done.pack} --wait[/]")
     console.out.print(done.job_id)

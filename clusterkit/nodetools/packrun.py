@@ -1,4 +1,5 @@
-"""``ck-pack-run``: one array element of a pack runs its chunk of tasks, one after another.
+"""``ck-pack-run``: one array element of a pack runs tasks one after another: block after
+block taken from the run's queue (``packstate``), or its fixed chunk in an older run.
 
 The job script of a pack (``runs/R.sh``) is ``exec ck-pack-run DIR R``; Slurm starts one
 element per ``--array`` index, each with the CPUs and memory of ONE task, so ``cons_tres``
@@ -7,13 +8,20 @@ a task that leaks memory is killed by its element's OOM killer and nothing else 
 task is a child process (``bash -c COMMAND``) in its own process group with the highest
 ``oom_score_adj``, so the OOM killer picks it, never the runner.
 
-For every attempt the runner appends one JSON record to ``manifest/R-E.jsonl`` (flushed and
-fsync'ed before the next task starts): task, run, element, job, attempt, restart, state
-(``done``, ``failed``, ``timeout``, ``oom``), exit, signal, reason, node, start, runtime,
-out, err. A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) reads
-its file first and skips what it already finished; a task interrupted half-way has no
-record and runs again. On SIGTERM (``scancel``, ``scontrol requeue``) the runner stops its
-current task and writes nothing for it.
+A task whose command is a plain program and its arguments (no quotes, variables, globs,
+redirections or other shell syntax, and not a shell builtin) is started directly, as bash
+itself would exec it, which saves a shell's start per task; any other runs in ``bash -c``.
+
+For every attempt the runner appends one JSON record to ``manifest/R-E.jsonl``: task, run,
+element, job, attempt, restart, state (``done``, ``failed``, ``timeout``, ``oom``), exit,
+signal, reason, node, start, runtime, out, err. Each record is flushed to the file system
+before the next task starts, and fsync'ed at most a second later and whenever the runner
+stops, so a node that dies loses at most the last second's records (those tasks run
+again). A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) first
+runs again the unfinished tasks of the blocks it had taken, skipping what its file says it
+finished; a task interrupted half-way has no record and runs again. On SIGTERM
+(``scancel``, ``scontrol requeue``) the runner stops its current task and writes nothing
+for it.
 
 Standard library only: it runs with the node's ``/usr/bin/python3``.
 """
@@ -31,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -44,6 +52,8 @@ from clusterkit.nodetools.packstate import read_records as read_manifest
 PROG = "ck-pack-run"
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a task over its time limit
 SETTLE_S = 1.0  # how long a task killed from outside waits for the runner's own SIGTERM
+CLAIM_RETRY_S = 0.05  # before a second try at a claim the storage refused, as it was made
+SYNC_EVERY_S = 1.0  # the manifest's records reach the disk at most this long after the task
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _OOM_LINE = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 
@@ -154,6 +164,8 @@ class Runner:
         self.cwd = spec.chdir or env.get("HOME") or str(Path.home())
         self.stop = False
         self.child: subprocess.Popen[bytes] | None = None
+        self._programs: dict[str, str] = {}  # a plain command's program, from PATH ("": none)
+        self._ran_before = False  # its manifest file existed when it started
         try:
             self.oom_files = oom_counter_files(Path("/proc/self/cgroup").read_text())
         except OSError:
@@ -165,33 +177,60 @@ class Runner:
             _killpg(self.child.pid, signal.SIGTERM)
 
     def run(self) -> int:
-        """Run every unfinished task of the chunk; the number of tasks run."""
-        tasks = self.spec.element_tasks(self.element)
+        """Run the element's blocks (its own first, after a requeue); the attempts run."""
         path = self.pack.manifest(self.spec.run, self.element)
         previous = latest_records(read_manifest(path))
-        todo = [t for t in tasks if not is_finished(previous.get(t), self.spec.attempts)]
-        commands = self.pack.commands(todo)
+        self._ran_before = path.exists()
         self.scratch.mkdir(parents=True, exist_ok=True)
         ran = 0
         try:
-            with open(path, "a", encoding="utf-8") as manifest:
-                _end_cut_line(manifest)
-                for task in todo:
-                    before = previous.get(task)
-                    attempt = int(before["attempt"]) + 1 if before else 1
-                    while attempt <= self.spec.attempts and not self.stop:
-                        record = self.run_task(task, commands[task], attempt)
-                        if record is None:  # stopped from outside: no record, runs again
+            with open(path, "a", encoding="utf-8") as fh:
+                manifest = Manifest(fh)
+                try:
+                    for block in self._blocks():
+                        ran += self._run_block(block, previous, manifest)
+                        if self.stop:
                             break
-                        _append(manifest, record)
-                        ran += 1
-                        if record["state"] == "done":
-                            break
-                        attempt += 1
-                    if self.stop:
-                        break
+                finally:
+                    manifest.sync()
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
+        return ran
+
+    def _blocks(self) -> Iterator[int]:
+        """The blocks this element runs: its fixed chunk; or the ones it took before a
+        requeue, then each block it manages to take from the queue, until none is left."""
+        if not self.spec.queued:
+            yield self.element
+            return
+        claims = Claims(self.pack, self.spec, self.element, self.job)
+        if self.restart or self._ran_before:  # only then can it own blocks already
+            yield from claims.mine()
+        while not self.stop and (block := claims.take()) is not None:
+            yield block
+
+    def _run_block(self, block: int, previous: dict[int, Record], manifest: Manifest) -> int:
+        todo = [
+            t
+            for t in self.spec.block_tasks(block)
+            if not is_finished(previous.get(t), self.spec.attempts)
+        ]
+        commands = self.pack.commands(todo)
+        ran = 0
+        for task in todo:
+            before = previous.get(task)
+            attempt = int(before["attempt"]) + 1 if before else 1
+            while attempt <= self.spec.attempts and not self.stop:
+                record = self.run_task(task, commands[task], attempt)
+                if record is None:  # stopped from outside: no record, runs again
+                    break
+                manifest.append(record)
+                ran += 1
+                if record["state"] == "done":
+                    break
+                attempt += 1
+            if self.stop:
+                break
         return ran
 
     def run_task(self, task: int, command: str, attempt: int) -> Record | None:
@@ -245,8 +284,10 @@ class Runner:
         }
         ooms = oom_kills(self.oom_files)
         t0 = time.monotonic()
+        argv, program = self._program(command, env)
         self.child = subprocess.Popen(
-            ["/bin/bash", "-c", command],
+            argv,
+            executable=program,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -265,6 +306,20 @@ class Runner:
         _killpg(self.child.pid, signal.SIGKILL)  # whatever it left running in its group
         self.child = None
         return Outcome(returncode, runtime, timed_out, oom_kills(self.oom_files) > ooms)
+
+    def _program(self, command: str, env: Mapping[str, str]) -> tuple[list[str], str]:
+        """The argv and executable of ``command``: the program itself when the command is
+        plain and its program is found on the task's PATH (or an absolute path); otherwise
+        bash, which also says "command not found" as users expect."""
+        argv = plain_argv(command)
+        if argv is not None:
+            program = self._programs.get(argv[0])
+            if program is None:
+                program = shutil.which(argv[0], path=env.get("PATH")) or ""
+                self._programs[argv[0]] = program
+            if program:
+                return argv, program  # argv[0] as typed, as bash passes it
+        return ["/bin/bash", "-c", command], "/bin/bash"
 
     def _kill(self, child: subprocess.Popen[bytes]) -> int:
         _killpg(child.pid, signal.SIGTERM)
@@ -302,20 +357,116 @@ class Runner:
         return files
 
 
-def _end_cut_line(manifest: IO[str]) -> None:
-    """End a last line cut short (the element died mid-write), so the next record is whole."""
-    if manifest.tell() == 0:
-        return
-    with open(manifest.name, "rb") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) != b"\n":
-            manifest.write("\n")
+class Manifest:
+    """An element's manifest file, open for appending: each record is flushed at once and
+    fsync'ed within ``SYNC_EVERY_S`` (one fsync per task cost more than a short task)."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self.synced = time.monotonic()
+        if fh.tell() > 0:  # end a last line cut short (the element died mid-write)
+            with open(fh.name, "rb") as raw:
+                raw.seek(-1, os.SEEK_END)
+                if raw.read(1) != b"\n":
+                    fh.write("\n")
+
+    def append(self, record: Record) -> None:
+        self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.fh.flush()
+        if time.monotonic() - self.synced >= SYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.synced = time.monotonic()
 
 
-def _append(manifest: IO[str], record: Record) -> None:
-    manifest.write(json.dumps(record, separators=(",", ":")) + "\n")
-    manifest.flush()
-    os.fsync(manifest.fileno())
+class Claims:
+    """The blocks of a queued run's shared queue as one element takes them: a block is
+    taken by creating its claim file (``O_CREAT | O_EXCL``: exactly one element succeeds),
+    holding the element's index and job."""
+
+    def __init__(self, pack: PackDir, spec: RunSpec, element: int, job: str) -> None:
+        self.pack = pack
+        self.spec = spec
+        self.element = element
+        self.job = job
+        self.next = element  # element E tries block E first: the first wave never collides
+        pack.claims_dir.mkdir(exist_ok=True)
+
+    def mine(self) -> list[int]:
+        """The blocks this element took before (it was requeued, or ran before by hand)."""
+        return sorted(b for b, e in self.pack.claims(self.spec.run).items() if e == self.element)
+
+    def take(self) -> int | None:
+        """The next block this element took, or ``None`` when every block is taken."""
+        taken: set[int] | None = None
+        while self.next < self.spec.block_count:
+            block = self.next
+            if taken is not None and block in taken:
+                self.next += 1
+                continue
+            if not self._create(block):
+                # Skip what others took since, in one listing rather than one open each.
+                taken = self.pack.taken(self.spec.run)
+                self.next += 1
+                continue
+            self.next = block + 1
+            return block
+        return None
+
+    def _create(self, block: int) -> bool:
+        """Create ``block``'s claim file; ``False`` when another element has it."""
+        path = self.pack.claim(self.spec.run, block)
+        for attempt in (1, 2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            except PermissionError:
+                # SFTP has no "exists" status: sshfs reports a claim made a moment before
+                # ours as EPERM. It is taken if it is there; a real refusal stays one.
+                if os.path.lexists(path):
+                    return False
+                if attempt == 2:
+                    raise
+                time.sleep(CLAIM_RETRY_S)
+                continue
+            try:
+                os.write(fd, f"{self.element} {self.job}\n".encode("ascii"))
+            finally:
+                os.close(fd)
+            return True
+        return False  # not reached: the second refusal raised
+
+
+# The characters of a command that bash would run as it stands: words of these, separated
+# by single spaces, hold nothing a shell would expand, quote, redirect or join.
+_PLAIN = re.compile(r"^[A-Za-z0-9_./:,@%+=-]+(?: [A-Za-z0-9_./:,@%+=-]+)*$")
+_BUILTINS = frozenset((
+    ".", ":", "[", "alias", "bg", "bind", "break", "builtin", "caller", "cd", "command",
+    "compgen", "complete", "compopt", "continue", "declare", "dirs", "disown", "echo",
+    "enable", "eval", "exec", "exit", "export", "false", "fc", "fg", "getopts", "hash",
+    "help", "history", "jobs", "kill", "let", "local", "logout", "mapfile", "popd",
+    "printf", "pushd", "pwd", "read", "readarray", "readonly", "return", "set", "shift",
+    "shopt", "source", "suspend", "test", "time", "times", "trap", "true", "type",
+    "typeset", "ulimit", "umask", "unalias", "unset", "wait",
+    # and the keywords
+    "if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while", "until",
+    "do", "done", "function", "coproc",
+))  # fmt: skip
+
+
+def plain_argv(command: str) -> list[str] | None:
+    """The argv of a command that is a program and its arguments and nothing else; ``None``
+    when a shell must run it (any shell syntax, an assignment first, or a builtin)."""
+    if not _PLAIN.match(command):
+        return None
+    argv = command.split(" ")
+    if "=" in argv[0] or argv[0] in _BUILTINS or ("/" in argv[0] and argv[0][0] != "/"):
+        return None
+    return argv
 
 
 def _killpg(pgid: int, sig: int) -> None:

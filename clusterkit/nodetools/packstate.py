@@ -6,17 +6,25 @@ in one directory on shared storage, ``~/ck-pack/PACK/``::
     pack.json          what was submitted (task count, options)
     tasks.txt          one shell command per line; task N is line N (from 0)
     tasks.idx          N+1 little-endian uint64 byte offsets into tasks.txt (seek, not scan)
-    runs/R.json        run R: 0 is the submission, 1, 2 ... are ``pack retry``; its chunking
+    runs/R.json        run R: 0 is the submission, 1, 2 ... are ``pack retry``; its blocks
     runs/R.ids         the task ids run R covers, one per line (retries only)
     runs/R.sh          the job script of run R;  runs/R.job  its array job id
+    claims/R-B         block B of run R is taken: the element that took it, and its job
     manifest/R-E.jsonl one JSON record per task attempt of array element E of run R
     out/N.out, N.err   what task N printed (only when it printed something)
     logs/R-E.log       the element's own Slurm output (the runner's messages)
 
+A run's tasks are cut into *blocks*, largest first (``guided_blocks``), and its elements
+take blocks from that shared queue: an element takes a block by creating its claim file
+(``O_EXCL``, atomic on a local file system and over NFS and SFTP), so each block has one
+element, and an element that finishes early takes more instead of idling while another
+works through a fixed chunk. Runs written before the queue (no ``blocks`` in R.json) keep
+fixed chunks: element E runs tasks E*chunk .. (E+1)*chunk-1.
+
 A manifest file has one writer (its element), so nothing appends concurrently over a
-network file system; records are flushed and fsync'ed one by one, so a requeued element
-reads what it already finished. This module reads them (host side through ``ck-pack``
-over SSH, or users on the head) and is stdlib only: it runs on the nodes' python3.
+network file system; a requeued element reads what it already finished. This module reads
+them (host side through ``ck-pack`` over SSH, or users on the head) and is stdlib only: it
+runs on the nodes' python3.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import struct
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,22 +78,71 @@ class RunSpec:
     time_s: float | None = None  # per-task time limit
     chdir: str | None = None  # tasks' working directory (None: the user's home)
     ids: tuple[int, ...] | None = None  # None: tasks 0 .. count-1
+    blocks: tuple[int, ...] | None = None  # sizes of the queue's blocks; None: fixed chunks
 
     @property
     def attempts(self) -> int:
         return self.retries + 1
 
-    def element_tasks(self, element: int) -> list[int]:
-        """The task ids array element ``element`` runs, in order."""
-        lo, hi = element * self.chunk, min((element + 1) * self.chunk, self.count)
+    @property
+    def queued(self) -> bool:
+        """Whether elements take blocks from the run's queue (else: fixed chunks)."""
+        return self.blocks is not None
+
+    @property
+    def block_count(self) -> int:
+        return len(self.blocks) if self.blocks is not None else self.elements
+
+    def block_tasks(self, block: int) -> list[int]:
+        """The task ids of block ``block``, in order (fixed chunks: block E is element E's)."""
+        if self.blocks is None:
+            lo, hi = block * self.chunk, min((block + 1) * self.chunk, self.count)
+        else:
+            lo = _offsets(self.blocks)[block]
+            hi = lo + self.blocks[block]
         if self.ids is None:
             return list(range(lo, hi))
         return list(self.ids[lo:hi])
 
+    def element_tasks(self, element: int) -> list[int]:
+        """The task ids a fixed-chunk run's element ``element`` runs, in order."""
+        return self.block_tasks(element)
+
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in vars(self).items() if k != "ids"}
+        data = {k: v for k, v in vars(self).items() if k not in ("ids", "blocks")}
         data["ids"] = None if self.ids is None else f"runs/{self.run}.ids"
+        if self.blocks is not None:
+            data["blocks"] = list(self.blocks)
         return data
+
+
+_OFFSETS: dict[tuple[int, ...], list[int]] = {}
+
+
+def _offsets(blocks: tuple[int, ...]) -> list[int]:
+    """Where each block starts, cached per run (an element asks once per block)."""
+    found = _OFFSETS.get(blocks)
+    if found is None:
+        found = [0]
+        for size in blocks:
+            found.append(found[-1] + size)
+        _OFFSETS[blocks] = found
+    return found
+
+
+def guided_blocks(count: int, elements: int, size: int | None = None) -> tuple[int, ...]:
+    """Block sizes for ``count`` tasks and ``elements`` elements: each block a share of what
+    is left, ``ceil(left / (2 * elements))``, down to one task (guided self-scheduling), so
+    the first blocks are large (few claims) and the last ones single tasks (the elements
+    end together). ``size`` fixes every block's size instead (``--chunk``)."""
+    sizes = []
+    left = count
+    while left > 0:
+        take = size or max(1, -(-left // (2 * max(1, elements))))
+        take = min(take, left)
+        sizes.append(take)
+        left -= take
+    return tuple(sizes)
 
 
 @dataclass(frozen=True)
@@ -99,6 +156,39 @@ class PackDir:
 
     def manifest(self, run: int, element: int) -> Path:
         return self.root / "manifest" / f"{run}-{element}.jsonl"
+
+    @property
+    def claims_dir(self) -> Path:
+        return self.root / "claims"
+
+    def claim(self, run: int, block: int) -> Path:
+        return self.claims_dir / f"{run}-{block}"
+
+    def taken(self, run: int) -> set[int]:
+        """The blocks of run ``run`` some element has taken: one directory listing (on a
+        node, one round trip to the shared storage)."""
+        prefix = f"{run}-"
+        try:
+            names = os.listdir(self.claims_dir)
+        except FileNotFoundError:
+            return set()
+        return {
+            int(name[len(prefix) :])
+            for name in names
+            if name.startswith(prefix) and name[len(prefix) :].isdigit()
+        }
+
+    def claims(self, run: int) -> dict[int, int | None]:
+        """``{block: element}`` of run ``run``'s taken blocks (``None``: being written);
+        reads every claim file, so it is for the head's side and for restarts."""
+        found: dict[int, int | None] = {}
+        for block in self.taken(run):
+            try:
+                text = self.claim(run, block).read_text(encoding="ascii").split()
+            except (OSError, UnicodeDecodeError):
+                text = []
+            found[block] = int(text[0]) if text and text[0].isdigit() else None
+        return found
 
     def out(self, task: int, stream: str) -> Path:
         return self.root / "out" / f"{task}.{stream}"
@@ -133,6 +223,7 @@ class PackDir:
                 time_s=data.get("time_s"),
                 chdir=data.get("chdir"),
                 ids=ids,
+                blocks=None if data.get("blocks") is None else tuple(map(int, data["blocks"])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackError(f"{path}: not a run description ({exc})") from None
@@ -269,7 +360,7 @@ class TaskView:
 
     task: int
     run: int
-    element: int
+    element: int | None  # None: in a block of the queue that no element has taken yet
     state: str  # done | running | pending | failed | timeout | oom | lost
     record: Record | None = None
 
@@ -305,34 +396,47 @@ def pack_status(pack: PackDir, jobs: Sequence[SlurmJob]) -> PackStatus:
     """Every task's state from the manifest and ``jobs`` (squeue, read BEFORE the manifest:
     an element squeue no longer holds had written all it ever will)."""
     info = pack.info()
-    runs = pack.runs()
-    cover: dict[int, tuple[int, int]] = {}  # task -> (run, element) of the latest run
-    for spec in runs:
-        for element in range(spec.elements):
-            for task in spec.element_tasks(element):
-                cover[task] = (spec.run, element)
     views: dict[int, TaskView] = {}
     run_rows = []
-    for spec in runs:
+    for spec in pack.runs():  # a later run's view of a task replaces an earlier one's
         job_id = pack.job_id(spec.run)
         live = element_states(jobs, job_id) if job_id is not None else {}
         run_rows.append(
             {"run": spec.run, "job_id": job_id, "elements": spec.elements, "live": len(live)}
         )
-        for element in range(spec.elements):
-            tasks = [t for t in spec.element_tasks(element) if cover[t] == (spec.run, element)]
-            if not tasks:
-                continue
-            records = latest(read_records(pack.manifest(spec.run, element)))
-            running_one = live.get(element, "PENDING") != "PENDING"
-            for task in tasks:
-                rec = records.get(task)
-                view = TaskView(task, spec.run, element, _state(rec, spec, element in live), rec)
-                if view.state == "pending" and running_one:
-                    view.state, running_one = "running", False
-                views[task] = view
+        records = run_records(pack, spec)
+        running = {e for e, state in live.items() if state != "PENDING"}
+        shown: set[int | None] = set()  # running elements whose current task is shown
+        for task, element in assignment(pack, spec):
+            rec = records.get(task)
+            # A block no element has taken yet waits for any element of the run still alive.
+            alive = element in live if element is not None else bool(live)
+            view = TaskView(task, spec.run, element, _state(rec, spec, alive), rec)
+            # the first task waiting in a running element's blocks is the one it runs
+            if view.state == "pending" and element in running and element not in shown:
+                view.state = "running"
+                shown.add(element)
+            views[task] = view
     ordered = [views[t] for t in sorted(views)]
     return PackStatus(str(info.get("pack", pack.root.name)), len(ordered), ordered, run_rows)
+
+
+def run_records(pack: PackDir, spec: RunSpec) -> dict[int, Record]:
+    """The latest record of every task of run ``spec`` (all its elements' manifests)."""
+    found: dict[int, Record] = {}
+    for path in sorted(pack.manifest(spec.run, 0).parent.glob(f"{spec.run}-*.jsonl")):
+        found.update(latest(read_records(path)))
+    return found
+
+
+def assignment(pack: PackDir, spec: RunSpec) -> Iterator[tuple[int, int | None]]:
+    """Every task of run ``spec`` with the element that has it (``None``: its block is not
+    taken yet), block by block in queue order."""
+    owners = pack.claims(spec.run) if spec.queued else None
+    for block in range(spec.block_count):
+        element = block if owners is None else owners.get(block)
+        for task in spec.block_tasks(block):
+            yield task, element
 
 
 def _state(rec: Record | None, spec: RunSpec, live: bool) -> str:

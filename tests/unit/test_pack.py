@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit.errors import ClusterkitError
-from clusterkit.nodetools.packstate import PackError, RunSpec
+from clusterkit.nodetools.packstate import PackError, RunSpec, guided_blocks
 from clusterkit.pack import job_script
 from clusterkit.packplan import (
     PackOptions,
@@ -169,40 +169,44 @@ def test_slots_count_cpus_and_memory_of_the_partition() -> None:
     assert cluster_slots(nodes, "nope", 1, None) == 0
 
 
-def test_the_benchmark_workload_is_one_wave_of_one_element_per_core() -> None:
+def test_the_benchmark_workload_is_one_element_per_slot_taking_guided_blocks() -> None:
     c = auto_chunk(4000, 32, 0.5, 100_001)
-    assert (c.chunk, c.elements, c.waves) == (125, 32, 1)
+    assert (c.elements, c.slots, c.fixed) == (32, 32, False)
+    sizes = c.sizes(4000)
+    assert sum(sizes) == 4000 and len(sizes) == c.blocks
+    assert sizes[0] == c.chunk == 63  # ceil(4000 / (2 x 32)): half of each element's share
+    assert list(sizes) == sorted(sizes, reverse=True)  # large first ...
+    assert sizes[-32:] == (1,) * 32  # ... and the last wave single tasks: elements end together
 
 
-def test_few_short_tasks_still_fill_every_slot() -> None:
-    c = auto_chunk(100, 32, 0.5, 100_001)
-    assert c.chunk == 4
-    assert c.elements == 25  # 100 tasks cannot give 32 elements of 4; every element runs
+def test_guided_blocks_take_a_share_of_what_is_left() -> None:
+    assert guided_blocks(10, 1) == (5, 3, 1, 1)  # ceil(10/2), ceil(5/2), ceil(2/2), ...
+    assert guided_blocks(7, 2, size=3) == (3, 3, 1)  # --chunk 3
+    assert guided_blocks(1, 32) == (1,)
 
 
-def test_long_work_is_cut_into_waves_of_target_length() -> None:
-    c = auto_chunk(100_000, 32, 10.0, 100_001)  # 31,250 s of work per slot
-    assert c.waves == 447  # ceil(14,286 elements / 32 slots)
-    assert c.chunk == 7
-    assert c.chunk * 10.0 >= 60  # each element runs at least the target
-    assert c.elements == 14_286
+def test_without_an_estimate_every_slot_gets_an_element() -> None:
+    # ten tasks of unknown length: each could take an hour, so none waits behind another
+    assert auto_chunk(10, 32, None, 100_001).elements == 10
+    assert auto_chunk(100_000, 32, None, 100_001).elements == 32
 
 
-def test_very_long_tasks_get_one_task_per_element() -> None:
-    c = auto_chunk(5000, 32, 600.0, 100_001)
-    assert (c.chunk, c.elements) == (1, 5000)
+def test_an_estimate_of_little_work_starts_fewer_elements() -> None:
+    c = auto_chunk(100, 32, 0.05, 100_001)  # 5 s of work: 2 elements of >= 2 s each
+    assert c.elements == 2
+    assert "--estimate 0.05 s" in c.rule
+    assert auto_chunk(100, 32, 0.5, 100_001).elements == 25  # 50 s of work
 
 
 def test_the_array_limit_caps_the_element_count() -> None:
-    c = auto_chunk(1_000_000, 32, 600.0, 100_001)
-    assert c.elements <= 100_001
-    assert c.chunk == 10
+    assert auto_chunk(1_000_000, 64, 600.0, 40).elements == 40
 
 
-def test_a_fixed_chunk_over_the_array_limit_says_what_fits() -> None:
-    assert fixed_chunk(1000, 10, 32, 1001).elements == 100
-    with pytest.raises(PackError, match=r"--chunk 1: 2000 elements .* use --chunk 2 or more"):
-        fixed_chunk(2000, 1, 32, 1001)
+def test_a_fixed_chunk_makes_blocks_of_that_size() -> None:
+    c = fixed_chunk(1000, 10, 32, 1001)
+    assert (c.chunk, c.blocks, c.elements, c.fixed) == (10, 100, 32, True)
+    assert set(c.sizes(1000)) == {10}
+    assert fixed_chunk(9, 3, 32, 1001).elements == 3  # one element per block at most
 
 
 def test_element_time_limit_covers_every_attempt() -> None:
@@ -267,7 +271,7 @@ def test_a_bad_chunk_is_a_usage_error(tmp_path: Path) -> None:
     tasks = write(tmp_path, "t.txt", "true\n")
     result = CliRunner().invoke(cli, ["pack", "submit", "demo", str(tasks), "--chunk", "lots"])
     assert result.exit_code == 2
-    assert "a number of tasks per element (1 or more), or auto" in result.output
+    assert "a number of tasks per block (1 or more), or auto" in result.output
 
 
 def test_pack_and_checkpoint_errors_are_expected_errors(tmp_path: Path) -> None:

@@ -6,11 +6,12 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from clusterkit.nodetools.packrun import Runner, oom_counter_files, oom_kills
+from clusterkit.nodetools.packrun import Runner, oom_counter_files, oom_kills, plain_argv
 from clusterkit.nodetools.packstate import (
     PackDir,
     RunSpec,
@@ -19,6 +20,7 @@ from clusterkit.nodetools.packstate import (
     durations,
     element_states,
     failed_tasks,
+    guided_blocks,
     pack_status,
     read_records,
     task_files,
@@ -217,6 +219,89 @@ def test_the_runner_command_outside_slurm(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert read_records(pack.manifest(0, 0))[0]["state"] == "done"
+
+
+def queued(count: int, elements: int, run: int = 0, **extra: object) -> RunSpec:
+    blocks = guided_blocks(count, elements)
+    return RunSpec(run=run, chunk=blocks[0], elements=elements, count=count, blocks=blocks,
+                   **extra)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_elements_of_a_queued_run_share_its_blocks(tmp_path: Path) -> None:
+    # Four elements at once on 60 short tasks: every task runs exactly once, every block
+    # has one element, and the blocks an element took hold the tasks it ran.
+    pack = make_pack(tmp_path / "p", ["sleep 0.01"] * 60, queued(60, 4))
+    spec = pack.runs()[0]
+    threads = [threading.Thread(target=run_element, args=(pack, tmp_path, e)) for e in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records = [r for e in range(4) for r in read_records(pack.manifest(0, e))]
+    assert sorted(r["task"] for r in records) == list(range(60))
+    owners = pack.claims(0)
+    assert sorted(owners) == list(range(spec.block_count))
+    for r in records:
+        block = next(b for b in owners if r["task"] in spec.block_tasks(b))
+        assert owners[block] == r["element"]
+    assert {r["element"] for r in records} == {0, 1, 2, 3}  # every element got work
+
+
+def test_a_requeued_element_finishes_its_own_blocks_before_taking_more(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    spec = queued(8, 2)  # blocks of 2, 2, 1, 1, 1, 1 tasks
+    assert spec.blocks == (2, 2, 1, 1, 1, 1)
+    pack = make_pack(tmp_path / "p", [f"echo {i} >> {log}" for i in range(8)], spec)
+    pack.claims_dir.mkdir()
+    pack.claim(0, 0).write_text("0 7_0\n")  # element 0 took block 0, did task 0, was requeued
+    pack.claim(0, 1).write_text("1 7_1\n")  # element 1 has block 1 (tasks 2, 3)
+    pack.manifest(0, 0).write_text(record(0, "done"))
+    run_element(pack, tmp_path, element=0, restart=1)
+    assert log.read_text().split() == ["1", "4", "5", "6", "7"]  # its task 1, then blocks 2-5
+    assert pack.claims(0) == {0: 0, 1: 1, 2: 0, 3: 0, 4: 0, 5: 0}
+
+
+def test_status_of_a_queued_run_in_flight(tmp_path: Path) -> None:
+    spec = queued(8, 2)  # blocks (2, 2, 1, 1, 1, 1): tasks 0-1, 2-3, 4, 5, 6, 7
+    pack = make_pack(tmp_path / "p", [f"t{i}" for i in range(8)], spec)
+    pack.claims_dir.mkdir()
+    for block, element in ((0, 0), (1, 1), (2, 0)):
+        pack.claim(0, block).write_text(f"{element} 7_{element}\n")
+    pack.manifest(0, 0).write_text(record(0, "done") + record(1, "failed"))
+    pack.manifest(0, 1).write_text(record(2, "done"))
+    status = pack_status(pack, [job(0, "RUNNING"), job(1, "RUNNING")])
+    assert [v.state for v in status.views] == [
+        "done", "failed", "done", "running", "running", *["pending"] * 3]  # fmt: skip
+    assert [v.element for v in status.views] == [0, 0, 1, 1, 0, None, None, None]
+    # Element 1 was cancelled and element 0 ended: what nobody ran is lost (retry runs it).
+    final = pack_status(pack, [])
+    assert [v.state for v in final.views][3:] == ["lost"] * 5
+    assert failed_tasks(final) == [1, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [("sleep 0.5", ["sleep", "0.5"]), ("/opt/sim --seed=3 -o out.1", ["/opt/sim", "--seed=3",
+     "-o", "out.1"]), ("echo hi", None), ("cd /tmp", None), ("X=1 sim", None),
+     ("sim $HOME", None), ("sim > out", None), ("sim 'a b'", None), ("sim  two", None),
+     ("sim *.dat", None), ("./sim", None), ("bin/sim", None), ("for x", None),
+     ("sim ~/x", None), ("sim; other", None)],
+)  # fmt: skip
+def test_only_commands_without_shell_syntax_skip_the_shell(
+    command: str, argv: list[str] | None
+) -> None:
+    assert plain_argv(command) == argv
+
+
+def test_a_plain_command_runs_without_a_shell_and_a_missing_one_says_so(tmp_path: Path) -> None:
+    commands = ["cat /proc/self/comm", "no-such-program-here x", "sh -c 'exit 4'"]
+    pack = make_pack(tmp_path / "p", commands, RunSpec(run=0, chunk=3, elements=1, count=3))
+    run_element(pack, tmp_path)
+    plain, missing, shell = read_records(pack.manifest(0, 0))
+    assert (tmp_path / "p" / plain["out"]).read_text() == "cat\n"  # no bash in between
+    assert (missing["exit"], missing["state"]) == (127, "failed")
+    assert "command not found" in (tmp_path / "p" / missing["err"]).read_text()
+    assert shell["exit"] == 4
 
 
 # ---------------------------------------------------------------------------------------------
