@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from rich.console import Console
 
@@ -304,11 +305,31 @@ def test_an_unexpected_exception_is_exit_70_with_a_traceback_file(
 # Help
 
 
-COMMANDS = sorted(cli.cli.commands)
+COMMANDS = sorted(cli_app.COMMANDS)
 
 
 def test_the_documented_commands_exist() -> None:
     assert {"up", "down", "list", "status", "ssh", "validate", "init"} <= set(COMMANDS)
+
+
+def test_each_lazy_command_is_the_command_of_its_name() -> None:
+    ctx = click.Context(cli.cli)
+    for name in COMMANDS:
+        command = cli.cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    # `clusterkit pack status` must not pay for boto3, the AWS provider or the cost ledger
+    code = (
+        "import sys; from clusterkit.cli import app; import click; "
+        "app.cli.get_command(click.Context(app.cli), 'pack'); "
+        "print(' '.join(m for m in ('boto3', 'clusterkit.providers.aws.session', "
+        "'clusterkit.ledger', 'clusterkit.cli.cluster') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert done.stdout.strip() == ""
 
 
 @pytest.mark.parametrize("command", COMMANDS)
