@@ -27,7 +27,7 @@ from clusterkit.hostlist import hostnames
 from clusterkit.ledger import JobAttempt, Life, NodeSize
 from clusterkit.nodetools import meter
 from clusterkit.nodetools.accounts import tres
-from clusterkit.nodetools.packstate import ROOT_NAME as PACK_ROOT
+from clusterkit.nodetools.packdir import ROOT_NAME as PACK_ROOT
 from clusterkit.nodetools.spot import parse_time
 from clusterkit.plan import head_name, home_root
 from clusterkit.prices import PriceBook, group_capacity, price_book

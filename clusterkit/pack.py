@@ -25,7 +25,7 @@ from typing import Any
 
 from clusterkit import proc
 from clusterkit.errors import CommandError, StateError
-from clusterkit.nodetools.packstate import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
+from clusterkit.nodetools.packdir import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
 from clusterkit.packplan import (
     Chunking,
     PackOptions,

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clusterkit.nodetools.packstate import PackError, guided_blocks
+from clusterkit.nodetools.packdir import PackError, guided_blocks
 from clusterkit.slurm import SlurmNode
 
 MIN_ELEMENT_WORK_S = 2.0  # with --estimate, an element gets at least this much work: its

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from clusterkit.nodetools.packstate import PackError
+from clusterkit.nodetools.packdir import PackError
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
 

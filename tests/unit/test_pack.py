@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit.errors import ClusterkitError
-from clusterkit.nodetools.packstate import PackError, RunSpec, guided_blocks
+from clusterkit.nodetools.packdir import PackError, RunSpec, guided_blocks
 from clusterkit.pack import job_script
 from clusterkit.packplan import (
     PackOptions,

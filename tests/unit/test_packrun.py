@@ -11,19 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from clusterkit.nodetools.packdir import PackDir, RunSpec, guided_blocks, read_records, task_files
 from clusterkit.nodetools.packrun import Runner, oom_counter_files, oom_kills, plain_argv
 from clusterkit.nodetools.packstate import (
-    PackDir,
-    RunSpec,
     array_indexes,
     collect,
     durations,
     element_states,
     failed_tasks,
-    guided_blocks,
     pack_status,
-    read_records,
-    task_files,
 )
 from clusterkit.slurm import SlurmJob
 
