@@ -18,6 +18,7 @@ import secrets
 import shlex
 import tarfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,6 +289,36 @@ class PackStatus:
     def from_json(cls, data: dict[str, Any]) -> PackStatus:
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in keys})
+
+
+@dataclass
+class Throughput:
+    """Tasks finished per second over the last ``window_s`` of polls, and the time left at
+    that rate: what ``pack status --wait`` shows beside its bar."""
+
+    window_s: float = 30.0
+    samples: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def add(self, when: float, finished: int) -> None:
+        """One poll: at ``when`` (monotonic seconds), ``finished`` tasks had ended."""
+        self.samples.append((when, finished))
+        while len(self.samples) > 2 and when - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+
+    @property
+    def rate(self) -> float | None:
+        """Tasks per second, ``None`` until two polls apart saw a task end."""
+        if len(self.samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
+        if t1 <= t0 or n1 <= n0:
+            return None
+        return (n1 - n0) / (t1 - t0)
+
+    def eta(self, left: int) -> float | None:
+        """Seconds until ``left`` more tasks end at the current rate."""
+        rate = self.rate
+        return None if rate is None else left / rate
 
 
 def status(name: str, pack: str | None = None, user: str | None = None) -> PackStatus:

@@ -187,15 +187,28 @@ def _wait(name: str, st: lib.PackStatus, interval: float, user: str | None) -> l
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
     )  # fmt: skip
+    rate = lib.Throughput()
     with Progress(*columns, console=console.err, transient=False) as bar:
         task = bar.add_task(st.pack, total=st.tasks, completed=st.done + st.failed, detail="")
         while True:
+            finished = st.done + st.failed
+            rate.add(time.monotonic(), finished)
             detail = f"running {st.running}, pending {st.pending}, failed {st.failed}"
-            bar.update(task, completed=st.done + st.failed, detail=detail)
+            bar.update(task, completed=finished, detail=f"{detail}  {_speed(rate, st)}")
             if st.finished:
                 return st
             time.sleep(interval)
             st = lib.status(name, st.pack, user)
+
+
+def _speed(rate: lib.Throughput, st: lib.PackStatus) -> str:
+    """``12.3 tasks/s, ETA 0:01:05`` (``-`` until a task has ended between two polls)."""
+    per_s = rate.rate
+    if per_s is None:
+        return "- tasks/s, ETA -"
+    eta = rate.eta(st.tasks - st.done - st.failed) or 0.0
+    whole = round(eta)
+    return f"{per_s:.1f} tasks/s, ETA {whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _print_status(st: lib.PackStatus) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools.packdir import PackError, RunSpec, guided_blocks
-from clusterkit.pack import job_script
+from clusterkit.pack import Throughput, job_script
 from clusterkit.packplan import (
     PackOptions,
     auto_chunk,
@@ -282,3 +283,52 @@ def test_pack_and_checkpoint_errors_are_expected_errors(tmp_path: Path) -> None:
         load_tasks(tmp_path / "missing.txt")
     assert issubclass(PackError, ClusterkitError)
     assert issubclass(CheckpointError, ClusterkitError)
+
+
+# ---------------------------------------------------------------------------------------------
+# pack status --wait
+
+
+def test_throughput_is_the_rate_over_the_last_window_of_polls() -> None:
+    rate = Throughput(window_s=10)
+    rate.add(0.0, 0)
+    assert rate.rate is None and rate.eta(100) is None  # one poll says nothing yet
+    rate.add(2.0, 0)
+    assert rate.rate is None  # nothing ended between them
+    for t in range(4, 31, 2):
+        rate.add(float(t), (t - 2) * 5)  # 5 tasks/s from t = 2
+    assert rate.rate == pytest.approx(5.0)
+    assert rate.eta(50) == pytest.approx(10.0)
+    assert rate.samples[0][0] >= 30 - 10 - 2  # older polls dropped
+    rate.add(32.0, 140)  # a stall: 0 more in 2 s pulls the rate down, it does not jump
+    assert 3.0 < (rate.rate or 0) < 5.0
+
+
+def test_status_wait_shows_tasks_per_second_and_an_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from clusterkit import pack as lib
+    from clusterkit.cli import cli
+    from clusterkit.cli import pack as pack_cli
+
+    def at(done: int, finished: bool = False) -> lib.PackStatus:
+        running = 0 if finished else 4
+        return lib.PackStatus(pack="p", tasks=100, done=done, running=running, failed=0,
+                              pending=100 - done - running, finished=finished)  # fmt: skip
+
+    polls = iter([at(0), at(20), at(40), at(100, finished=True)])
+    clock = iter(range(0, 100, 2))  # every poll 2 s after the last
+    monkeypatch.setattr(lib, "status", lambda *args: next(polls))
+    monkeypatch.setattr("clusterkit.cli.pack.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("clusterkit.cli.pack.time.sleep", lambda s: None)
+    monkeypatch.setattr("clusterkit.cli.console.err", Console(width=160, force_terminal=False))
+    result = CliRunner().invoke(cli, ["pack", "status", "demo", "p", "--wait"])
+    assert result.exit_code == 0, result.output
+    # the bar's last line (no terminal here): 100 tasks in the 6 s of four polls
+    assert "100/100 running 0, pending 0, failed 0  16.7 tasks/s, ETA 0:00:00" in result.output
+    shown = pack_cli._speed  # and while it ran: 40 done in 4 s, 60 left
+    rate = lib.Throughput()
+    for t, n in ((0, 0), (2, 20), (4, 40)):
+        rate.add(float(t), n)
+    assert shown(rate, at(40)) == "10.0 tasks/s, ETA 0:00:06"
+    assert shown(lib.Throughput(), at(0)) == "- tasks/s, ETA -"
