@@ -19,8 +19,8 @@ import shlex
 import tarfile
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,19 @@ from clusterkit.nodetools.packdir import FORMAT, ROOT_NAME, PackError, RunSpec, 
 from clusterkit.packplan import (
     Chunking,
     PackOptions,
+    Shape,
     auto_chunk,
     cluster_slots,
     element_time_limit,
     fixed_chunk,
+    partition_nodes,
+    too_big,
 )
+from clusterkit.packtasks import Tasks
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.render import render
-from clusterkit.slurmconf import tools_dir
+from clusterkit.slurm import SlurmNode
+from clusterkit.slurmconf import group_of, tools_dir
 from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
@@ -111,8 +116,23 @@ def target(name: str, user: str | None = None) -> Target:
 
 
 @dataclass(frozen=True)
+class Array:
+    """One job array of a pack's run: the tasks of one shape."""
+
+    run: int
+    job_id: int
+    tasks: int
+    cpus: int
+    memory_mb: int | None
+    time_s: float | None
+    gpus: int
+    chunking: Chunking
+
+
+@dataclass(frozen=True)
 class Submitted:
-    """A job array submitted for a pack."""
+    """The job arrays submitted for a pack (one per shape of task, largest first);
+    ``run``, ``job_id`` and ``chunking`` are the first one's."""
 
     cluster: str
     pack: str
@@ -121,50 +141,110 @@ class Submitted:
     tasks: int
     chunking: Chunking
     directory: str  # on the cluster, relative to the user's home
+    arrays: list[Array] = field(default_factory=list)
 
 
-def submit(name: str, commands: Sequence[str], options: PackOptions) -> Submitted:
-    """Write the pack onto shared storage and submit its job array; one SSH session."""
+def submit(name: str, tasks: Tasks | Sequence[str], options: PackOptions) -> Submitted:
+    """Write the pack onto shared storage and submit its job arrays; one SSH session."""
+    if not isinstance(tasks, Tasks):
+        tasks = Tasks(list(tasks), [None] * len(tasks))
     options.check()
     where = target(name, options.user)
-    chunking = plan_chunks(where, len(commands), options)
     pack = options.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    spec = run_spec(0, chunking, len(commands), options, None)
-    txt, idx = task_files(commands)
+    planned = plan_runs(where, 0, shape_groups(tasks, options), len(tasks.commands))
+    txt, idx = task_files(tasks.commands)
     info = {
         "format": FORMAT,
         "pack": pack,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tasks": len(commands),
+        "tasks": len(tasks.commands),
         "options": asdict(options),
     }
-    files = {
-        "pack.json": json.dumps(info, indent=2).encode(),
-        "tasks.txt": txt,
-        "tasks.idx": idx,
-        **run_files(where, pack, spec, options),
-    }
-    job_id = _upload_and_submit(where, pack, 0, files, fresh=True)
-    return Submitted(name, pack, 0, job_id, len(commands), chunking, f"{ROOT_NAME}/{pack}")
+    files = {"pack.json": json.dumps(info, indent=2).encode(), "tasks.txt": txt, "tasks.idx": idx}
+    for spec, opts, _ in planned:
+        files.update(run_files(where, pack, spec, opts))
+    job_ids = _upload_and_submit(where, pack, [p[0].run for p in planned], files, fresh=True)
+    return _submitted(name, pack, planned, job_ids)
 
 
-def plan_chunks(where: Target, tasks: int, options: PackOptions) -> Chunking:
+Planned = tuple[RunSpec, PackOptions, Chunking]
+
+
+def shape_groups(tasks: Tasks, options: PackOptions) -> list[tuple[PackOptions, list[int]]]:
+    """The tasks' ids by shape, each with the options its array runs with: the largest
+    shapes first, so that Slurm places them before the small ones fill the gaps."""
+    groups: dict[Shape, list[int]] = {}
+    base = options.shape
+    for task, shape in enumerate(tasks.shapes):
+        key = base if shape is None else options.shaped(shape).shape
+        groups.setdefault(key, []).append(task)
+    ordered = sorted(
+        groups.items(), key=lambda g: (-(g[0].gpus or 0), -(g[0].cpus or 1), -(g[0].memory_mb or 0))
+    )
+    return [(options.shaped(shape), ids) for shape, ids in ordered]
+
+
+def plan_runs(
+    where: Target, first_run: int, groups: list[tuple[PackOptions, list[int]]], total: int
+) -> list[Planned]:
+    """Runs ``first_run``, ``first_run + 1``, ... for ``groups``; a group of every task in
+    order (a pack of one shape) needs no list of ids. Refuses a shape no node holds,
+    naming its first task."""
     nodes = where.reader().nodes()
-    slots = cluster_slots(nodes, options.partition, options.cpus, options.memory_mb)
+    gpus_of = node_gpus(where.spec)
+    planned = []
+    for run, (opts, ids) in enumerate(groups, first_run):
+        opts.check()
+        every = len(groups) == 1 and len(ids) == total and first_run == 0
+        first = "a task" if every else f"task {ids[0]}"
+        chunking = plan_chunks(where, nodes, len(ids), opts, task=first, gpus_of=gpus_of)
+        planned.append((run_spec(run, chunking, len(ids), opts, None if every else ids), opts,
+                        chunking))  # fmt: skip
+    return planned
+
+
+def node_gpus(spec: ClusterSpec) -> Callable[[str], int]:
+    """A node's GPUs, from its group in the spec (0 for the head or a name of no group)."""
+
+    def gpus(name: str) -> int:
+        try:
+            return group_of(spec, name).gpus
+        except (KeyError, ValueError, StopIteration):
+            return 0
+
+    return gpus
+
+
+def plan_chunks(
+    where: Target,
+    nodes: Sequence[SlurmNode],
+    tasks: int,
+    options: PackOptions,
+    *,
+    task: str = "a task",
+    gpus_of: Callable[[str], int] = lambda name: 0,
+) -> Chunking:
+    slots = cluster_slots(nodes, options.partition, options.cpus, options.memory_mb,
+                          gpus=options.gpus, gpus_of=gpus_of)  # fmt: skip
     if slots == 0:
-        partitions = sorted({p for n in nodes for p in n.partitions})
-        what = f"partition {options.partition!r}" if options.partition else "the cluster"
-        raise PackError(
-            f"{what} has no node with {options.cpus} CPU(s)"
-            + (f" and {options.memory_mb} MiB" if options.memory_mb else "")
-            + f" for a task; partitions: {', '.join(partitions) or 'none'}"
-        )
+        raise too_big(task, options, partition_nodes(nodes, options.partition), gpus_of)
     if options.max_concurrent:
         slots = min(slots, options.max_concurrent)
     max_elements = where.spec.slurm.max_array_size
     if options.chunk:
         return fixed_chunk(tasks, options.chunk, slots, max_elements)
     return auto_chunk(tasks, slots, options.estimate_s, max_elements)
+
+
+def _submitted(name: str, pack: str, planned: list[Planned], job_ids: list[int]) -> Submitted:
+    arrays = [
+        Array(spec.run, job, spec.count, opts.cpus, opts.memory_mb, opts.time_s, opts.gpus, c)
+        for (spec, opts, c), job in zip(planned, job_ids, strict=True)
+    ]
+    first = arrays[0]
+    total = sum(a.tasks for a in arrays)
+    return Submitted(name, pack, first.run, first.job_id, total, first.chunking,
+                     f"{ROOT_NAME}/{pack}", arrays)  # fmt: skip
 
 
 def run_spec(
@@ -180,6 +260,9 @@ def run_spec(
         chdir=options.chdir,
         ids=None if ids is None else tuple(ids),
         blocks=chunking.sizes(count),
+        cpus=options.cpus,
+        memory_mb=options.memory_mb,
+        gpus=options.gpus,
     )
 
 
@@ -200,6 +283,7 @@ def job_script(bin_dir: str, pack: str, spec: RunSpec, options: PackOptions) -> 
         array=array,
         cpus=options.cpus,
         memory_mb=options.memory_mb,
+        gpus=options.gpus,
         time_minutes=element_time_limit(_most_tasks(spec), options),
         partition=options.partition,
         hold=options.hold,
@@ -241,30 +325,37 @@ def _tarball(files: dict[str, bytes], dirs: Sequence[str]) -> str:
 
 
 def _upload_and_submit(
-    where: Target, pack: str, run: int, files: dict[str, bytes], fresh: bool
-) -> int:
-    """Unpack ``files`` into the pack's directory and ``sbatch`` run ``run``; the job id."""
+    where: Target, pack: str, runs: Sequence[int], files: dict[str, bytes], fresh: bool
+) -> list[int]:
+    """Unpack ``files`` into the pack's directory and ``sbatch`` each of ``runs``; their job
+    ids. A refused sbatch leaves nothing behind: the arrays it did submit are cancelled and
+    the pack (or the retry's runs) removed again."""
     directory = f'"$HOME"/{ROOT_NAME}/{shlex.quote(pack)}'
     guard = (
         f'if [ -e {directory} ]; then echo "pack {pack} already exists; choose another '
         f'--name" >&2; exit 3; fi; mkdir -p {directory}'
         if fresh
-        else f'[ ! -e {directory}/runs/{run}.json ] || {{ echo "run {run} of pack {pack} '
-        f'already exists (a retry at the same time?)" >&2; exit 3; }}'
+        else f'[ ! -e {directory}/runs/{runs[0]}.json ] || {{ echo "run {runs[0]} of pack '
+        f'{pack} already exists (a retry at the same time?)" >&2; exit 3; }}'
     )
-    # A refused sbatch leaves nothing behind: the pack (or the run) is removed again.
-    undo = f"cd && rm -rf {directory}" if fresh else f"rm -f runs/{run}.*"
+    runs_files = " ".join(f"runs/{r}.*" for r in runs)
+    undo = f"cd && rm -rf {directory}" if fresh else f"rm -f {runs_files}"
+    cancel = "for j in runs/*.job.new; do scancel $(cut -d';' -f1 $j); done 2>/dev/null"
+    submits = "; ".join(
+        f"sbatch --parsable runs/{r}.sh > runs/{r}.job.new || {{ {cancel}; {undo}; exit 1; }}"
+        for r in runs
+    )
+    keep = "; ".join(f"mv runs/{r}.job.new runs/{r}.job; cat runs/{r}.job" for r in runs)
     script = (
         f"set -e -o pipefail; umask 022; {guard}; cd {directory}; base64 -d | tar -xzf -; "
-        f"sbatch --parsable runs/{run}.sh > runs/{run}.job || {{ {undo}; exit 1; }}; "
-        f"cat runs/{run}.job"
+        f"{submits}; {keep}"
     )
     dirs = ["manifest", "out", "logs", "claims"] if fresh else []
     out = where.remote(script, stdin=_tarball(files, dirs), timeout=SUBMIT_TIMEOUT_S)
-    first = out.strip().split(";")[0]
-    if not first.isdigit():
-        raise PackError(f"cluster {where.name}: sbatch printed {out.strip()!r}, not a job id")
-    return int(first)
+    ids = [line.split(";")[0] for line in out.split()]
+    if len(ids) != len(runs) or not all(i.isdigit() for i in ids):
+        raise PackError(f"cluster {where.name}: sbatch printed {out.strip()!r}, not job ids")
+    return [int(i) for i in ids]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,21 +450,24 @@ def retry(
             f"pack {before.pack} still has {live} element(s) queued or running; wait for "
             f"them (`clusterkit pack status {name} {before.pack} --wait`), then retry"
         )
-    ids: list[int] = found["failed_tasks"]
-    if not ids:
+    if not found["failed_tasks"]:
         return Retried(before, None)
     info = json.loads(where.remote(f"cat {ROOT_NAME}/{shlex.quote(before.pack)}/pack.json"))
     known = PackOptions.__dataclass_fields__
     saved = {k: v for k, v in info.get("options", {}).items() if k in known}
-    options = PackOptions(**{**saved, **(changes or {}), "user": where.user, "hold": False})
-    options.check()
-    run = len(before.runs)
-    chunking = plan_chunks(where, len(ids), options)
-    spec = run_spec(run, chunking, len(ids), options, ids)
-    files = run_files(where, before.pack, spec, options)
-    job_id = _upload_and_submit(where, before.pack, run, files, fresh=False)
-    directory = f"{ROOT_NAME}/{before.pack}"
-    return Retried(before, Submitted(name, before.pack, run, job_id, len(ids), chunking, directory))
+    options = PackOptions(**{**saved, "user": where.user, "hold": False})
+    groups = []
+    for group in found.get("failed_groups") or [{"tasks": found["failed_tasks"]}]:
+        # each task keeps its own shape, unless the retry changes it for all of them
+        shape = Shape(*(group.get(k) for k in Shape._fields))
+        groups.append((replace(options.shaped(shape), **(changes or {})), group["tasks"]))
+    planned = plan_runs(where, len(before.runs), groups, -1)
+    files: dict[str, bytes] = {}
+    for spec, opts, _ in planned:
+        files.update(run_files(where, before.pack, spec, opts))
+    job_ids = _upload_and_submit(where, before.pack, [p[0].run for p in planned], files,
+                                 fresh=False)  # fmt: skip
+    return Retried(before, _submitted(name, before.pack, planned, job_ids))
 
 
 @dataclass(frozen=True)

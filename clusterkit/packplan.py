@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from clusterkit.nodetools.packdir import PackError, guided_blocks
 from clusterkit.slurm import SlurmNode
@@ -40,12 +41,21 @@ def parse_duration(text: str, what: str = "--time") -> float:
     raise PackError(f"{what} {text!r}: give seconds (90), 90s, 1.5m, 2h, 1d or H:MM:SS, above 0")
 
 
-def parse_memory(text: str) -> int:
+def parse_memory(text: str, what: str = "--mem") -> int:
     """MiB from ``512``, ``512M``, ``2G``, ``1T`` (a bare number is MiB, as in Slurm)."""
     m = _MEMORY.match(text.strip())
     if m is None or int(m.group(1)) == 0:
-        raise PackError(f"--mem {text!r}: give MiB (512), or 512M, 2G, above 0")
+        raise PackError(f"{what} {text!r}: give MiB (512), or 512M, 2G, above 0")
     return int(m.group(1)) * {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[m.group(2).lower()]
+
+
+class Shape(NamedTuple):
+    """What one task needs; ``None`` fields are the pack's options (or Slurm's defaults)."""
+
+    cpus: int | None = None
+    memory_mb: int | None = None
+    time_s: float | None = None
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,18 @@ class PackOptions:
     name: str | None = None  # the pack's name; None: a timestamp
     user: str | None = None  # the cluster user; None: the spec's first user
     hold: bool = False  # submit held (``scontrol release JOBID`` starts it)
+    gpus: int = 0  # per task
+
+    def shaped(self, shape: Shape | None) -> PackOptions:
+        """These options with what ``shape`` sets instead."""
+        if shape is None:
+            return self
+        changes = {k: v for k, v in shape._asdict().items() if v is not None}
+        return replace(self, **changes) if changes else self
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.cpus, self.memory_mb, self.time_s, self.gpus)
 
     def check(self) -> None:
         for label, value in (("--cpus", self.cpus), ("--chunk", self.chunk),
@@ -72,6 +94,8 @@ class PackOptions:
                 raise PackError(f"{label} {value}: must be at least 1")
         if self.retries < 0:
             raise PackError(f"--retries {self.retries}: must be 0 or more")
+        if self.gpus < 0:
+            raise PackError(f"--gpus {self.gpus}: must be 0 or more")
         if self.name is not None and not PACK_NAME.match(self.name):
             raise PackError(
                 f"--name {self.name!r}: letters, digits, '.', '_', '-' (at most 64, "
@@ -99,21 +123,56 @@ class Chunking:
         return guided_blocks(tasks, self.elements, self.chunk if self.fixed else None)
 
 
+def partition_nodes(nodes: Iterable[SlurmNode], partition: str | None) -> list[SlurmNode]:
+    """The nodes of ``partition`` (``None``: of any partition; the head has none)."""
+    return [
+        n for n in nodes if (partition in n.partitions if partition is not None else n.partitions)
+    ]
+
+
 def cluster_slots(
-    nodes: Iterable[SlurmNode], partition: str | None, cpus: int, memory_mb: int | None
+    nodes: Iterable[SlurmNode],
+    partition: str | None,
+    cpus: int,
+    memory_mb: int | None,
+    *,
+    gpus: int = 0,
+    gpus_of: Callable[[str], int] = lambda name: 0,
 ) -> int:
-    """How many one-task elements the partition's nodes hold at once (CPUs and memory)."""
+    """How many one-task elements the partition's nodes hold at once (CPUs, memory, and
+    GPUs as ``gpus_of(node name)`` counts them)."""
     total = 0
-    for node in nodes:
-        if partition is not None and partition not in node.partitions:
-            continue
-        if partition is None and not node.partitions:
-            continue
+    for node in partition_nodes(nodes, partition):
         fit = node.cpus // cpus
         if memory_mb:
             fit = min(fit, node.memory_mb // memory_mb)
+        if gpus:
+            fit = min(fit, gpus_of(node.name) // gpus)
         total += fit
     return total
+
+
+def too_big(
+    task: str, options: PackOptions, nodes: list[SlurmNode], gpus_of: Callable[[str], int]
+) -> PackError:
+    """The error for a task no node of its partition can hold: what it needs, and the
+    largest node."""
+    needs = f"{options.cpus} CPU(s)"
+    if options.memory_mb:
+        needs += f", {options.memory_mb} MiB"
+    if options.gpus:
+        needs += f", {options.gpus} GPU(s)"
+    where = f"partition {options.partition!r}" if options.partition else "the cluster"
+    if not nodes:
+        return PackError(f"{task} needs {needs}; {where} has no node")
+    big = max(nodes, key=lambda n: (n.cpus, n.memory_mb, gpus_of(n.name)))
+    has = f"{big.cpus} CPUs, {big.memory_mb} MiB"
+    if options.gpus:
+        has += f", {gpus_of(big.name)} GPU(s)"
+    return PackError(
+        f"{task} needs {needs}: more than any node of {where} holds (the largest, "
+        f"{big.name}, has {has}); ask for less, or add a bigger group to the spec"
+    )
 
 
 def auto_chunk(tasks: int, slots: int, estimate_s: float | None, max_elements: int) -> Chunking:

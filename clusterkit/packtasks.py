@@ -1,5 +1,10 @@
 """A pack's tasks: the commands of a TASKS file, one per line or a template filled from the
-rows of a CSV or JSONL file of parameters (each value shell-quoted, each task one line).
+rows of a CSV or JSONL file of parameters (each value shell-quoted, each task one line), and
+each task's own resources where it asks for them.
+
+A task's resources (``cpus``, ``mem``, ``time``, ``gpus``) are the pack's options unless
+the task says otherwise: a line of a TASKS file that starts with ``@cpus=4,mem=2G``, or the
+columns (keys) of those names in a CSV (JSONL) file. Tasks of one shape run in one array.
 """
 
 from __future__ import annotations
@@ -10,16 +15,28 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clusterkit.nodetools.packdir import PackError
+from clusterkit.packplan import Shape, parse_duration, parse_memory
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
 
 
-def load_tasks(path: Path, template: str | None = None) -> list[str]:
-    """The commands of a TASKS file: one per line, or ``template`` filled from each row of
-    a ``.csv`` (header row names the columns) or ``.jsonl`` (one JSON object per line)."""
+RESOURCES = ("cpus", "mem", "time", "gpus")  # the columns (keys, options) of a task's shape
+
+
+class Tasks(NamedTuple):
+    """A pack's tasks: task N is ``commands[N]``; ``shapes[N]`` is what it asks for beyond
+    the pack's options (``None``: nothing)."""
+
+    commands: list[str]
+    shapes: list[Shape | None]
+
+
+def load_tasks(path: Path, template: str | None = None) -> Tasks:
+    """The tasks of a TASKS file: one command per line, or ``template`` filled from each row
+    of a ``.csv`` (header row names the columns) or ``.jsonl`` (one JSON object per line)."""
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -30,23 +47,71 @@ def load_tasks(path: Path, template: str | None = None) -> list[str]:
     except OSError as exc:
         raise PackError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if template is None:
-        commands = command_lines(text)
+        tasks = command_lines(text, str(path))
     elif path.suffix.lower() == ".csv":
-        commands = fill_csv(template, text, str(path))
+        tasks = fill_csv(template, text, str(path))
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        commands = fill_jsonl(template, text, str(path))
+        tasks = fill_jsonl(template, text, str(path))
     else:
         raise PackError(
             f"{path}: with --template, TASKS must be a .csv or .jsonl file of parameters"
         )
-    if not commands:
+    if not tasks.commands:
         raise PackError(f"{path}: no tasks in it")
-    return commands
+    return tasks
 
 
-def command_lines(text: str) -> list[str]:
-    """One command per line; blank lines and ``#`` comments are not tasks."""
-    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+def command_lines(text: str, source: str = "TASKS") -> Tasks:
+    """One command per line; blank lines and ``#`` comments are not tasks; a line that
+    starts with ``@key=value,...`` gives its task's own resources."""
+    commands = [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+    shapes: list[Shape | None] = [None] * len(commands)
+    if any(c.startswith("@") for c in commands):  # the rare case: find their lines
+        number: dict[str, int] = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            number.setdefault(line.strip(), n)
+        for i, command in enumerate(commands):
+            if command.startswith("@"):
+                shapes[i], commands[i] = _options_line(command, f"{source} line {number[command]}")
+    return Tasks(commands, shapes)
+
+
+def _options_line(line: str, where: str) -> tuple[Shape, str]:
+    head, _, command = line.partition(" ")
+    values: dict[str, str] = {}
+    for item in head[1:].split(","):
+        key, eq, value = item.partition("=")
+        if key not in RESOURCES or not eq or not value:
+            raise PackError(
+                f"{where}: {item!r} in {head!r}: write @key=value,... with keys "
+                f"{', '.join(RESOURCES)} (e.g. @cpus=4,mem=2G), then the command"
+            )
+        values[key] = value
+    if not command.strip():
+        raise PackError(f"{where}: {head!r} and no command after it")
+    return shape_of(values, where), command.strip()
+
+
+def shape_of(values: dict[str, Any], where: str) -> Shape:
+    """A task's resources from ``{cpus, mem, time, gpus}`` values (text or numbers; a bare
+    number of ``mem`` is MiB, of ``time`` seconds)."""
+
+    def count(key: str, least: int) -> int | None:
+        value = values.get(key)
+        if value is None or value == "":
+            return None
+        text = str(value).strip()
+        if isinstance(value, bool) or not text.isdigit() or int(text) < least:
+            raise PackError(f"{where}: {key} {value!r}: a whole number, at least {least}")
+        return int(text)
+
+    mem, time = values.get("mem"), values.get("time")
+    try:
+        memory_mb = None if mem in (None, "") else parse_memory(str(mem), "mem")
+        time_s = None if time in (None, "") else parse_duration(str(time), "time")
+    except PackError as exc:
+        raise PackError(f"{where}: {exc}") from None
+    return Shape(count("cpus", 1), memory_mb, time_s, count("gpus", 0))
 
 
 def placeholders(template: str, source: str = "--template") -> list[str]:
@@ -77,7 +142,7 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(one, template)
 
 
-def fill_csv(template: str, text: str, source: str) -> list[str]:
+def fill_csv(template: str, text: str, source: str) -> Tasks:
     names = placeholders(template)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
@@ -87,7 +152,8 @@ def fill_csv(template: str, text: str, source: str) -> list[str]:
             f"{source}: no column {missing[0]!r} for placeholder {{{missing[0]}}}; its "
             f"columns: {', '.join(columns) or 'none (no header row)'}"
         )
-    commands = []
+    commands, shapes = [], []
+    sized = [c for c in RESOURCES if c in columns]
     for row in reader:
         line = reader.line_num
         if any(v is None for v in row.values()) or None in row:
@@ -95,12 +161,15 @@ def fill_csv(template: str, text: str, source: str) -> list[str]:
                 f"{source} line {line}: {len(columns)} columns expected, as in the header"
             )
         commands.append(_one_line(fill(template, row), source, line))
-    return commands
+        where = f"{source} line {line}"
+        shapes.append(shape_of({c: row[c] for c in sized}, where) if sized else None)
+    return Tasks(commands, shapes)
 
 
-def fill_jsonl(template: str, text: str, source: str) -> list[str]:
+def fill_jsonl(template: str, text: str, source: str) -> Tasks:
     names = placeholders(template)
-    commands = []
+    commands: list[str] = []
+    shapes: list[Shape | None] = []
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
@@ -120,7 +189,9 @@ def fill_jsonl(template: str, text: str, source: str) -> list[str]:
                 )
             values[name] = _scalar(obj[name], source, line, name)
         commands.append(_one_line(fill(template, values), source, line))
-    return commands
+        sized = {k: obj[k] for k in RESOURCES if k in obj}
+        shapes.append(shape_of(sized, f"{source} line {line}") if sized else None)
+    return Tasks(commands, shapes)
 
 
 def _scalar(value: Any, source: str, line: int, name: str) -> str:

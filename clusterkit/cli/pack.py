@@ -73,6 +73,7 @@ def pack() -> None:
     "of parameters. Values are shell-quoted; {{ and }} are literal braces.",
 )  # fmt: skip
 @click.option("-c", "--cpus", default=1, show_default=True, help="CPUs per task.")
+@click.option("--gpus", default=0, show_default=True, help="GPUs per task (gres gpu).")
 @click.option(
     "--mem", "memory_mb", callback=_memory, default=None,
     help="Memory per task, enforced by its cgroup (512M, 2G; default: the cluster's per-CPU "
@@ -112,7 +113,7 @@ def pack() -> None:
 @user_option
 @output_option
 def submit(  # noqa: PLR0917 - click passes every option as an argument
-    name: str, tasks: Path, template: str | None, cpus: int, memory_mb: int | None,
+    name: str, tasks: Path, template: str | None, cpus: int, gpus: int, memory_mb: int | None,
     time_s: float | None, estimate_s: float | None, chunk: int | None,
     max_concurrent: int | None, retries: int, partition: str | None, chdir: str | None,
     pack_name: str | None, hold: bool, user: str | None, output: str,
@@ -123,15 +124,23 @@ def submit(  # noqa: PLR0917 - click passes every option as an argument
     TASKS is a file of shell commands, one per line (blank lines and # comments skipped),
     or with --template a .csv/.jsonl of parameters. Each task sees CK_PACK_TASK (its id,
     from 0), CK_PACK_ATTEMPT and CK_PACK_DIR (the pack's directory) in its environment.
+
+    \b
+    A task that needs more (or less) than the options say gives its own resources:
+      @cpus=4,mem=2G,time=5m,gpus=1 sim --big      a line of TASKS
+      seed,cpus,mem                                 columns cpus, mem, time, gpus of a .csv
+      {"seed": 7, "cpus": 4, "mem": "2G"}           keys of a .jsonl line
+    Tasks of each shape run in one array of their own (largest first), side by side on
+    the same nodes; a task no node can hold is refused, naming it and the largest node.
     """
     start = time.monotonic()
-    commands = packtasks.load_tasks(tasks, template)
+    found = packtasks.load_tasks(tasks, template)
     options = packplan.PackOptions(
-        cpus=cpus, memory_mb=memory_mb, time_s=time_s, estimate_s=estimate_s, chunk=chunk,
-        max_concurrent=max_concurrent, retries=retries, partition=partition, chdir=chdir,
-        name=pack_name, user=user, hold=hold,
+        cpus=cpus, gpus=gpus, memory_mb=memory_mb, time_s=time_s, estimate_s=estimate_s,
+        chunk=chunk, max_concurrent=max_concurrent, retries=retries, partition=partition,
+        chdir=chdir, name=pack_name, user=user, hold=hold,
     )  # fmt: skip
-    done = lib.submit(name, commands, options)
+    done = lib.submit(name, found, options)
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(done)))
         return
@@ -139,16 +148,23 @@ def submit(  # noqa: PLR0917 - click passes every option as an argument
 
 
 def _print_submitted(done: lib.Submitted, seconds: float) -> None:
-    c = done.chunking
     console.err.print(
-        f"Pack [bold]{done.pack}[/]: {done.tasks} task(s), {c.elements} array element(s) "
-        f"taking {c.blocks} block(s) of up to {c.chunk} task(s), {c.slots} slot(s) "
+        f"Pack [bold]{done.pack}[/]: {done.tasks} task(s) in {len(done.arrays)} array(s) "
         f"({seconds:.1f}s)"
     )
-    console.err.print(f"[dim]blocks: {escape(c.rule)}[/]")
+    for a in done.arrays:
+        c = a.chunking
+        shape = f"{a.cpus} CPU(s)" + (f", {a.memory_mb} MiB" if a.memory_mb else "")
+        shape += f", {a.gpus} GPU(s)" if a.gpus else ""
+        shape += f", up to {a.time_s:g} s" if a.time_s else ""
+        console.err.print(
+            f"  job {a.job_id}: {a.tasks} task(s) of {shape}, {c.elements} element(s) taking "
+            f"{c.blocks} block(s) of up to {c.chunk} task(s), {c.slots} slot(s)"
+        )
+        console.err.print(f"  [dim]blocks: {escape(c.rule)}[/]")
     console.err.print(f"[dim]files: ~/{done.directory} on the cluster[/]")
     console.err.print(f"Next: [bold]clusterkit pack status {done.cluster} {done.pack} --wait[/]")
-    console.out.print(done.job_id)
+    console.out.print(" ".join(str(a.job_id) for a in done.arrays))
 
 
 @pack.command("status")

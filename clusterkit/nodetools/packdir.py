@@ -66,6 +66,9 @@ class RunSpec(NamedTuple):
     chdir: str | None = None  # tasks' working directory (None: the user's home)
     ids: tuple[int, ...] | None = None  # None: tasks 0 .. count-1
     blocks: tuple[int, ...] | None = None  # sizes of the queue's blocks; None: fixed chunks
+    cpus: int | None = None  # each task's shape (None in runs written before shapes)
+    memory_mb: int | None = None
+    gpus: int | None = None
 
     @property
     def attempts(self) -> int:
@@ -210,6 +213,9 @@ class PackDir(NamedTuple):
                 chdir=data.get("chdir"),
                 ids=ids,
                 blocks=None if data.get("blocks") is None else tuple(map(int, data["blocks"])),
+                cpus=data.get("cpus"),
+                memory_mb=data.get("memory_mb"),
+                gpus=data.get("gpus"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackError(f"{path}: not a run description ({exc})") from None

@@ -193,6 +193,23 @@ def failed_tasks(status: PackStatus) -> list[int]:
     return [v.task for v in status.views if v.state in (*FINAL_FAILURES, "lost")]
 
 
+def failed_groups(pack: PackDir, status: PackStatus) -> list[dict[str, Any]]:
+    """The failed tasks by the shape of the run that last had them (``cpus``, ``memory_mb``,
+    ``time_s``, ``gpus``; ``None`` in runs written before shapes), for ``pack retry``."""
+    runs = {spec.run: spec for spec in pack.runs()}
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for view in status.views:
+        if view.state in (*FINAL_FAILURES, "lost"):
+            spec = runs[view.run]
+            groups.setdefault((spec.cpus, spec.memory_mb, spec.time_s, spec.gpus), []).append(
+                view.task
+            )
+    return [
+        {"cpus": c, "memory_mb": m, "time_s": t, "gpus": g, "tasks": tasks}
+        for (c, m, t, g), tasks in groups.items()
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # collect
 
@@ -328,7 +345,8 @@ def _command(command: str, root: Path, name: str | None) -> Any:
     if command == "status":
         return status.summary()
     if command == "failed":
-        return {**status.summary(), "failed_tasks": failed_tasks(status)}
+        return {**status.summary(), "failed_tasks": failed_tasks(status),
+                "failed_groups": failed_groups(pack, status)}  # fmt: skip
     return collect(pack, status)
 
 

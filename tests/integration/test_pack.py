@@ -171,3 +171,35 @@ def test_the_report_shows_each_packs_task_durations(ck: Clusterkit, cluster: str
     assert mixed["tasks"] == 8
     assert sum(n for _, n in mixed["task_histogram"]) == 8
     assert mixed["task_histogram"][-1][1] == 1 and mixed["task_histogram"][-1][0] >= 4.0
+
+
+def test_tasks_of_two_shapes_run_side_by_side_and_a_too_big_one_is_refused(
+    ck: Clusterkit, cluster: str
+) -> None:
+    tasks = ck.home / "shapes.txt"
+    small = "".join(f"echo small {i} $SLURM_CPUS_PER_TASK; sleep 1\n" for i in range(4))
+    tasks.write_text(small + "@cpus=2,mem=200M echo big $SLURM_CPUS_PER_TASK; sleep 3\n")
+    sub = submit(ck, tasks, "--name", "shapes")
+    arrays = sub["arrays"]
+    assert [(a["cpus"], a["memory_mb"], a["tasks"]) for a in arrays] == [(2, 200, 1), (1, None, 4)]
+    assert wait(ck, "shapes").returncode == 0
+    home = pack_dir(ck, "shapes")
+    recs = {r["task"]: r for r in records(ck, "shapes")}
+    out = {t: (home / r["out"]).read_text().split() for t, r in recs.items()}
+    assert [out[t] for t in range(5)] == [
+        *(["small", str(i), "1"] for i in range(4)), ["big", "2"]]  # fmt: skip
+    # The big task's element (2 of the node's 4 CPUs) ran while the small ones took the rest.
+    big = recs[4]
+    assert big["job"].startswith(f"{arrays[0]['job_id']}_")
+    beside = [r for t, r in recs.items() if t < 4 and r["start"] < big["start"] + big["runtime"]]
+    assert beside and all(r["start"] + r["runtime"] > big["start"] for r in beside)
+
+    huge = ck.home / "huge.txt"
+    huge.write_text("echo fits\n@cpus=64 echo never\n")
+    refused = ck.run("pack", "submit", NAME, str(huge), "--name", "huge", check=False)
+    assert refused.returncode == 1
+    assert (
+        "task 1 needs 64 CPU(s): more than any node of the cluster holds (the largest, "
+        "compute-st-1, has 4 CPUs" in refused.stderr
+    )
+    assert not pack_dir(ck, "huge").exists()  # nothing was made

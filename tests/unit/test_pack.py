@@ -9,17 +9,20 @@ from rich.console import Console
 
 from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools.packdir import PackError, RunSpec, guided_blocks
-from clusterkit.pack import Throughput, job_script
+from clusterkit.pack import Throughput, job_script, shape_groups
 from clusterkit.packplan import (
     PackOptions,
+    Shape,
     auto_chunk,
     cluster_slots,
     element_time_limit,
     fixed_chunk,
     parse_duration,
     parse_memory,
+    partition_nodes,
+    too_big,
 )
-from clusterkit.packtasks import command_lines, load_tasks, placeholders
+from clusterkit.packtasks import Tasks, command_lines, load_tasks, placeholders
 from clusterkit.slurm import SlurmNode
 
 
@@ -38,19 +41,19 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
 
 def test_one_command_per_line_skips_blanks_and_comments(tmp_path: Path) -> None:
     path = write(tmp_path, "t.txt", "# sweep\necho a\n\n   \n  echo b  \n#x\nsleep 1; echo c\n")
-    assert load_tasks(path) == ["echo a", "echo b", "sleep 1; echo c"]
+    assert load_tasks(path).commands == ["echo a", "echo b", "sleep 1; echo c"]
 
 
 def test_command_lines_keeps_order_of_a_large_file() -> None:
     text = "".join(f"run {i}\n" for i in range(100_000))
-    lines = command_lines(text)
+    lines = command_lines(text).commands
     assert len(lines) == 100_000
     assert lines[99_999] == "run 99999"
 
 
 def test_a_template_filled_from_csv_quotes_values(tmp_path: Path) -> None:
     path = write(tmp_path, "p.csv", "seed,name\n1,plain\n2,two words\n3,it's\n")
-    commands = load_tasks(path, "sim --seed {seed} --out {name}.dat {{literal}}")
+    commands = load_tasks(path, "sim --seed {seed} --out {name}.dat {{literal}}").commands
     assert commands == [
         "sim --seed 1 --out plain.dat {literal}",
         "sim --seed 2 --out 'two words'.dat {literal}",
@@ -60,7 +63,7 @@ def test_a_template_filled_from_csv_quotes_values(tmp_path: Path) -> None:
 
 def test_a_template_filled_from_jsonl(tmp_path: Path) -> None:
     path = write(tmp_path, "p.jsonl", '{"x": 1, "y": "a"}\n\n{"x": 2.5, "y": true}\n')
-    assert load_tasks(path, "f {x} {y}") == ["f 1 a", "f 2.5 true"]
+    assert load_tasks(path, "f {x} {y}").commands == ["f 1 a", "f 2.5 true"]
 
 
 @pytest.mark.parametrize(
@@ -332,3 +335,70 @@ def test_status_wait_shows_tasks_per_second_and_an_eta(monkeypatch: pytest.Monke
         rate.add(float(t), n)
     assert shown(rate, at(40)) == "10.0 tasks/s, ETA 0:00:06"
     assert shown(lib.Throughput(), at(0)) == "- tasks/s, ETA -"
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks of any shape
+
+
+def test_a_line_gives_its_own_resources(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.txt", "echo small\n@cpus=4,mem=2G,time=5m,gpus=1 sim --big\n"
+                 "# a comment\n@mem=512 echo half\n")  # fmt: skip
+    tasks = load_tasks(path)
+    assert tasks.commands == ["echo small", "sim --big", "echo half"]
+    assert tasks.shapes == [None, Shape(4, 2048, 300.0, 1), Shape(None, 512, None, None)]
+
+
+def test_csv_columns_and_jsonl_keys_of_resources(tmp_path: Path) -> None:
+    csv_path = write(tmp_path, "p.csv", "seed,cpus,mem\n1,2,1G\n2,,\n")
+    tasks = load_tasks(csv_path, "sim {seed}")
+    assert tasks.commands == ["sim 1", "sim 2"]
+    assert tasks.shapes == [Shape(2, 1024, None, None), Shape(None, None, None, None)]
+    jsonl = write(tmp_path, "p.jsonl", '{"x": 1, "cpus": 8, "time": 90}\n{"x": 2}\n')
+    assert load_tasks(jsonl, "f {x}").shapes == [Shape(8, None, 90.0, None), None]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("@cpu=4 sim\n", "t.txt line 1: 'cpu=4' in '@cpu=4': write @key=value"),
+     ("echo a\n@cpus=0 sim\n", "t.txt line 2: cpus '0': a whole number, at least 1"),
+     ("@mem=lots sim\n", "t.txt line 1: mem 'lots': give MiB"),
+     ("@time=-1 sim\n", "t.txt line 1: time '-1': give seconds"),
+     ("@cpus=2\n", "t.txt line 1: '@cpus=2' and no command after it")],
+)  # fmt: skip
+def test_bad_resources_name_the_line_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(PackError) as info:
+        load_tasks(write(tmp_path, "t.txt", text))
+    assert str(info.value).startswith(f"{tmp_path}/{message}")
+
+
+def test_tasks_are_grouped_by_shape_largest_first() -> None:
+    tasks = Tasks(["a", "b", "c", "d", "e"],
+                  [None, Shape(cpus=4), None, Shape(cpus=4), Shape(memory_mb=100)])  # fmt: skip
+    groups = shape_groups(tasks, PackOptions(cpus=1, memory_mb=200))
+    assert [(o.cpus, o.memory_mb, ids) for o, ids in groups] == [
+        (4, 200, [1, 3]), (1, 200, [0, 2]), (1, 100, [4])]  # fmt: skip
+    # a shape equal to the options' is the options' group
+    same = shape_groups(Tasks(["a", "b"], [None, Shape(cpus=1)]), PackOptions())
+    assert [ids for _, ids in same] == [[0, 1]]
+
+
+def test_a_task_bigger_than_any_node_names_itself_and_the_largest_node() -> None:
+    nodes = [node("c1"), node("big", cpus=16, memory_mb=8192), node("head", partitions=())]
+    options = PackOptions(cpus=32, memory_mb=1024)
+    assert cluster_slots(nodes, None, 32, 1024) == 0
+    error = too_big("task 7", options, partition_nodes(nodes, None), lambda name: 0)
+    assert str(error) == (
+        "task 7 needs 32 CPU(s), 1024 MiB: more than any node of the cluster holds (the "
+        "largest, big, has 16 CPUs, 8192 MiB); ask for less, or add a bigger group to the spec"
+    )
+
+
+def test_gpus_count_towards_slots_and_the_job_script() -> None:
+    nodes = [node("gpu-st-1"), node("c1")]
+    gpus_of = {"gpu-st-1": 2}.get
+    assert cluster_slots(nodes, None, 1, None, gpus=1, gpus_of=lambda n: gpus_of(n) or 0) == 2
+    spec = RunSpec(run=0, chunk=1, elements=2, count=2)
+    text = job_script("/b", "g", spec, PackOptions(gpus=1))
+    assert "#SBATCH --gres=gpu:1" in text.splitlines()
+    assert "--gres" not in job_script("/b", "g", spec, PackOptions())
