@@ -205,6 +205,7 @@ def run_hq(w: Workload) -> Span:
         from hyperqueue.ffi.protocol import ResourceRequest
     except ImportError:
         return Span("hq", None, errors=["hyperqueue is not installed: pip install hyperqueue"])
+    os.environ["TQDM_DISABLE"] = "1"  # its progress bar, on every poll
     with tempfile.TemporaryDirectory(prefix="ck-bench-hq-") as d, LocalCluster(d) as cluster:
         for _ in range(COMPUTES):
             cluster.start_worker(WorkerConfig(cores=CPUS))
