@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clusterkit import proc
 from clusterkit.errors import CommandError, StateError
@@ -38,7 +38,7 @@ from clusterkit.packplan import (
     partition_nodes,
     too_big,
 )
-from clusterkit.packtasks import Tasks
+from clusterkit.packtasks import Tasks, levels
 from clusterkit.plan import cluster_users, head_name
 from clusterkit.render import render
 from clusterkit.slurm import SlurmNode
@@ -127,6 +127,7 @@ class Array:
     time_s: float | None
     gpus: int
     chunking: Chunking
+    level: int = 0  # it starts once the arrays of the level before have ended
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,10 @@ def submit(name: str, tasks: Tasks | Sequence[str], options: PackOptions) -> Sub
     options.check()
     where = target(name, options.user)
     pack = options.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    planned = plan_runs(where, 0, shape_groups(tasks, options), len(tasks.commands))
+    after = tasks.after
+    groups = task_groups(range(len(tasks.commands)), options, tasks.shapes.__getitem__,
+                         (lambda t: after[t]) if after else (lambda t: ()))  # fmt: skip
+    planned = plan_runs(where, 0, groups, len(tasks.commands))
     txt, idx = task_files(tasks.commands)
     info = {
         "format": FORMAT,
@@ -161,46 +165,80 @@ def submit(name: str, tasks: Tasks | Sequence[str], options: PackOptions) -> Sub
         "options": asdict(options),
     }
     files = {"pack.json": json.dumps(info, indent=2).encode(), "tasks.txt": txt, "tasks.idx": idx}
-    for spec, opts, _ in planned:
+    for spec, opts, _, _ in planned:
         files.update(run_files(where, pack, spec, opts))
-    job_ids = _upload_and_submit(where, pack, [p[0].run for p in planned], files, fresh=True)
+    runs = [p[0].run for p in planned]
+    job_ids = _upload_and_submit(where, pack, runs, files, fresh=True, waits=waits_for(planned))
     return _submitted(name, pack, planned, job_ids)
 
 
-Planned = tuple[RunSpec, PackOptions, Chunking]
+Planned = tuple[RunSpec, PackOptions, Chunking, int]  # the run, its options, blocks, level
 
 
-def shape_groups(tasks: Tasks, options: PackOptions) -> list[tuple[PackOptions, list[int]]]:
-    """The tasks' ids by shape, each with the options its array runs with: the largest
-    shapes first, so that Slurm places them before the small ones fill the gaps."""
-    groups: dict[Shape, list[int]] = {}
-    base = options.shape
-    for task, shape in enumerate(tasks.shapes):
-        key = base if shape is None else options.shaped(shape).shape
-        groups.setdefault(key, []).append(task)
-    ordered = sorted(
-        groups.items(), key=lambda g: (-(g[0].gpus or 0), -(g[0].cpus or 1), -(g[0].memory_mb or 0))
-    )
-    return [(options.shaped(shape), ids) for shape, ids in ordered]
+class Group(NamedTuple):
+    """Tasks that run in one array: one shape, one level of dependencies."""
+
+    options: PackOptions  # the pack's options with the shape's resources
+    ids: list[int]
+    level: int = 0  # 0: needs nothing; n: needs tasks of levels below n
+    after: dict[int, tuple[int, ...]] | None = None  # what its tasks need, where they do
 
 
-def plan_runs(
-    where: Target, first_run: int, groups: list[tuple[PackOptions, list[int]]], total: int
-) -> list[Planned]:
+def task_groups(
+    ids: Sequence[int],
+    options: PackOptions,
+    shape_of: Callable[[int], Shape | None],
+    after_of: Callable[[int], tuple[int, ...]] = lambda task: (),
+) -> list[Group]:
+    """Tasks ``ids`` by level and shape: the levels in order (a level's arrays start when
+    the level before has ended), and in each the largest shapes first, so that Slurm
+    places them before the small ones fill the gaps. Only the tasks needed among ``ids``
+    make levels: any other a task needs has run before (a retry)."""
+    index = {task: n for n, task in enumerate(ids)}
+    needs = [tuple(index[d] for d in after_of(task) if d in index) for task in ids]
+    level = levels(needs) if any(needs) else [0] * len(ids)
+    groups: dict[tuple[int, Shape], list[int]] = {}
+    for n, task in enumerate(ids):
+        shape = options.shaped(shape_of(task)).shape
+        groups.setdefault((level[n], shape), []).append(task)
+
+    def order(key: tuple[int, Shape]) -> tuple[int, int, int, int]:
+        lv, shape = key
+        return (lv, -(shape.gpus or 0), -(shape.cpus or 1), -(shape.memory_mb or 0))
+
+    found = []
+    for key in sorted(groups, key=order):
+        members = groups[key]
+        after = {t: deps for t in members if (deps := after_of(t))}
+        found.append(Group(options.shaped(key[1]), members, key[0], after or None))
+    return found
+
+
+def plan_runs(where: Target, first_run: int, groups: list[Group], total: int) -> list[Planned]:
     """Runs ``first_run``, ``first_run + 1``, ... for ``groups``; a group of every task in
     order (a pack of one shape) needs no list of ids. Refuses a shape no node holds,
     naming its first task."""
     nodes = where.reader().nodes()
     gpus_of = node_gpus(where.spec)
     planned = []
-    for run, (opts, ids) in enumerate(groups, first_run):
+    for run, group in enumerate(groups, first_run):
+        opts, ids = group.options, group.ids
         opts.check()
         every = len(groups) == 1 and len(ids) == total and first_run == 0
         first = "a task" if every else f"task {ids[0]}"
         chunking = plan_chunks(where, nodes, len(ids), opts, task=first, gpus_of=gpus_of)
-        planned.append((run_spec(run, chunking, len(ids), opts, None if every else ids), opts,
-                        chunking))  # fmt: skip
+        spec = run_spec(run, chunking, len(ids), opts, None if every else ids)
+        planned.append((spec._replace(after=group.after), opts, chunking, group.level))
     return planned
+
+
+def waits_for(planned: list[Planned]) -> dict[int, list[int]]:
+    """For each run of a level above 0, the runs of the level before it (Slurm's
+    ``--dependency=afterany`` on their arrays)."""
+    by_level: dict[int, list[int]] = {}
+    for spec, _, _, level in planned:
+        by_level.setdefault(level, []).append(spec.run)
+    return {spec.run: by_level[level - 1] for spec, _, _, level in planned if level > 0}
 
 
 def node_gpus(spec: ClusterSpec) -> Callable[[str], int]:
@@ -238,8 +276,10 @@ def plan_chunks(
 
 def _submitted(name: str, pack: str, planned: list[Planned], job_ids: list[int]) -> Submitted:
     arrays = [
-        Array(spec.run, job, spec.count, opts.cpus, opts.memory_mb, opts.time_s, opts.gpus, c)
-        for (spec, opts, c), job in zip(planned, job_ids, strict=True)
+        Array(
+            spec.run, job, spec.count, opts.cpus, opts.memory_mb, opts.time_s, opts.gpus, c, level
+        )
+        for (spec, opts, c, level), job in zip(planned, job_ids, strict=True)
     ]
     first = arrays[0]
     total = sum(a.tasks for a in arrays)
@@ -325,7 +365,13 @@ def _tarball(files: dict[str, bytes], dirs: Sequence[str]) -> str:
 
 
 def _upload_and_submit(
-    where: Target, pack: str, runs: Sequence[int], files: dict[str, bytes], fresh: bool
+    where: Target,
+    pack: str,
+    runs: Sequence[int],
+    files: dict[str, bytes],
+    *,
+    fresh: bool,
+    waits: dict[int, list[int]] | None = None,
 ) -> list[int]:
     """Unpack ``files`` into the pack's directory and ``sbatch`` each of ``runs``; their job
     ids. A refused sbatch leaves nothing behind: the arrays it did submit are cancelled and
@@ -341,8 +387,14 @@ def _upload_and_submit(
     runs_files = " ".join(f"runs/{r}.*" for r in runs)
     undo = f"cd && rm -rf {directory}" if fresh else f"rm -f {runs_files}"
     cancel = "for j in runs/*.job.new; do scancel $(cut -d';' -f1 $j); done 2>/dev/null"
+
+    def after(run: int) -> str:
+        ids = ":".join(f"$(cut -d';' -f1 runs/{w}.job.new)" for w in (waits or {}).get(run, []))
+        return f"--dependency=afterany:{ids} " if ids else ""
+
     submits = "; ".join(
-        f"sbatch --parsable runs/{r}.sh > runs/{r}.job.new || {{ {cancel}; {undo}; exit 1; }}"
+        f"sbatch --parsable {after(r)}runs/{r}.sh > runs/{r}.job.new || "
+        f"{{ {cancel}; {undo}; exit 1; }}"
         for r in runs
     )
     keep = "; ".join(f"mv runs/{r}.job.new runs/{r}.job; cat runs/{r}.job" for r in runs)
@@ -456,17 +508,27 @@ def retry(
     known = PackOptions.__dataclass_fields__
     saved = {k: v for k, v in info.get("options", {}).items() if k in known}
     options = PackOptions(**{**saved, "user": where.user, "hold": False})
-    groups = []
+    # Each task keeps its own shape (unless the retry changes it for all of them) and what
+    # it needs: a failed task and the ones skipped for it run again, in that order.
+    shapes: dict[int, Shape] = {}
+    after: dict[int, tuple[int, ...]] = {}
     for group in found.get("failed_groups") or [{"tasks": found["failed_tasks"]}]:
-        # each task keeps its own shape, unless the retry changes it for all of them
         shape = Shape(*(group.get(k) for k in Shape._fields))
-        groups.append((replace(options.shaped(shape), **(changes or {})), group["tasks"]))
+        for task in group["tasks"]:
+            shapes[task] = shape
+        after.update({int(t): tuple(d) for t, d in (group.get("after") or {}).items()})
+    retried = replace(options, **(changes or {}))
+    groups = [
+        g._replace(options=replace(g.options, **(changes or {})))
+        for g in task_groups(sorted(shapes), options, shapes.get, lambda t: after.get(t, ()))
+    ]
+    retried.check()
     planned = plan_runs(where, len(before.runs), groups, -1)
     files: dict[str, bytes] = {}
-    for spec, opts, _ in planned:
+    for spec, opts, _, _ in planned:
         files.update(run_files(where, before.pack, spec, opts))
     job_ids = _upload_and_submit(where, before.pack, [p[0].run for p in planned], files,
-                                 fresh=False)  # fmt: skip
+                                 fresh=False, waits=waits_for(planned))  # fmt: skip
     return Retried(before, _submitted(name, before.pack, planned, job_ids))
 
 

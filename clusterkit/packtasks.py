@@ -14,6 +14,7 @@ import io
 import json
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,10 +29,12 @@ RESOURCES = ("cpus", "mem", "time", "gpus")  # the columns (keys, options) of a 
 
 class Tasks(NamedTuple):
     """A pack's tasks: task N is ``commands[N]``; ``shapes[N]`` is what it asks for beyond
-    the pack's options (``None``: nothing)."""
+    the pack's options (``None``: nothing); ``after[N]`` the tasks it needs done first
+    (``after`` is ``None`` when no task needs any)."""
 
     commands: list[str]
     shapes: list[Shape | None]
+    after: list[tuple[int, ...]] | None = None
 
 
 def load_tasks(path: Path, template: str | None = None) -> Tasks:
@@ -170,6 +173,8 @@ def fill_jsonl(template: str, text: str, source: str) -> Tasks:
     names = placeholders(template)
     commands: list[str] = []
     shapes: list[Shape | None] = []
+    ids: list[str | None] = []  # each task's "id" (None: it has none)
+    needs: list[tuple[list[str], int]] = []  # each task's "after", and its line
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
@@ -191,7 +196,96 @@ def fill_jsonl(template: str, text: str, source: str) -> Tasks:
         commands.append(_one_line(fill(template, values), source, line))
         sized = {k: obj[k] for k in RESOURCES if k in obj}
         shapes.append(shape_of(sized, f"{source} line {line}") if sized else None)
-    return Tasks(commands, shapes)
+        ids.append(_task_id(obj, source, line))
+        needs.append((_after(obj, source, line), line))
+    wanted = any(n for n, _ in needs) or any(i is not None for i in ids)
+    after = resolve_after(ids, needs, source) if wanted else None
+    return Tasks(commands, shapes, after if after and any(after) else None)
+
+
+def _task_id(obj: dict[str, Any], source: str, line: int) -> str | None:
+    if "id" not in obj:
+        return None
+    value = obj["id"]
+    if isinstance(value, bool) or not isinstance(value, str | int) or str(value) == "":
+        raise PackError(f"{source} line {line}: 'id' {value!r}: a string or a whole number")
+    return str(value)
+
+
+def _after(obj: dict[str, Any], source: str, line: int) -> list[str]:
+    value = obj.get("after", [])
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in value
+    ):
+        raise PackError(
+            f"{source} line {line}: 'after' {value!r}: a list of task ids, like [\"prep\"] or "
+            "[0, 3]"
+        )
+    return [str(v) for v in value]
+
+
+def resolve_after(
+    ids: list[str | None], needs: list[tuple[list[str], int]], source: str
+) -> list[tuple[int, ...]]:
+    """Each task's ``after`` as task numbers: the ids of the file's ``id`` keys where tasks
+    have them, else task numbers (from 0, as ``CK_PACK_TASK``); refuses an unknown id, a
+    task that needs itself, and a cycle."""
+    named = any(i is not None for i in ids)
+    index: dict[str, int] = {}
+    for n, task_id in enumerate(ids):
+        key = task_id if named else str(n)
+        if key is None:
+            continue
+        if key in index:
+            raise PackError(f"{source} line {needs[n][1]}: id {key!r} is also task {index[key]}'s")
+        index[key] = n
+    after: list[tuple[int, ...]] = []
+    for n, (wanted, line) in enumerate(needs):
+        found = []
+        for want in wanted:
+            if want not in index:
+                what = "no task's id" if named else f"not a task number (0-{len(ids) - 1})"
+                raise PackError(f"{source} line {line}: after {want!r} is {what}")
+            if index[want] == n:
+                raise PackError(f"{source} line {line}: a task cannot come after itself")
+            found.append(index[want])
+        after.append(tuple(sorted(set(found))))
+    levels(after, lambda cycle: PackError(
+        f"{source}: tasks {', '.join(map(str, cycle))} need each other in a cycle (lines "
+        f"{', '.join(str(needs[t][1]) for t in cycle)}); a task can only come after others"
+    ))  # fmt: skip
+    return after
+
+
+def levels(
+    after: list[tuple[int, ...]], cycle_error: Callable[[list[int]], Exception] | None = None
+) -> list[int]:
+    """Each task's level: 0 when it needs nothing, else one more than the highest level of
+    the tasks it needs (a task's array starts once the level before it has ended)."""
+    level: list[int | None] = [None] * len(after)
+    for start in range(len(after)):
+        stack, on_path = [start], {start}
+        while stack:
+            task = stack[-1]
+            if level[task] is not None:
+                stack.pop()
+                on_path.discard(task)
+                continue
+            waiting = [d for d in after[task] if level[d] is None]
+            if not waiting:
+                level[task] = 1 + max((level[d] or 0 for d in after[task]), default=-1)
+                stack.pop()
+                on_path.discard(task)
+                continue
+            dep = waiting[0]  # one at a time: the stack is then the path to it
+            if dep in on_path:
+                cycle = sorted(stack[stack.index(dep) :])
+                raise cycle_error(cycle) if cycle_error else PackError(f"a cycle: {cycle}")
+            stack.append(dep)
+            on_path.add(dep)
+    return [lv or 0 for lv in level]
 
 
 def _scalar(value: Any, source: str, line: int, name: str) -> str:

@@ -69,6 +69,7 @@ class RunSpec(NamedTuple):
     cpus: int | None = None  # each task's shape (None in runs written before shapes)
     memory_mb: int | None = None
     gpus: int | None = None
+    after: dict[int, tuple[int, ...]] | None = None  # the tasks each of its tasks needs done
 
     @property
     def attempts(self) -> int:
@@ -99,10 +100,12 @@ class RunSpec(NamedTuple):
         return self.block_tasks(element)
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in self._asdict().items() if k not in ("ids", "blocks")}
+        data = {k: v for k, v in self._asdict().items() if k not in ("ids", "blocks", "after")}
         data["ids"] = None if self.ids is None else f"runs/{self.run}.ids"
         if self.blocks is not None:
             data["blocks"] = list(self.blocks)
+        if self.after:
+            data["after"] = {str(t): list(deps) for t, deps in self.after.items()}
         return data
 
 
@@ -216,6 +219,9 @@ class PackDir(NamedTuple):
                 cpus=data.get("cpus"),
                 memory_mb=data.get("memory_mb"),
                 gpus=data.get("gpus"),
+                after={int(t): tuple(d) for t, d in data["after"].items()}
+                if data.get("after")
+                else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackError(f"{path}: not a run description ({exc})") from None

@@ -13,8 +13,9 @@ redirections or other shell syntax, and not a shell builtin) is started directly
 itself would exec it, which saves a shell's start per task; any other runs in ``bash -c``.
 
 For every attempt the runner appends one JSON record to ``manifest/R-E.jsonl``: task, run,
-element, job, attempt, restart, state (``done``, ``failed``, ``timeout``, ``oom``), exit,
-signal, reason, node, start, runtime, out, err. Each record is flushed to the file system
+element, job, attempt, restart, state (``done``, ``failed``, ``timeout``, ``oom``; or
+``skipped``, not run, when a task it needs did not end done), exit, signal, reason, node,
+start, runtime, out, err. Each record is flushed to the file system
 before the next task starts, and fsync'ed at most a second later and whenever the runner
 stops, so a node that dies loses at most the last second's records (those tasks run
 again). A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) first
@@ -165,6 +166,7 @@ class Runner:
         self.child: subprocess.Popen[bytes] | None = None
         self._programs: dict[str, str] = {}  # a plain command's program, from PATH ("": none)
         self._ran_before = False  # its manifest file existed when it started
+        self._earlier: dict[int, Record] | None = None  # earlier runs' latest records
         try:
             self.oom_files = oom_counter_files(Path("/proc/self/cgroup").read_text())
         except OSError:
@@ -217,6 +219,11 @@ class Runner:
         commands = self.pack.commands(todo)
         ran = 0
         for task in todo:
+            needs = self.spec.after.get(task) if self.spec.after else None
+            if needs and (why := self._unmet(needs)):
+                manifest.append(self._skipped(task, why))
+                ran += 1
+                continue
             before = previous.get(task)
             attempt = int(before["attempt"]) + 1 if before else 1
             while attempt <= self.spec.attempts and not self.stop:
@@ -231,6 +238,31 @@ class Runner:
             if self.stop:
                 break
         return ran
+
+    def _unmet(self, needs: tuple[int, ...]) -> str | None:
+        """Why a task that needs ``needs`` cannot run (one of them did not end done), or
+        ``None``. Their runs ended before this one started (``--dependency=afterany``),
+        so their records are final; they are read once, at the first task that asks."""
+        if self._earlier is None:
+            self._earlier = {}
+            for run in range(self.spec.run):
+                for path in sorted(self.pack.root.glob(f"manifest/{run}-*.jsonl")):
+                    self._earlier.update(latest_records(read_manifest(path)))
+        for dep in needs:
+            rec = self._earlier.get(dep)
+            if rec is None:
+                return f"needs task {dep}, which did not run"
+            if rec.get("state") != "done":
+                return f"needs task {dep}, which ended {rec.get('state')} ({rec.get('reason')})"
+        return None
+
+    def _skipped(self, task: int, why: str) -> Record:
+        return {
+            "task": task, "run": self.spec.run, "element": self.element, "job": self.job,
+            "attempt": self.spec.attempts, "restart": self.restart, "node": self.node,
+            "start": round(time.time(), 3), "state": "skipped", "exit": None, "signal": None,
+            "reason": why, "runtime": 0.0, "out": None, "err": None,
+        }  # fmt: skip
 
     def run_task(self, task: int, command: str, attempt: int) -> Record | None:
         """Run one attempt; its record, or ``None`` when the runner was told to stop."""

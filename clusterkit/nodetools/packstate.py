@@ -35,7 +35,7 @@ from clusterkit.nodetools.packdir import (
 from clusterkit.slurm import SQUEUE_ARGV, WAITING_STATES, SlurmJob, parse_squeue
 
 PROG = "ck-pack"
-FINAL_FAILURES = ("failed", "timeout", "oom")
+FINAL_FAILURES = ("failed", "timeout", "oom", "skipped")
 
 _ARRAY_ITEM = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 
@@ -195,19 +195,21 @@ def failed_tasks(status: PackStatus) -> list[int]:
 
 def failed_groups(pack: PackDir, status: PackStatus) -> list[dict[str, Any]]:
     """The failed tasks by the shape of the run that last had them (``cpus``, ``memory_mb``,
-    ``time_s``, ``gpus``; ``None`` in runs written before shapes), for ``pack retry``."""
+    ``time_s``, ``gpus``; ``None`` in runs written before shapes) with the tasks each needs
+    (``after``), for ``pack retry``."""
     runs = {spec.run: spec for spec in pack.runs()}
-    groups: dict[tuple[Any, ...], list[int]] = {}
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for view in status.views:
         if view.state in (*FINAL_FAILURES, "lost"):
             spec = runs[view.run]
-            groups.setdefault((spec.cpus, spec.memory_mb, spec.time_s, spec.gpus), []).append(
-                view.task
-            )
-    return [
-        {"cpus": c, "memory_mb": m, "time_s": t, "gpus": g, "tasks": tasks}
-        for (c, m, t, g), tasks in groups.items()
-    ]
+            key = (spec.cpus, spec.memory_mb, spec.time_s, spec.gpus)
+            group = groups.setdefault(key, {"cpus": spec.cpus, "memory_mb": spec.memory_mb,
+                                            "time_s": spec.time_s, "gpus": spec.gpus,
+                                            "tasks": [], "after": {}})  # fmt: skip
+            group["tasks"].append(view.task)
+            if spec.after and view.task in spec.after:
+                group["after"][str(view.task)] = list(spec.after[view.task])
+    return list(groups.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -203,3 +203,36 @@ def test_tasks_of_two_shapes_run_side_by_side_and_a_too_big_one_is_refused(
         "compute-st-1, has 4 CPUs" in refused.stderr
     )
     assert not pack_dir(ck, "huge").exists()  # nothing was made
+
+
+def test_a_task_waits_for_the_tasks_it_needs_and_is_skipped_when_one_fails(
+    ck: Clusterkit, cluster: str
+) -> None:
+    flag = f"/shared/home/{USER}/ck-dep-ok"
+    lines = [
+        {"id": "first", "cmd": "sleep 2; date +%s.%N"},
+        {"id": "second", "cmd": "date +%s.%N", "after": ["first"]},
+        {"id": "flaky", "cmd": f"test -e {flag}"},
+        {"id": "last", "cmd": "echo last", "after": ["flaky", "second"]},
+    ]
+    tasks = ck.home / "dag.jsonl"
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sub = submit(ck, tasks, "--template", "bash -c {cmd}", "--name", "dag")
+    assert [a["level"] for a in sub["arrays"]] == [0, 1, 2]
+    done = wait(ck, "dag")
+    status = json.loads(done.stdout)
+    assert (status["done"], status["failures"]) == (2, {"failed": 1, "skipped": 1})
+    by_task = {r["task"]: r for r in records(ck, "dag")}
+    home = pack_dir(ck, "dag")
+    first_end = by_task[0]["start"] + by_task[0]["runtime"]
+    assert float((home / by_task[1]["out"]).read_text()) >= first_end  # after its need ended
+    assert by_task[3]["state"] == "skipped"
+    assert by_task[3]["reason"] == "needs task 2, which ended failed (exit 1)"
+
+    # retry runs the failed task and the one skipped for it, in that order
+    ck.run("ssh", NAME, "-u", USER, "--", f"touch {flag}")
+    retried = json.loads(ck.run("pack", "retry", NAME, "dag", "-o", "json").stdout)
+    assert [(a["tasks"], a["level"]) for a in retried["submitted"]["arrays"]] == [(1, 0), (1, 1)]
+    assert wait(ck, "dag").returncode == 0
+    last = [r for r in records(ck, "dag") if r["task"] == 3][-1]
+    assert (last["state"], (home / last["out"]).read_text()) == ("done", "last\n")

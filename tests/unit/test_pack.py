@@ -9,7 +9,7 @@ from rich.console import Console
 
 from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools.packdir import PackError, RunSpec, guided_blocks
-from clusterkit.pack import Throughput, job_script, shape_groups
+from clusterkit.pack import Planned, Throughput, job_script, task_groups, waits_for
 from clusterkit.packplan import (
     PackOptions,
     Shape,
@@ -22,7 +22,7 @@ from clusterkit.packplan import (
     partition_nodes,
     too_big,
 )
-from clusterkit.packtasks import Tasks, command_lines, load_tasks, placeholders
+from clusterkit.packtasks import command_lines, load_tasks, placeholders
 from clusterkit.slurm import SlurmNode
 
 
@@ -373,14 +373,55 @@ def test_bad_resources_name_the_line_and_the_fix(tmp_path: Path, text: str, mess
 
 
 def test_tasks_are_grouped_by_shape_largest_first() -> None:
-    tasks = Tasks(["a", "b", "c", "d", "e"],
-                  [None, Shape(cpus=4), None, Shape(cpus=4), Shape(memory_mb=100)])  # fmt: skip
-    groups = shape_groups(tasks, PackOptions(cpus=1, memory_mb=200))
-    assert [(o.cpus, o.memory_mb, ids) for o, ids in groups] == [
+    shapes = [None, Shape(cpus=4), None, Shape(cpus=4), Shape(memory_mb=100)]
+    groups = task_groups(range(5), PackOptions(cpus=1, memory_mb=200), shapes.__getitem__)
+    assert [(g.options.cpus, g.options.memory_mb, g.ids) for g in groups] == [
         (4, 200, [1, 3]), (1, 200, [0, 2]), (1, 100, [4])]  # fmt: skip
     # a shape equal to the options' is the options' group
-    same = shape_groups(Tasks(["a", "b"], [None, Shape(cpus=1)]), PackOptions())
-    assert [ids for _, ids in same] == [[0, 1]]
+    same = task_groups(range(2), PackOptions(), [None, Shape(cpus=1)].__getitem__)
+    assert [g.ids for g in same] == [[0, 1]]
+
+
+def test_tasks_that_need_others_run_in_later_levels() -> None:
+    # 0 and 1 need nothing; 2 needs 0; 3 needs 2 and 1; 4 (2 CPUs) needs 0
+    after = [(), (), (0,), (1, 2), (0,)]
+    shapes = [None, None, None, None, Shape(cpus=2)]
+    groups = task_groups(range(5), PackOptions(), shapes.__getitem__, after.__getitem__)
+    assert [(g.level, g.options.cpus, g.ids) for g in groups] == [
+        (0, 1, [0, 1]), (1, 2, [4]), (1, 1, [2]), (2, 1, [3])]  # fmt: skip
+    assert groups[2].after == {2: (0,)}
+    planned: list[Planned] = [
+        (RunSpec(run=r, chunk=1, elements=1, count=1), PackOptions(), auto_chunk(1, 1, None, 9),
+         g.level) for r, g in enumerate(groups)]  # fmt: skip
+    assert waits_for(planned) == {1: [0], 2: [0], 3: [1, 2]}
+    # a retry of tasks 2 and 3 only: 3 still comes after 2; 1 and 0 ran before
+    again = task_groups([2, 3], PackOptions(), shapes.__getitem__, after.__getitem__)
+    assert [(g.level, g.ids) for g in again] == [(0, [2]), (1, [3])]
+
+
+def test_jsonl_after_names_ids_or_task_numbers(tmp_path: Path) -> None:
+    named = write(tmp_path, "n.jsonl", '{"id": "prep", "x": 1}\n{"id": "run", "x": 2, '
+                  '"after": ["prep"]}\n{"x": 3, "after": ["prep", "run"]}\n')  # fmt: skip
+    assert load_tasks(named, "f {x}").after == [(), (0,), (0, 1)]
+    numbered = write(tmp_path, "k.jsonl", '{"x": 1}\n{"x": 2, "after": 0}\n')
+    assert load_tasks(numbered, "f {x}").after == [(), (0,)]
+    assert load_tasks(write(tmp_path, "p.jsonl", '{"x": 1}\n'), "f {x}").after is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('{"x": 1, "after": [5]}\n', "p.jsonl line 1: after '5' is not a task number (0-0)"),
+     ('{"id": "a", "x": 1, "after": ["b"]}\n', "p.jsonl line 1: after 'b' is no task's id"),
+     ('{"x": 1, "after": [0]}\n', "p.jsonl line 1: a task cannot come after itself"),
+     ('{"x": 1, "after": {"a": 1}}\n', "p.jsonl line 1: 'after' {'a': 1}: a list of task ids"),
+     ('{"id": "a", "x": 1}\n{"id": "a", "x": 2}\n', "p.jsonl line 2: id 'a' is also task 0's"),
+     ('{"x": 1, "after": [2]}\n{"x": 2, "after": [0]}\n{"x": 3, "after": [1]}\n',
+      "p.jsonl: tasks 0, 1, 2 need each other in a cycle (lines 1, 2, 3)")],
+)  # fmt: skip
+def test_bad_dependencies_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(PackError) as info:
+        load_tasks(write(tmp_path, "p.jsonl", text), "f {x}")
+    assert str(info.value).startswith(f"{tmp_path}/{message}")
 
 
 def test_a_task_bigger_than_any_node_names_itself_and_the_largest_node() -> None:

@@ -18,6 +18,7 @@ from clusterkit.nodetools.packstate import (
     collect,
     durations,
     element_states,
+    failed_groups,
     failed_tasks,
     pack_status,
 )
@@ -273,6 +274,27 @@ def test_status_of_a_queued_run_in_flight(tmp_path: Path) -> None:
     final = pack_status(pack, [])
     assert [v.state for v in final.views][3:] == ["lost"] * 5
     assert failed_tasks(final) == [1, 3, 4, 5, 6, 7]
+
+
+def test_a_task_whose_need_failed_is_skipped_and_retried_with_it(tmp_path: Path) -> None:
+    log = tmp_path / "ran"
+    commands = [f"echo 0 >> {log}", "exit 4", f"echo 2 >> {log}", f"echo 3 >> {log}"]
+    first = RunSpec(run=0, chunk=2, elements=1, count=2, ids=(0, 1))
+    pack = make_pack(tmp_path / "p", commands, first)
+    then = RunSpec(run=1, chunk=2, elements=1, count=2, ids=(2, 3), after={2: (0,), 3: (1,)})
+    add_run(pack, then, 8)
+    for run in (0, 1):  # Slurm starts run 1 once run 0 has ended (afterany)
+        Runner(pack, pack.runs()[run], 0, env(tmp_path)).run()
+    assert log.read_text().split() == ["0", "2"]
+    skipped = read_records(pack.manifest(1, 0))[1]
+    assert (skipped["task"], skipped["state"], skipped["runtime"]) == (3, "skipped", 0.0)
+    assert skipped["reason"] == "needs task 1, which ended failed (exit 4)"
+    status = pack_status(pack, [])
+    assert [v.state for v in status.views] == ["done", "failed", "done", "skipped"]
+    assert status.summary()["failures"] == {"failed": 1, "skipped": 1}
+    assert failed_tasks(status) == [1, 3]
+    groups = failed_groups(pack, status)
+    assert [(g["tasks"], g["after"]) for g in groups] == [([1, 3], {"3": [1]})]
 
 
 @pytest.mark.parametrize(
