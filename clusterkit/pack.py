@@ -39,10 +39,10 @@ from clusterkit.packplan import (
     too_big,
 )
 from clusterkit.packtasks import Tasks, levels
-from clusterkit.plan import cluster_users, head_name
+from clusterkit.plan import cluster_users, head_name, plan_nodes
 from clusterkit.render import render
 from clusterkit.slurm import SlurmNode
-from clusterkit.slurmconf import group_of, tools_dir
+from clusterkit.slurmconf import tools_dir
 from clusterkit.slurmreader import SlurmReader
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, check_name, load_state, spec_of
@@ -243,14 +243,9 @@ def waits_for(planned: list[Planned]) -> dict[int, list[int]]:
 
 def node_gpus(spec: ClusterSpec) -> Callable[[str], int]:
     """A node's GPUs, from its group in the spec (0 for the head or a name of no group)."""
-
-    def gpus(name: str) -> int:
-        try:
-            return group_of(spec, name).gpus
-        except (KeyError, ValueError, StopIteration):
-            return 0
-
-    return gpus
+    by_group = {g.name: g.gpus for g in spec.groups}
+    found = {n.name: by_group.get(n.group or "", 0) for n in plan_nodes(spec)}
+    return lambda name: found.get(name, 0)
 
 
 def plan_chunks(

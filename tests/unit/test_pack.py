@@ -9,7 +9,7 @@ from rich.console import Console
 
 from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools.packdir import PackError, RunSpec, guided_blocks
-from clusterkit.pack import Planned, Throughput, job_script, task_groups, waits_for
+from clusterkit.pack import Planned, Throughput, job_script, node_gpus, task_groups, waits_for
 from clusterkit.packplan import (
     PackOptions,
     Shape,
@@ -24,6 +24,7 @@ from clusterkit.packplan import (
 )
 from clusterkit.packtasks import command_lines, load_tasks, placeholders
 from clusterkit.slurm import SlurmNode
+from clusterkit.spec import parse_spec
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
@@ -436,10 +437,14 @@ def test_a_task_bigger_than_any_node_names_itself_and_the_largest_node() -> None
 
 
 def test_gpus_count_towards_slots_and_the_job_script() -> None:
-    nodes = [node("gpu-st-1"), node("c1")]
-    gpus_of = {"gpu-st-1": 2}.get
-    assert cluster_slots(nodes, None, 1, None, gpus=1, gpus_of=lambda n: gpus_of(n) or 0) == 2
-    spec = RunSpec(run=0, chunk=1, elements=2, count=2)
-    text = job_script("/b", "g", spec, PackOptions(gpus=1))
+    spec = parse_spec({"name": "g", "groups": [{"name": "gpu", "min": 1, "max": 2, "gpus": 2},
+                                               {"name": "cpu", "min": 1, "max": 1}]})  # fmt: skip
+    gpus_of = node_gpus(spec)
+    assert [gpus_of(n) for n in ("gpu-st-1", "gpu-dy-1", "cpu-st-1", "g-head")] == [2, 2, 0, 0]
+    nodes = [node("gpu-st-1"), node("cpu-st-1")]
+    assert cluster_slots(nodes, None, 1, None, gpus=1, gpus_of=gpus_of) == 2
+    assert cluster_slots(nodes, None, 1, None, gpus=3, gpus_of=gpus_of) == 0
+    run = RunSpec(run=0, chunk=1, elements=2, count=2)
+    text = job_script("/b", "g", run, PackOptions(gpus=1))
     assert "#SBATCH --gres=gpu:1" in text.splitlines()
-    assert "--gres" not in job_script("/b", "g", spec, PackOptions())
+    assert "--gres" not in job_script("/b", "g", run, PackOptions())
