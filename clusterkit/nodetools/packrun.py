@@ -97,14 +97,41 @@ def oom_counter_files(proc_cgroup: str, root: Path = CGROUP_ROOT) -> list[Path]:
 
 def oom_kills(files: list[Path]) -> int:
     """The sum of the ``oom_kill`` counters in ``files`` (0 where the kernel has none)."""
-    total = 0
-    for path in files:
-        try:
-            m = _OOM_LINE.search(path.read_text(encoding="ascii"))
-        except OSError:
-            continue
-        total += int(m.group(1)) if m else 0
-    return total
+    with OomCounter(files) as counter:
+        return counter.count()
+
+
+class OomCounter:
+    """The counter files, kept open: the runner reads them before and after every task, and
+    a cgroup file reads afresh from offset 0 (``pread``), with no open and close each time."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.fds = []
+        for path in files:
+            with contextlib.suppress(OSError):
+                self.fds.append(os.open(path, os.O_RDONLY))
+
+    def __enter__(self) -> OomCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def count(self) -> int:
+        total = 0
+        for fd in self.fds:
+            try:
+                m = _OOM_LINE.search(os.pread(fd, 4096, 0).decode("ascii", "replace"))
+            except OSError:
+                continue
+            total += int(m.group(1)) if m else 0
+        return total
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,10 +194,11 @@ class Runner:
         self._programs: dict[str, str] = {}  # a plain command's program, from PATH ("": none)
         self._ran_before = False  # its manifest file existed when it started
         self._earlier: dict[int, Record] | None = None  # earlier runs' latest records
+        self._scratch_files: tuple[IO[bytes], IO[bytes]] | None = None
         try:
-            self.oom_files = oom_counter_files(Path("/proc/self/cgroup").read_text())
+            self.oom = OomCounter(oom_counter_files(Path("/proc/self/cgroup").read_text()))
         except OSError:
-            self.oom_files = []
+            self.oom = OomCounter([])
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop = True
@@ -195,6 +223,9 @@ class Runner:
                 finally:
                     manifest.sync()
         finally:
+            for scratch in self._scratch_files or ():
+                scratch.close()
+            self.oom.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
         return ran
 
@@ -267,16 +298,15 @@ class Runner:
     def run_task(self, task: int, command: str, attempt: int) -> Record | None:
         """Run one attempt; its record, or ``None`` when the runner was told to stop."""
         start = time.time()
-        local = {s: self.scratch / f"{task}.{s}" for s in ("out", "err")}
-        with open(local["out"], "wb") as out, open(local["err"], "wb") as err:
-            try:
-                outcome = self._execute(task, command, attempt, out, err)
-            except OSError as exc:
-                outcome = None
-                failure = f"cannot start: {exc.strerror or exc}"
+        out, err = self._outputs()
+        try:
+            outcome = self._execute(task, command, attempt, out, err)
+        except OSError as exc:
+            outcome = None
+            failure = f"cannot start: {exc.strerror or exc}"
         if outcome is not None and self._stopped_from_outside(outcome):
             return None
-        files = self._keep_outputs(task, attempt, local)
+        files = self._keep_outputs(task, attempt, {"out": out, "err": err})
         record: Record = {
             "task": task,
             "run": self.spec.run,
@@ -313,7 +343,7 @@ class Runner:
             "CK_PACK_RUN": str(self.spec.run),
             "CK_PACK_ATTEMPT": str(attempt),
         }
-        ooms = oom_kills(self.oom_files)
+        ooms = self.oom.count()
         t0 = time.monotonic()
         argv, program = self._program(command, env)
         self.child = subprocess.Popen(
@@ -336,7 +366,7 @@ class Runner:
         runtime = time.monotonic() - t0
         _killpg(self.child.pid, signal.SIGKILL)  # whatever it left running in its group
         self.child = None
-        return Outcome(returncode, runtime, timed_out, oom_kills(self.oom_files) > ooms)
+        return Outcome(returncode, runtime, timed_out, self.oom.count() > ooms)
 
     def _program(self, command: str, env: Mapping[str, str]) -> tuple[list[str], str]:
         """The argv and executable of ``command``: the program itself when the command is
@@ -371,20 +401,30 @@ class Runner:
             time.sleep(SETTLE_S)
         return self.stop
 
-    def _keep_outputs(self, task: int, attempt: int, local: dict[str, Path]) -> dict[str, Any]:
+    def _outputs(self) -> tuple[IO[bytes], IO[bytes]]:
+        """The scratch files a task writes its stdout and stderr to: one pair for all the
+        element's tasks, emptied before each (cheaper than a pair of files per task)."""
+        if self._scratch_files is None:
+            self._scratch_files = (open(self.scratch / "out", "w+b"),  # noqa: SIM115
+                                   open(self.scratch / "err", "w+b"))  # noqa: SIM115  # fmt: skip
+        for fh in self._scratch_files:
+            fh.seek(0)
+            fh.truncate()
+        return self._scratch_files
+
+    def _keep_outputs(self, task: int, attempt: int, local: dict[str, IO[bytes]]) -> dict[str, Any]:
         """Copy non-empty outputs to ``out/``; the record's ``out``/``err`` (relative or None)."""
         fresh = attempt == 1 and self.spec.run == 0 and self.restart == 0
         files: dict[str, Any] = {}
-        for stream, path in local.items():
+        for stream, fh in local.items():
             target = self.pack.out(task, stream)
-            if path.stat().st_size > 0:
-                shutil.copyfile(path, target)
+            if os.fstat(fh.fileno()).st_size > 0:
+                shutil.copyfile(fh.name, target)
                 files[stream] = str(target.relative_to(self.pack.root))
             else:
                 if not fresh:  # an earlier attempt's output must not pass for this one's
                     target.unlink(missing_ok=True)
                 files[stream] = None
-            path.unlink()
         return files
 
 
