@@ -15,10 +15,9 @@ itself would exec it, which saves a shell's start per task; any other runs in ``
 For every attempt the runner appends one JSON record to ``manifest/R-E.jsonl``: task, run,
 element, job, attempt, restart, state (``done``, ``failed``, ``timeout``, ``oom``; or
 ``skipped``, not run, when a task it needs did not end done), exit, signal, reason, node,
-start, runtime, out, err. Each record is flushed to the file system
-before the next task starts, and fsync'ed at most a second later and whenever the runner
-stops, so a node that dies loses at most the last second's records (those tasks run
-again). A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) first
+start, runtime, out, err. Records reach the file system at most 0.25 s and the disk at most
+a second after their task ended, and both at once whenever the runner stops, so a node
+that dies loses at most the last second's records (those tasks run again). A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) first
 runs again the unfinished tasks of the blocks it had taken, skipping what its file says it
 finished; a task interrupted half-way has no record and runs again. On SIGTERM
 (``scancel``, ``scontrol requeue``) the runner stops its current task and writes nothing
@@ -54,7 +53,8 @@ PROG = "ck-pack-run"
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a task over its time limit
 SETTLE_S = 1.0  # how long a task killed from outside waits for the runner's own SIGTERM
 CLAIM_RETRY_S = 0.05  # before a second try at a claim the storage refused, as it was made
-SYNC_EVERY_S = 1.0  # the manifest's records reach the disk at most this long after the task
+FLUSH_EVERY_S = 0.25  # the manifest's records reach the file system at most this late
+SYNC_EVERY_S = 1.0  # ... and the disk
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _OOM_LINE = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 
@@ -429,12 +429,14 @@ class Runner:
 
 
 class Manifest:
-    """An element's manifest file, open for appending: each record is flushed at once and
-    fsync'ed within ``SYNC_EVERY_S`` (one fsync per task cost more than a short task)."""
+    """An element's manifest file, open for appending: records reach the file system within
+    ``FLUSH_EVERY_S`` and the disk within ``SYNC_EVERY_S``, and both at once when the
+    runner stops. A write per record cost more than a short task: on sshfs each is a round
+    trip through the FUSE daemon, ssh and the head's sftp-server."""
 
     def __init__(self, fh: IO[str]) -> None:
         self.fh = fh
-        self.synced = time.monotonic()
+        self.synced = self.flushed = time.monotonic()
         if fh.tell() > 0:  # end a last line cut short (the element died mid-write)
             with open(fh.name, "rb") as raw:
                 raw.seek(-1, os.SEEK_END)
@@ -443,14 +445,17 @@ class Manifest:
 
     def append(self, record: Record) -> None:
         self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.fh.flush()
-        if time.monotonic() - self.synced >= SYNC_EVERY_S:
+        now = time.monotonic()
+        if now - self.synced >= SYNC_EVERY_S:
             self.sync()
+        elif now - self.flushed >= FLUSH_EVERY_S:
+            self.fh.flush()
+            self.flushed = now
 
     def sync(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
-        self.synced = time.monotonic()
+        self.synced = self.flushed = time.monotonic()
 
 
 class Claims:
