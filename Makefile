@@ -55,7 +55,7 @@ integration: setup
 aws: venv
 	$(VENV)/bin/pytest -n auto tests/aws tests/contract -m aws
 
-# The quick benchmarks (a few minutes); bench-all adds the long ones (about 40 minutes).
+# The quick benchmarks (a few minutes); bench-all adds the long ones (about 80 minutes).
 bench: setup
 	$(VENV)/bin/python bench/updown.py
 	$(VENV)/bin/python bench/aws.py
@@ -65,6 +65,7 @@ bench-all: bench
 	$(VENV)/bin/python bench/slurm.py
 	$(VENV)/bin/python bench/elastic.py
 	$(VENV)/bin/python bench/spot.py
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/htc.py
 	$(VENV)/bin/python bench/faults.py --json bench/results/faults.json
 	$(VENV)/bin/python bench/accounting.py --json bench/results/accounting.json

@@ -17,11 +17,11 @@ element, job, attempt, restart, state (``done``, ``failed``, ``timeout``, ``oom`
 ``skipped``, not run, when a task it needs did not end done), exit, signal, reason, node,
 start, runtime, out, err. Records reach the file system at most 0.25 s and the disk at most
 a second after their task ended, and both at once whenever the runner stops, so a node
-that dies loses at most the last second's records (those tasks run again). A requeued element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) first
-runs again the unfinished tasks of the blocks it had taken, skipping what its file says it
-finished; a task interrupted half-way has no record and runs again. On SIGTERM
-(``scancel``, ``scontrol requeue``) the runner stops its current task and writes nothing
-for it.
+that dies loses at most the last second's records (those tasks run again). A requeued
+element (``SLURM_RESTART_COUNT`` > 0, e.g. a Spot interruption) first runs again the
+unfinished tasks of the blocks it had taken, skipping what its file says it finished; a
+task interrupted half-way has no record and runs again. On SIGTERM (``scancel``,
+``scontrol requeue``) the runner stops its current task and writes nothing for it.
 
 Standard library only: it runs with the node's ``/usr/bin/python3``.
 """
