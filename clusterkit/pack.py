@@ -344,6 +344,50 @@ def run_files(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> 
     return files
 
 
+def submit_script(
+    pack: str, runs: Sequence[int], *, fresh: bool, waits: dict[int, list[int]] | None = None
+) -> str:
+    """The head's script of a submission: unpack the tarball on stdin into the pack's
+    directory, then ``sbatch`` each of ``runs`` in order (those of ``waits`` after the arrays
+    they wait for) and print their job ids. A refused sbatch leaves nothing behind: the
+    arrays already submitted are cancelled and the pack (or the retry's runs) removed."""
+    directory = f'"$HOME"/{ROOT_NAME}/{shlex.quote(pack)}'
+    guard = (
+        f'if [ -e {directory} ]; then echo "pack {pack} already exists; choose another '
+        f'--name" >&2; exit 3; fi; mkdir -p {directory}'
+        if fresh
+        else f'[ ! -e {directory}/runs/{runs[0]}.json ] || {{ echo "run {runs[0]} of pack '
+        f'{pack} already exists (a retry at the same time?)" >&2; exit 3; }}'
+    )
+    runs_files = " ".join(f"runs/{r}.*" for r in runs)
+    undo = f"cd && rm -rf {directory}" if fresh else f"rm -f {runs_files}"
+    cancel = (
+        "for j in runs/*.job.new; do [ ! -s $j ] || scancel $(cut -d';' -f1 $j); done "
+        "2>/dev/null || true"
+    )
+
+    def after(run: int) -> str:
+        ids = ":".join(f"$(cut -d';' -f1 runs/{w}.job.new)" for w in (waits or {}).get(run, []))
+        return f"--dependency=afterany:{ids} " if ids else ""
+
+    submits = "; ".join(
+        f"sbatch --parsable {after(r)}runs/{r}.sh > runs/{r}.job.new || "
+        f"{{ {cancel}; {undo}; exit 1; }}"
+        for r in runs
+    )
+    keep = "; ".join(f"mv runs/{r}.job.new runs/{r}.job; cat runs/{r}.job" for r in runs)
+    return (
+        f"set -e -o pipefail; umask 022; {guard}; cd {directory}; base64 -d | tar -xzf -; "
+        f"{submits}; {keep}"
+    )
+
+
+def upload(files: dict[str, bytes], *, fresh: bool) -> str:
+    """What ``submit_script`` reads on stdin: ``files`` (and a new pack's empty
+    directories) as a base64 text of a gzip'ed tar."""
+    return _tarball(files, ["manifest", "out", "logs", "claims"] if fresh else [])
+
+
 def _tarball(files: dict[str, bytes], dirs: Sequence[str]) -> str:
     """``files`` (and empty ``dirs``) as a base64 text of a gzip'ed tar."""
     buf = io.BytesIO()
@@ -369,36 +413,9 @@ def _upload_and_submit(
     waits: dict[int, list[int]] | None = None,
 ) -> list[int]:
     """Unpack ``files`` into the pack's directory and ``sbatch`` each of ``runs``; their job
-    ids. A refused sbatch leaves nothing behind: the arrays it did submit are cancelled and
-    the pack (or the retry's runs) removed again."""
-    directory = f'"$HOME"/{ROOT_NAME}/{shlex.quote(pack)}'
-    guard = (
-        f'if [ -e {directory} ]; then echo "pack {pack} already exists; choose another '
-        f'--name" >&2; exit 3; fi; mkdir -p {directory}'
-        if fresh
-        else f'[ ! -e {directory}/runs/{runs[0]}.json ] || {{ echo "run {runs[0]} of pack '
-        f'{pack} already exists (a retry at the same time?)" >&2; exit 3; }}'
-    )
-    runs_files = " ".join(f"runs/{r}.*" for r in runs)
-    undo = f"cd && rm -rf {directory}" if fresh else f"rm -f {runs_files}"
-    cancel = "for j in runs/*.job.new; do scancel $(cut -d';' -f1 $j); done 2>/dev/null"
-
-    def after(run: int) -> str:
-        ids = ":".join(f"$(cut -d';' -f1 runs/{w}.job.new)" for w in (waits or {}).get(run, []))
-        return f"--dependency=afterany:{ids} " if ids else ""
-
-    submits = "; ".join(
-        f"sbatch --parsable {after(r)}runs/{r}.sh > runs/{r}.job.new || "
-        f"{{ {cancel}; {undo}; exit 1; }}"
-        for r in runs
-    )
-    keep = "; ".join(f"mv runs/{r}.job.new runs/{r}.job; cat runs/{r}.job" for r in runs)
-    script = (
-        f"set -e -o pipefail; umask 022; {guard}; cd {directory}; base64 -d | tar -xzf -; "
-        f"{submits}; {keep}"
-    )
-    dirs = ["manifest", "out", "logs", "claims"] if fresh else []
-    out = where.remote(script, stdin=_tarball(files, dirs), timeout=SUBMIT_TIMEOUT_S)
+    ids (see ``submit_script``)."""
+    script = submit_script(pack, runs, fresh=fresh, waits=waits)
+    out = where.remote(script, stdin=upload(files, fresh=fresh), timeout=SUBMIT_TIMEOUT_S)
     ids = [line.split(";")[0] for line in out.split()]
     if len(ids) != len(runs) or not all(i.isdigit() for i in ids):
         raise PackError(f"cluster {where.name}: sbatch printed {out.strip()!r}, not job ids")

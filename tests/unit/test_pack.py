@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from clusterkit.errors import ClusterkitError
 from clusterkit.nodetools.packdir import PackError, RunSpec, guided_blocks
-from clusterkit.pack import Planned, Throughput, job_script, node_gpus, task_groups, waits_for
+from clusterkit.pack import (
+    Planned,
+    Throughput,
+    job_script,
+    node_gpus,
+    submit_script,
+    task_groups,
+    upload,
+    waits_for,
+)
 from clusterkit.packplan import (
     PackOptions,
     Shape,
@@ -448,3 +459,53 @@ def test_gpus_count_towards_slots_and_the_job_script() -> None:
     text = job_script("/b", "g", run, PackOptions(gpus=1))
     assert "#SBATCH --gres=gpu:1" in text.splitlines()
     assert "--gres" not in job_script("/b", "g", run, PackOptions())
+
+
+# ---------------------------------------------------------------------------------------------
+# the head's submission script, run here with stand-ins for sbatch and scancel
+
+
+def fake_slurm(tmp_path: Path, refuse: str) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {tmp_path}/sbatch.log\n'
+        f'case "$*" in *{refuse}*) echo "sbatch: error: refused" >&2; exit 1;; esac\n'
+        f"n=$(wc -l < {tmp_path}/sbatch.log); echo $((100 + n))\n"
+    )
+    (bin_dir / "scancel").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/scancel.log\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path / "home")}
+
+
+def run_submit(tmp_path: Path, refuse: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = fake_slurm(tmp_path, refuse)
+    Path(env["HOME"]).mkdir()
+    files = {f"runs/{r}.sh": b"#!/bin/bash\n" for r in (0, 1, 2)}
+    return subprocess.run(["bash", "-c", submit_script("p", [0, 1, 2], **kwargs)],
+                          input=upload(files, fresh=True), env=env, text=True,
+                          capture_output=True, check=False)  # fmt: skip
+
+
+def test_each_array_is_submitted_after_the_ones_it_waits_for(tmp_path: Path) -> None:
+    done = run_submit(tmp_path, "nothing", fresh=True, waits={1: [0], 2: [0, 1]})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["101", "102", "103"]
+    assert (tmp_path / "sbatch.log").read_text().splitlines() == [
+        "--parsable runs/0.sh",
+        "--parsable --dependency=afterany:101 runs/1.sh",
+        "--parsable --dependency=afterany:101:102 runs/2.sh",
+    ]
+    pack = tmp_path / "home" / "ck-pack" / "p"
+    assert (pack / "runs" / "2.job").read_text() == "103\n"
+    assert {d.name for d in pack.iterdir()} >= {"manifest", "out", "logs", "claims", "runs"}
+
+
+def test_a_refused_array_cancels_the_ones_before_and_leaves_nothing(tmp_path: Path) -> None:
+    done = run_submit(tmp_path, "runs/2.sh", fresh=True)
+    assert done.returncode == 1
+    assert "refused" in done.stderr
+    assert sorted((tmp_path / "scancel.log").read_text().split()) == ["101", "102"]
+    assert not (tmp_path / "home" / "ck-pack" / "p").exists()
