@@ -156,6 +156,13 @@ class PackDir(NamedTuple):
     def claim(self, run: int, block: int) -> Path:
         return self.claims_dir / f"{run}-{block}"
 
+    def run_records(self, run: int) -> dict[int, Record]:
+        """The latest record of every task of run ``run`` (all its elements' manifests)."""
+        found: dict[int, Record] = {}
+        for path in sorted((self.root / "manifest").glob(f"{run}-*.jsonl")):
+            found.update(latest(read_records(path)))
+        return found
+
     def taken(self, run: int) -> set[int]:
         """The blocks of run ``run`` some element has taken: one directory listing (on a
         node, one round trip to the shared storage)."""

@@ -1,12 +1,12 @@
 """``ck-pack-run``: one array element of a pack runs tasks one after another: block after
-block taken from the run's queue (``packstate``), or its fixed chunk in an older run.
+block taken from the run's queue (``packdir``), or its fixed chunk in an older run.
 
 The job script of a pack (``runs/R.sh``) is ``exec ck-pack-run DIR R``; Slurm starts one
 element per ``--array`` index, each with the CPUs and memory of ONE task, so ``cons_tres``
 packs as many elements on a node as fit and the element's own cgroup is the task's limit:
 a task that leaks memory is killed by its element's OOM killer and nothing else is. Each
-task is a child process (``bash -c COMMAND``) in its own process group with the highest
-``oom_score_adj``, so the OOM killer picks it, never the runner.
+task is a child process (its program, or ``bash -c COMMAND``) in its own process group
+with the highest ``oom_score_adj``, so the OOM killer picks it, never the runner.
 
 A task whose command is a plain program and its arguments (no quotes, variables, globs,
 redirections or other shell syntax, and not a shell builtin) is started directly, as bash
@@ -276,9 +276,8 @@ class Runner:
         so their records are final; they are read once, at the first task that asks."""
         if self._earlier is None:
             self._earlier = {}
-            for run in range(self.spec.run):
-                for path in sorted(self.pack.root.glob(f"manifest/{run}-*.jsonl")):
-                    self._earlier.update(latest_records(read_manifest(path)))
+            for run in range(self.spec.run):  # in order: a later run's record is the last
+                self._earlier.update(self.pack.run_records(run))
         for dep in needs:
             rec = self._earlier.get(dep)
             if rec is None:
@@ -288,11 +287,17 @@ class Runner:
         return None
 
     def _skipped(self, task: int, why: str) -> Record:
+        record = self._record(task, self.spec.attempts, time.time())
+        record.update(state="skipped", exit=None, signal=None, reason=why, runtime=0.0,
+                      out=None, err=None)  # fmt: skip
+        return record
+
+    def _record(self, task: int, attempt: int, start: float) -> Record:
+        """What every record of this element says first: which attempt, where, when."""
         return {
             "task": task, "run": self.spec.run, "element": self.element, "job": self.job,
-            "attempt": self.spec.attempts, "restart": self.restart, "node": self.node,
-            "start": round(time.time(), 3), "state": "skipped", "exit": None, "signal": None,
-            "reason": why, "runtime": 0.0, "out": None, "err": None,
+            "attempt": attempt, "restart": self.restart, "node": self.node,
+            "start": round(start, 3),
         }  # fmt: skip
 
     def run_task(self, task: int, command: str, attempt: int) -> Record | None:
@@ -307,16 +312,7 @@ class Runner:
         if outcome is not None and self._stopped_from_outside(outcome):
             return None
         files = self._keep_outputs(task, attempt, {"out": out, "err": err})
-        record: Record = {
-            "task": task,
-            "run": self.spec.run,
-            "element": self.element,
-            "job": self.job,
-            "attempt": attempt,
-            "restart": self.restart,
-            "node": self.node,
-            "start": round(start, 3),
-        }
+        record = self._record(task, attempt, start)
         if outcome is None:
             record.update(
                 state="failed", exit=None, signal=None, reason=failure, runtime=0.0, **files

@@ -142,7 +142,7 @@ def pack_status(pack: PackDir, jobs: Sequence[SlurmJob]) -> PackStatus:
         run_rows.append(
             {"run": spec.run, "job_id": job_id, "elements": spec.elements, "live": len(live)}
         )
-        records = run_records(pack, spec)
+        records = pack.run_records(spec.run)
         running = {e for e, state in live.items() if state != "PENDING"}
         shown: set[int | None] = set()  # running elements whose current task is shown
         for task, element in assignment(pack, spec):
@@ -157,14 +157,6 @@ def pack_status(pack: PackDir, jobs: Sequence[SlurmJob]) -> PackStatus:
             views[task] = view
     ordered = [views[t] for t in sorted(views)]
     return PackStatus(str(info.get("pack", pack.root.name)), len(ordered), ordered, run_rows)
-
-
-def run_records(pack: PackDir, spec: RunSpec) -> dict[int, Record]:
-    """The latest record of every task of run ``spec`` (all its elements' manifests)."""
-    found: dict[int, Record] = {}
-    for path in sorted(pack.manifest(spec.run, 0).parent.glob(f"{spec.run}-*.jsonl")):
-        found.update(latest(read_records(path)))
-    return found
 
 
 def assignment(pack: PackDir, spec: RunSpec) -> Iterator[tuple[int, int | None]]:
