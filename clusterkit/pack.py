@@ -165,10 +165,7 @@ def submit(name: str, tasks: Tasks | Sequence[str], options: PackOptions) -> Sub
         "options": asdict(options),
     }
     files = {"pack.json": json.dumps(info, indent=2).encode(), "tasks.txt": txt, "tasks.idx": idx}
-    for spec, opts, _, _ in planned:
-        files.update(run_files(where, pack, spec, opts))
-    runs = [p[0].run for p in planned]
-    job_ids = _upload_and_submit(where, pack, runs, files, fresh=True, waits=waits_for(planned))
+    job_ids = _submit_planned(where, pack, planned, files, fresh=True)
     return _submitted(name, pack, planned, job_ids)
 
 
@@ -403,6 +400,16 @@ def _tarball(files: dict[str, bytes], dirs: Sequence[str]) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _submit_planned(
+    where: Target, pack: str, planned: list[Planned], files: dict[str, bytes], *, fresh: bool
+) -> list[int]:
+    """Upload ``files`` with the planned runs' own files, and submit their arrays."""
+    for spec, opts, _, _ in planned:
+        files.update(run_files(where, pack, spec, opts))
+    runs = [spec.run for spec, _, _, _ in planned]
+    return _upload_and_submit(where, pack, runs, files, fresh=fresh, waits=waits_for(planned))
+
+
 def _upload_and_submit(
     where: Target,
     pack: str,
@@ -529,18 +536,12 @@ def retry(
         for task in group["tasks"]:
             shapes[task] = shape
         after.update({int(t): tuple(d) for t, d in (group.get("after") or {}).items()})
-    retried = replace(options, **(changes or {}))
     groups = [
         g._replace(options=replace(g.options, **(changes or {})))
         for g in task_groups(sorted(shapes), options, shapes.get, lambda t: after.get(t, ()))
     ]
-    retried.check()
     planned = plan_runs(where, len(before.runs), groups, -1)
-    files: dict[str, bytes] = {}
-    for spec, opts, _, _ in planned:
-        files.update(run_files(where, before.pack, spec, opts))
-    job_ids = _upload_and_submit(where, before.pack, [p[0].run for p in planned], files,
-                                 fresh=False, waits=waits_for(planned))  # fmt: skip
+    job_ids = _submit_planned(where, before.pack, planned, {}, fresh=False)
     return Retried(before, _submitted(name, before.pack, planned, job_ids))
 
 
