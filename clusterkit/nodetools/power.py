@@ -103,6 +103,17 @@ class Scontrol:
         registers (ReturnToService=2), so no job is sent to it before it can run one."""
         self._lenient_state(nodes, "UNDRAIN")
 
+    def reasons(self, nodes: Sequence[str]) -> dict[str, str]:
+        """Each node's reason (``""``: none), as ``sinfo`` shows it now."""
+        if not nodes:
+            return {}
+        out = proc.run(["sinfo", "-h", "-N", "-n", compress_hostlist(nodes), "-o", "%N|%E"]).stdout
+        found = {}
+        for line in out.splitlines():
+            name, _, reason = line.partition("|")
+            found[name.strip()] = "" if reason.strip() == "none" else reason.strip()
+        return found
+
     def _lenient_state(self, nodes: Sequence[str], state: str) -> None:
         if not nodes:
             return

@@ -177,8 +177,10 @@ class Reconciler:
             # A fresh instance: whatever drained the old one (a Spot notice) does not apply to
             # it, and Slurm keeps a drain across a new slurmd's registration. The DOWN above
             # stays until that registration (ReturnToService=2), so no job is sent to the node
-            # before its slurmd runs.
-            slurm.undrain([i.node for i in made])
+            # before its slurmd runs. A node whose reason is no longer ours was drained by
+            # someone since (an operator): that drain stays.
+            reasons = slurm.reasons([i.node for i in made])
+            slurm.undrain([i.node for i in made if reasons.get(i.node, "") == action.reason])
             if error is not None:
                 events.record("reconciler", "replace failed", nodes=members, error=error.code,
                               detail=error.message)  # fmt: skip

@@ -293,12 +293,18 @@ class ScontrolRecorder(Scontrol):
     def __init__(self) -> None:
         self.retried: list[tuple[list[int], int]] = []
         self.states: list[tuple[str, ...]] = []
+        self.reason: dict[str, str] = {}
 
     def update(self, nodes: Sequence[str], **settings: str) -> None:
         self.states.append(("update", *nodes, settings.get("state", "")))
+        self.reason.update(dict.fromkeys(nodes, settings.get("reason", "")))
+
+    def reasons(self, nodes: Sequence[str]) -> dict[str, str]:
+        return {n: self.reason.get(n, "") for n in nodes}
 
     def undrain(self, nodes: Sequence[str]) -> None:
-        self.states.append(("undrain", *nodes))
+        if nodes:  # as Scontrol: no call for no node
+            self.states.append(("undrain", *nodes))
 
     def resume(self, nodes: Sequence[str]) -> None:
         self.states.append(("resume", *nodes))
@@ -325,3 +331,22 @@ def test_a_replaced_node_is_undrained_and_its_jobs_wait_the_retry_delay(
     reconciler.apply([lost], ScriptedCloud({SPOT_A: 1}), slurm)
     assert slurm.states == [("update", "c-st-1", "DOWN"), ("undrain", "c-st-1")]
     assert slurm.retried == [([7], reconciler.config.retry_seconds)]
+
+
+def test_a_drain_an_operator_set_while_the_node_was_replaced_stays(
+    reconciler: Reconciler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events.record, "__defaults__", (tmp_path / "events.jsonl",))
+    slurm = ScontrolRecorder()
+    cloud = ScriptedCloud({SPOT_A: 1})
+    launch = cloud.launch
+
+    def launched_while_drained(group: str, nodes: Sequence[str], option: Option) -> LaunchResult:
+        made = launch(group, nodes, option)
+        slurm.reason["c-st-1"] = "keep-free"  # `scontrol update ... state=DRAIN reason=...`
+        return made
+
+    monkeypatch.setattr(cloud, "launch", launched_while_drained)
+    lost = Action("replace", ("c-st-1",), (), "(Code:InstanceLost) instance gone")
+    reconciler.apply([lost], cloud, slurm)
+    assert slurm.states == [("update", "c-st-1", "DOWN")]  # no undrain: the drain is not ours
