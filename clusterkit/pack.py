@@ -145,10 +145,8 @@ class Submitted:
     arrays: list[Array] = field(default_factory=list)
 
 
-def submit(name: str, tasks: Tasks | Sequence[str], options: PackOptions) -> Submitted:
+def submit(name: str, tasks: Tasks, options: PackOptions) -> Submitted:
     """Write the pack onto shared storage and submit its job arrays; one SSH session."""
-    if not isinstance(tasks, Tasks):
-        tasks = Tasks(list(tasks), [None] * len(tasks))
     options.check()
     where = target(name, options.user)
     pack = options.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

@@ -179,7 +179,7 @@ def auto_chunk(tasks: int, slots: int, estimate_s: float | None, max_elements: i
     """One element per slot (the elements share the queue, so one that starts late or
     runs short tasks takes fewer blocks, never holds others back), fewer only when the
     user's estimate says the work would not keep them busy for ``MIN_ELEMENT_WORK_S``
-    each; blocks of guided sizes (``packstate.guided_blocks``).
+    each; blocks of guided sizes (``packdir.guided_blocks``).
 
     ``elements = min(slots, tasks, MaxArraySize, max(1, floor(tasks * estimate /
     MIN_ELEMENT_WORK_S)))``, the last term only with ``--estimate``: without one, long
