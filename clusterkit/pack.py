@@ -12,6 +12,7 @@ SSH session each. Nothing here prints.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import secrets
@@ -22,10 +23,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
-from clusterkit import proc
+from clusterkit import packimage, proc
 from clusterkit.errors import CommandError, StateError
+from clusterkit.nodetools.packcontainer import ROOTFS
 from clusterkit.nodetools.packdir import FORMAT, ROOT_NAME, PackError, RunSpec, task_files
 from clusterkit.packplan import (
     Chunking,
@@ -49,6 +51,7 @@ from clusterkit.state import ClusterState, check_name, load_state, spec_of
 from clusterkit.trust import ClusterTrust
 
 SUBMIT_TIMEOUT_S = 120.0
+IMAGE_TIMEOUT_S = 3600.0  # an image of gigabytes, streamed to the head
 QUERY_TIMEOUT_S = 60.0
 
 
@@ -70,13 +73,18 @@ class Target:
         return tools_dir(self.spec)
 
     def remote(
-        self, script: str, stdin: str | None = None, timeout: float = QUERY_TIMEOUT_S
+        self,
+        script: str,
+        stdin: str | None = None,
+        timeout: float | None = QUERY_TIMEOUT_S,
+        stream: IO[bytes] | None = None,
     ) -> str:
-        """Run ``script`` (bash) on the head as the user; its stdout. A failure's last
-        stderr line becomes a ``PackError`` naming the cluster."""
+        """Run ``script`` (bash) on the head as the user, fed ``stdin`` (text) or ``stream``
+        (a binary file); its stdout. A failure's last stderr line becomes a ``PackError``
+        naming the cluster."""
         argv = self.trust.ssh_argv(head_name(self.name), [script], user=self.user)
         try:
-            return proc.run(argv, input=stdin, timeout=timeout).stdout
+            return proc.run(argv, input=stdin, stdin=stream, timeout=timeout).stdout
         except CommandError as exc:
             lines = [ln for ln in exc.stderr.strip().splitlines() if ln.strip()]
             raise PackError(
@@ -145,9 +153,14 @@ class Submitted:
     arrays: list[Array] = field(default_factory=list)
 
 
-def submit(name: str, tasks: Tasks, options: PackOptions) -> Submitted:
-    """Write the pack onto shared storage and submit its job arrays; one SSH session."""
+def submit(
+    name: str, tasks: Tasks, options: PackOptions, on_image: Callable[[str], None] | None = None
+) -> Submitted:
+    """Write the pack onto shared storage and submit its job arrays; one SSH session (two
+    with ``--container``: the image is unpacked on the head first, and ``on_image`` is told
+    before that starts)."""
     options.check()
+    image = packimage.find(options.container) if options.container else None
     where = target(name, options.user)
     pack = options.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     after = tasks.after
@@ -163,8 +176,26 @@ def submit(name: str, tasks: Tasks, options: PackOptions) -> Submitted:
         "options": asdict(options),
     }
     files = {"pack.json": json.dumps(info, indent=2).encode(), "tasks.txt": txt, "tasks.idx": idx}
-    job_ids = _submit_planned(where, pack, planned, files, fresh=True)
+    if image is None:
+        job_ids = _submit_planned(where, pack, planned, files, fresh=True)
+        return _submitted(name, pack, planned, job_ids)
+    if on_image:
+        on_image(image.image)
+    stage_image(where, pack, image, options.chdir)
+    try:
+        job_ids = _submit_planned(where, pack, planned, files, fresh=True, image=True)
+    except PackError:
+        with contextlib.suppress(PackError):  # the submit script left the image staged
+            where.remote(f"rm -rf {packimage.staging_dir(pack)}")
+        raise
     return _submitted(name, pack, planned, job_ids)
+
+
+def stage_image(where: Target, pack: str, image: packimage.ImageSource, chdir: str | None) -> None:
+    """Unpack the pack's image into its staging directory on the head (one SSH session)."""
+    script = packimage.stage_script(pack, image, chdir)
+    with packimage.stream(image) as stream:
+        where.remote(script, stdin=None if stream else "", stream=stream, timeout=IMAGE_TIMEOUT_S)
 
 
 Planned = tuple[RunSpec, PackOptions, Chunking, int]  # the run, its options, blocks, level
@@ -293,6 +324,7 @@ def run_spec(
         cpus=options.cpus,
         memory_mb=options.memory_mb,
         gpus=options.gpus,
+        container=ROOTFS if options.container else None,
     )
 
 
@@ -340,40 +372,47 @@ def run_files(where: Target, pack: str, spec: RunSpec, options: PackOptions) -> 
 
 
 def submit_script(
-    pack: str, runs: Sequence[int], *, fresh: bool, waits: dict[int, list[int]] | None = None
+    pack: str,
+    runs: Sequence[int],
+    *,
+    fresh: bool,
+    waits: dict[int, list[int]] | None = None,
+    image: bool = False,
 ) -> str:
     """The head's script of a submission: unpack the tarball on stdin into the pack's
-    directory, then ``sbatch`` each of ``runs`` in order (those of ``waits`` after the arrays
-    they wait for) and print their job ids. A refused sbatch leaves nothing behind: the
-    arrays already submitted are cancelled and the pack (or the retry's runs) removed."""
+    directory (and move the staged ``image`` into it), then ``sbatch`` each of ``runs`` in
+    order (those of ``waits`` after the arrays they wait for) and print their job ids. A
+    failure at any step leaves nothing behind: the arrays already submitted are cancelled
+    and the pack (or the retry's runs) removed."""
     directory = f'"$HOME"/{ROOT_NAME}/{shlex.quote(pack)}'
     guard = (
         f'if [ -e {directory} ]; then echo "pack {pack} already exists; choose another '
-        f'--name" >&2; exit 3; fi; mkdir -p {directory}'
+        f'--name" >&2; exit 3; fi'
         if fresh
         else f'[ ! -e {directory}/runs/{runs[0]}.json ] || {{ echo "run {runs[0]} of pack '
         f'{pack} already exists (a retry at the same time?)" >&2; exit 3; }}'
     )
-    runs_files = " ".join(f"runs/{r}.*" for r in runs)
-    undo = f"cd && rm -rf {directory}" if fresh else f"rm -f {runs_files}"
-    cancel = (
-        "for j in runs/*.job.new; do [ ! -s $j ] || scancel $(cut -d';' -f1 $j); done "
-        "2>/dev/null || true"
+    remove = (
+        f"cd; rm -rf {directory}"
+        if fresh
+        else "rm -f " + " ".join(f"{directory}/runs/{r}.*" for r in runs)
+    )
+    undo = (
+        f'undo() {{ for j in {directory}/runs/*.job.new; do [ ! -s "$j" ] || '
+        f'scancel "$(cut -d\';\' -f1 "$j")"; done 2>/dev/null; {remove}; }}; trap undo EXIT'
     )
 
     def after(run: int) -> str:
         ids = ":".join(f"$(cut -d';' -f1 runs/{w}.job.new)" for w in (waits or {}).get(run, []))
         return f"--dependency=afterany:{ids} " if ids else ""
 
-    submits = "; ".join(
-        f"sbatch --parsable {after(r)}runs/{r}.sh > runs/{r}.job.new || "
-        f"{{ {cancel}; {undo}; exit 1; }}"
-        for r in runs
-    )
-    keep = "; ".join(f"mv runs/{r}.job.new runs/{r}.job; cat runs/{r}.job" for r in runs)
+    submits = "; ".join(f"sbatch --parsable {after(r)}runs/{r}.sh > runs/{r}.job.new" for r in runs)
+    keep = "; ".join(f"mv runs/{r}.job.new runs/{r}.job" for r in runs)
+    show = "; ".join(f"cat runs/{r}.job" for r in runs)
+    adopt = f"{packimage.adopt_script(pack)}; " if image else ""
     return (
-        f"set -e -o pipefail; umask 022; {guard}; cd {directory}; base64 -d | tar -xzf -; "
-        f"{submits}; {keep}"
+        f"set -e -o pipefail; umask 022; {guard}; {undo}; mkdir -p {directory}; cd {directory}; "
+        f"base64 -d | tar -xzf -; {adopt}{submits}; {keep}; trap - EXIT; {show}"
     )
 
 
@@ -399,13 +438,20 @@ def _tarball(files: dict[str, bytes], dirs: Sequence[str]) -> str:
 
 
 def _submit_planned(
-    where: Target, pack: str, planned: list[Planned], files: dict[str, bytes], *, fresh: bool
+    where: Target,
+    pack: str,
+    planned: list[Planned],
+    files: dict[str, bytes],
+    *,
+    fresh: bool,
+    image: bool = False,
 ) -> list[int]:
     """Upload ``files`` with the planned runs' own files, and submit their arrays."""
     for spec, opts, _, _ in planned:
         files.update(run_files(where, pack, spec, opts))
     runs = [spec.run for spec, _, _, _ in planned]
-    return _upload_and_submit(where, pack, runs, files, fresh=fresh, waits=waits_for(planned))
+    waits = waits_for(planned)
+    return _upload_and_submit(where, pack, runs, files, fresh=fresh, waits=waits, image=image)
 
 
 def _upload_and_submit(
@@ -416,10 +462,11 @@ def _upload_and_submit(
     *,
     fresh: bool,
     waits: dict[int, list[int]] | None = None,
+    image: bool = False,
 ) -> list[int]:
     """Unpack ``files`` into the pack's directory and ``sbatch`` each of ``runs``; their job
     ids (see ``submit_script``)."""
-    script = submit_script(pack, runs, fresh=fresh, waits=waits)
+    script = submit_script(pack, runs, fresh=fresh, waits=waits, image=image)
     out = where.remote(script, stdin=upload(files, fresh=fresh), timeout=SUBMIT_TIMEOUT_S)
     ids = [line.split(";")[0] for line in out.split()]
     if len(ids) != len(runs) or not all(i.isdigit() for i in ids):

@@ -75,6 +75,7 @@ class PackOptions:
     user: str | None = None  # the cluster user; None: the spec's first user
     hold: bool = False  # submit held (``scontrol release JOBID`` starts it)
     gpus: int = 0  # per task
+    container: str | None = None  # the image tasks run in (packimage); None: on the node
 
     def shaped(self, shape: Shape | None) -> PackOptions:
         """These options with what ``shape`` sets instead."""

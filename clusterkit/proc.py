@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from typing import IO, Any
 
 from clusterkit.errors import CommandError
 
@@ -12,19 +13,23 @@ def run(
     argv: Sequence[str],
     *,
     input: str | None = None,
+    stdin: IO[bytes] | None = None,
     check: bool = True,
     timeout: float | None = 60.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return its completed process (text mode, output captured).
+    ``stdin``, a binary file, is read by the command itself (a stream of any size);
+    ``input`` is text written to it.
 
     With ``check`` a non-zero exit raises ``CommandError`` naming the command, its exit code
     and the tail of its stderr, so callers never have to format that themselves.
     """
     args = [str(a) for a in argv]
+    feed: dict[str, Any] = {"stdin": stdin} if stdin is not None else {"input": input}
     try:
         proc = subprocess.run(
             args,
-            input=input,
+            **feed,
             capture_output=True,
             text=True,
             errors="replace",  # a tool's stray bytes must not turn into a crash

@@ -12,6 +12,7 @@ packages=(
     openmpi-bin libopenmpi-dev                        # MPI across nodes (mpirun, mpicc)
     python3 python3-venv python3-jinja2               # the venv; node tools on nodes' python3
     python3-boto3                                     # the head's SQS consumer of EC2 events
+    crun                                              # pack tasks in containers (--container)
     parallel                                          # bench/htc.py's GNU parallel baseline
     chromium                                          # the tests open `clusterkit report` pages
 )

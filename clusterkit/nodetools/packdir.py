@@ -14,6 +14,7 @@ in one directory on shared storage, ``~/ck-pack/PACK/``::
     claims/R-B         block B of run R is taken: the element that took it, and its job
     manifest/R-E.jsonl one JSON record per task attempt of array element E of run R
     out/N.out, N.err   what task N printed (only when it printed something)
+    image/rootfs/      the root file system tasks run in (``--container``; packcontainer)
     logs/R-E.log       the element's own Slurm output (the runner's messages)
 
 A run's tasks are cut into *blocks*, largest first (``guided_blocks``), and its elements
@@ -70,6 +71,7 @@ class RunSpec(NamedTuple):
     memory_mb: int | None = None
     gpus: int | None = None
     after: dict[int, tuple[int, ...]] | None = None  # the tasks each of its tasks needs done
+    container: str | None = None  # the image's root file system in the pack; None: none
 
     @property
     def attempts(self) -> int:
@@ -229,6 +231,7 @@ class PackDir(NamedTuple):
                 after={int(t): tuple(d) for t, d in data["after"].items()}
                 if data.get("after")
                 else None,
+                container=data.get("container"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PackError(f"{path}: not a run description ({exc})") from None

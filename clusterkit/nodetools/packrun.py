@@ -8,6 +8,10 @@ a task that leaks memory is killed by its element's OOM killer and nothing else 
 task is a child process (its program, or ``bash -c COMMAND``) in its own process group
 with the highest ``oom_score_adj``, so the OOM killer picks it, never the runner.
 
+With ``--container`` (``RunSpec.container``) each task runs in an OCI container of the
+pack's image instead, started by ``crun`` (``packcontainer``); a command with shell syntax
+runs in the image's ``/bin/sh``.
+
 A task whose command is a plain program and its arguments (no quotes, variables, globs,
 redirections or other shell syntax, and not a shell builtin) is started directly, as bash
 itself would exec it, which saves a shell's start per task; any other runs in ``bash -c``.
@@ -45,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     import argparse
 
+from clusterkit.nodetools import packcontainer
 from clusterkit.nodetools.packdir import PackDir, PackError, Record, RunSpec, is_finished
 from clusterkit.nodetools.packdir import latest as latest_records
 from clusterkit.nodetools.packdir import read_records as read_manifest
@@ -195,6 +200,11 @@ class Runner:
         self._ran_before = False  # its manifest file existed when it started
         self._earlier: dict[int, Record] | None = None  # earlier runs' latest records
         self._scratch_files: tuple[IO[bytes], IO[bytes]] | None = None
+        self.container = (
+            packcontainer.Container(pack.root, spec.container, spec.chdir, self.scratch, env)
+            if spec.container
+            else None
+        )
         try:
             self.oom = OomCounter(oom_counter_files(Path("/proc/self/cgroup").read_text()))
         except OSError:
@@ -341,7 +351,11 @@ class Runner:
         }
         ooms = self.oom.count()
         t0 = time.monotonic()
-        argv, program = self._program(command, env)
+        if self.container is not None:
+            argv = self.container.argv(plain_argv(command) or ["/bin/sh", "-c", command], env)
+            program = argv[0]
+        else:
+            argv, program = self._program(command, env)
         self.child = subprocess.Popen(
             argv,
             executable=program,
@@ -361,6 +375,8 @@ class Runner:
             returncode = self._kill(self.child)
         runtime = time.monotonic() - t0
         _killpg(self.child.pid, signal.SIGKILL)  # whatever it left running in its group
+        if self.container is not None:
+            returncode = packcontainer.returncode(returncode)
         self.child = None
         return Outcome(returncode, runtime, timed_out, self.oom.count() > ooms)
 
@@ -379,10 +395,17 @@ class Runner:
         return ["/bin/bash", "-c", command], "/bin/bash"
 
     def _kill(self, child: subprocess.Popen[bytes]) -> int:
+        # crun passes SIGTERM on to its container's PID 1, which ignores it unless it has a
+        # handler: without one, the grace would only be waited out.
+        grace = KILL_GRACE_S if self.container is None or self.container.handles_sigterm() else 0
         _killpg(child.pid, signal.SIGTERM)
         try:
-            return child.wait(timeout=KILL_GRACE_S)
+            return child.wait(timeout=grace)
         except subprocess.TimeoutExpired:
+            if self.container is not None:  # PID 1 of a PID namespace: crun's group is not its
+                self.container.kill(signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return child.wait(timeout=SETTLE_S)
             _killpg(child.pid, signal.SIGKILL)
             return child.wait()
 

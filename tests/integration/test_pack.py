@@ -1,7 +1,8 @@
 """clusterkit pack on a real cluster (head + 1 compute declaring 4 CPUs): elements packed on
 one node, the manifest, failures that stay with their task (exit, OOM, time limit), a
-requeued element that does not redo finished work, retry of failed tasks only, collect.
-The tests share one cluster and run in file order."""
+requeued element that does not redo finished work, retry of failed tasks only, collect;
+shapes, dependencies, and tasks in containers. The tests share one cluster and run in file
+order."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.driver import Clusterkit, Result
+from tests.rootfs import build_image
 
 NAME = "pkit"
 USER = "ckuser"
@@ -236,3 +238,63 @@ def test_a_task_waits_for_the_tasks_it_needs_and_is_skipped_when_one_fails(
     assert wait(ck, "dag").returncode == 0
     last = [r for r in records(ck, "dag") if r["task"] == 3][-1]
     assert (last["state"], (home / last["out"]).read_text()) == ("done", "last\n")
+
+
+def test_tasks_in_containers_run_as_the_user_in_their_cgroup_and_write_only_the_pack(
+    ck: Clusterkit, cluster: str
+) -> None:
+    image = build_image(ck.home / "image.tgz")  # the host's own sh, cat, dd ... and libraries
+    home = f"/shared/home/{USER}"
+    ck.run("ssh", NAME, "-u", USER, "--", "echo secret > ~/secret.txt")
+    tasks = ck.home / "contained.txt"
+    tasks.write_text("\n".join([
+        "id -u",                                            # 0: the cluster user
+        "touch /bin/x",                                     # 1: the image is read-only
+        'echo kept > "$CK_PACK_DIR/kept.txt"; pwd',         # 2: the pack is writable, and cwd
+        "cat /proc/self/cgroup",                            # 3: the element's cgroup
+        f"ls -a {home}; cat {home}/secret.txt",             # 4: the rest of home is not there
+        "dd if=/dev/zero of=/dev/null bs=300M count=1",     # 5: over its memory
+        "sleep 30",                                         # 6: over its time
+        "ls /proc",                                         # 7: a PID namespace of its own
+    ]) + "\n")  # fmt: skip
+    sub = submit(ck, tasks, "--name", "boxed", "--container", str(image), "--mem", "100M",
+                 "--time", "2")  # fmt: skip
+    assert sub["tasks"] == 8
+    wait(ck, "boxed")
+    pack = pack_dir(ck, "boxed")
+    recs = {r["task"]: r for r in records(ck, "boxed")}
+
+    def out(task: int, stream: str = "out") -> str:
+        name = recs[task][stream]
+        return (pack / name).read_text() if name else ""
+
+    uid = ck.run("ssh", NAME, "-u", USER, "--", "id -u").stdout.strip()
+    assert (recs[0]["state"], out(0).strip()) == ("done", uid)
+    assert recs[1]["state"] == "failed" and "Read-only file system" in out(1, "err")
+    assert (pack / "kept.txt").read_text() == "kept\n"
+    assert out(2).strip() == str(Path(home) / "ck-pack" / "boxed")
+    memory = next(ln for ln in out(3).splitlines() if ":memory:" in ln)
+    assert f"/uid_{uid}/job_" in memory  # Slurm's cgroup of the element, not one of its own
+    assert out(4).split()[:3] == [".", "..", "ck-pack"] and "secret" not in out(4)
+    assert "No such file" in out(4, "err")
+    assert (recs[5]["state"], recs[5]["signal"]) == ("oom", 9)
+    assert recs[6]["state"] == "timeout" and recs[6]["runtime"] < 4  # its PID 1 has no handler
+    assert [p for p in out(7).split() if p.isdigit()] == ["1"]
+
+    # a retry runs in the same image
+    retried = json.loads(ck.run("pack", "retry", NAME, "boxed", "-o", "json").stdout)
+    assert retried["submitted"]["tasks"] == 4  # 1, 4, 5, 6
+    wait(ck, "boxed")
+    again = [r for r in records(ck, "boxed", run=1) if r["task"] == 1]
+    assert again and "Read-only file system" in (pack / again[0]["err"]).read_text()
+
+
+def test_a_bad_image_is_refused_before_anything_is_made(ck: Clusterkit, cluster: str) -> None:
+    tasks = ck.home / "one.txt"
+    tasks.write_text("echo one\n")
+    refused = ck.run("pack", "submit", NAME, str(tasks), "--name", "noimage",
+                     "--container", "no/such/image.tar", check=False)  # fmt: skip
+    assert refused.returncode == 1
+    assert "--container no/such/image.tar: no such directory or tar archive" in refused.stderr
+    assert not pack_dir(ck, "noimage").exists()
+    assert not (pack_dir(ck, "noimage").parent / ".staging" / "noimage").exists()

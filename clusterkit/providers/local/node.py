@@ -103,11 +103,16 @@ while True:
     signal.sigtimedwait({signal.SIGCHLD}, SUPERVISOR_CHECK)
 """.replace("SUPERVISOR_CHECK", "3")
 
-# Runs once in the new namespaces, then becomes the node's init.
+# Runs once in the new namespaces, then becomes the node's init. A node hides the host's
+# cgroup2 mount beside the v1 controllers (a "hybrid" host): Slurm uses v1 here, and crun, which
+# runs pack tasks in containers, refuses to start in a hybrid layout whose cgroup2 has controllers.
 _SETUP_SCRIPT = r"""
 set -eu
 node=$1; shift
 hostname "$node"
+if [ "$(stat -f -c %T /sys/fs/cgroup)" = tmpfs ] && mountpoint -q /sys/fs/cgroup/unified; then
+    umount -l /sys/fs/cgroup/unified
+fi
 mkdir -p /run/sshd
 while [ $# -gt 0 ]; do
     [ -e "$2" ] || mkdir -p "$2"
