@@ -371,6 +371,7 @@ def down(name: str, progress: Progress | None = None) -> list[str]:
             state.status = "deleting"
             state.save()
         with progress.step(f"destroy {name}"):
+            ClusterTrust(name, cluster_dir(name)).close_shared()
             removed = cls.destroy(name, state)
             remove_cluster_dir(name)
         (clusters_dir() / f".{name}.lock").unlink(missing_ok=True)

@@ -82,7 +82,7 @@ class Target:
         """Run ``script`` (bash) on the head as the user, fed ``stdin`` (text) or ``stream``
         (a binary file); its stdout. A failure's last stderr line becomes a ``PackError``
         naming the cluster."""
-        argv = self.trust.ssh_argv(head_name(self.name), [script], user=self.user)
+        argv = self.trust.ssh_argv(head_name(self.name), [script], user=self.user, reuse=True)
         try:
             return proc.run(argv, input=stdin, stdin=stream, timeout=timeout).stdout
         except CommandError as exc:
@@ -94,7 +94,12 @@ class Target:
     def reader(self) -> SlurmReader:
         head = head_name(self.name)
         return SlurmReader.create(
-            lambda argv: proc.run(self.trust.ssh_argv(head, argv), timeout=30).stdout
+            # as the user: the same shared connection as the submission's after it
+            lambda argv: (
+                proc.run(
+                    self.trust.ssh_argv(head, argv, user=self.user, reuse=True), timeout=30
+                ).stdout
+            )
         )
 
     def tool(self, *args: str) -> Any:

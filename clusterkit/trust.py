@@ -12,6 +12,7 @@ ssh -W``), at its private address; otherwise (local) every node is dialled direc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from clusterkit.errors import ClusterkitError, SSHError
 from clusterkit.plan import head_name
 from clusterkit.render import render
 from clusterkit.state import atomic_write
+
+MUX_PERSIST = "10s"  # how long a shared connection outlives its last session (``reuse``)
+MAX_SOCKET_PATH = 107  # a Unix socket's path, at most (Linux: 108 bytes with its NUL)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,13 @@ class ClusterTrust:
             ),
         )
 
+    def close_shared(self) -> None:
+        """End the shared connections ``reuse`` left (they would end by themselves within
+        ``MUX_PERSIST``; ``down`` ends them before their nodes go)."""
+        for socket in self.ssh_config.parent.glob("mux-*"):
+            with contextlib.suppress(ClusterkitError):
+                proc.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "shared"], timeout=5)
+
     def on_head(
         self,
         argv: list[str],
@@ -146,12 +157,21 @@ class ClusterTrust:
         batch: bool = True,
         user: str = "root",
         host: str | None = None,
+        *,
+        reuse: bool = False,
     ) -> list[str]:
         """The OpenSSH command line that reaches ``node`` with this cluster's trust; ``host``
-        overrides the address ssh_config gives (the host key is still checked by name)."""
+        overrides the address ssh_config gives (the host key is still checked by name).
+        With ``reuse``, sessions to the same node and user within ``MUX_PERSIST`` of each
+        other share one connection (its socket in the cluster's 0700 ``ssh/``), which
+        saves the handshake, most of a short command's 0.25 s here."""
         argv = ["ssh", "-F", str(self.ssh_config), "-l", user]
         if batch:
             argv += ["-o", "BatchMode=yes"]
+        mux = self.ssh_config.parent / "mux-%C"
+        if reuse and len(str(mux)) - 2 + 40 <= MAX_SOCKET_PATH:  # %C: 40 hex digits
+            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={mux}",
+                     "-o", f"ControlPersist={MUX_PERSIST}"]  # fmt: skip
         if host:
             argv += ["-o", f"HostName={host}"]
         argv.append(node)

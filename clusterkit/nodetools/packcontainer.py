@@ -170,6 +170,11 @@ class Container:
     def pid_file(self) -> Path:
         return self.bundle / "pid"
 
+    @staticmethod
+    def returncode(code: int) -> int:
+        """``crun run``'s exit status as a task's: 128+N is the task killed by signal N."""
+        return -(code - 128) if 128 < code < 160 else code
+
     def _pid(self) -> int | None:
         """The running task's PID 1, as crun wrote it; only while ``crun run`` has not
         returned: after, the pid may be another process's."""
@@ -193,8 +198,3 @@ class Container:
         except (OSError, StopIteration, IndexError):
             return False
         return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
-
-
-def returncode(code: int) -> int:
-    """``crun run``'s exit status as a task's: 128+N is the task killed by signal N."""
-    return -(code - 128) if 128 < code < 160 else code

@@ -49,7 +49,8 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     import argparse
 
-from clusterkit.nodetools import packcontainer
+    from clusterkit.nodetools.packcontainer import Container
+
 from clusterkit.nodetools.packdir import PackDir, PackError, Record, RunSpec, is_finished
 from clusterkit.nodetools.packdir import latest as latest_records
 from clusterkit.nodetools.packdir import read_records as read_manifest
@@ -200,11 +201,11 @@ class Runner:
         self._ran_before = False  # its manifest file existed when it started
         self._earlier: dict[int, Record] | None = None  # earlier runs' latest records
         self._scratch_files: tuple[IO[bytes], IO[bytes]] | None = None
-        self.container = (
-            packcontainer.Container(pack.root, spec.container, spec.chdir, self.scratch, env)
-            if spec.container
-            else None
-        )
+        self.container: Container | None = None
+        if spec.container:  # imported only then: every element of a pack starts at once
+            from clusterkit.nodetools.packcontainer import Container  # noqa: PLC0415
+
+            self.container = Container(pack.root, spec.container, spec.chdir, self.scratch, env)
         try:
             self.oom = OomCounter(oom_counter_files(Path("/proc/self/cgroup").read_text()))
         except OSError:
@@ -376,7 +377,7 @@ class Runner:
         runtime = time.monotonic() - t0
         _killpg(self.child.pid, signal.SIGKILL)  # whatever it left running in its group
         if self.container is not None:
-            returncode = packcontainer.returncode(returncode)
+            returncode = self.container.returncode(returncode)
         self.child = None
         return Outcome(returncode, runtime, timed_out, self.oom.count() > ooms)
 

@@ -237,3 +237,16 @@ def test_golden_update_mode_rewrites_the_file(
     golden_in(tmp_path / "sub")("g.txt", "made\n")
     assert (tmp_path / "f.txt").read_text(encoding="utf-8") == "new\n"
     assert (tmp_path / "sub" / "g.txt").read_text(encoding="utf-8") == "made\n"
+
+
+def test_reused_sessions_share_a_connection_unless_its_socket_path_is_too_long(
+    tmp_path: Path,
+) -> None:
+    short = Path("/root/.clusterkit/clusters/demo")  # the default home's (nothing is made)
+    trust = ClusterTrust("demo", short)
+    argv = trust.ssh_argv("demo-head", ["true"], reuse=True)
+    mux = short / "ssh" / "mux-%C"
+    assert argv[7:11] == ["-o", "ControlMaster=auto", "-o", f"ControlPath={mux}"]
+    assert "ControlMaster=auto" not in trust.ssh_argv("demo-head", ["true"])
+    deep = ClusterTrust("demo", tmp_path / ("d" * 40))
+    assert "ControlMaster=auto" not in deep.ssh_argv("demo-head", ["true"], reuse=True)

@@ -227,4 +227,4 @@ def test_the_task_sees_slurm_and_pack_variables_but_not_the_nodes_paths() -> Non
 
 @pytest.mark.parametrize(("code", "task"), [(0, 0), (3, 3), (137, -9), (143, -15), (255, 255)])
 def test_cruns_exit_status_is_the_tasks(code: int, task: int) -> None:
-    assert packcontainer.returncode(code) == task
+    assert packcontainer.Container.returncode(code) == task
