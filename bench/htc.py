@@ -1,4 +1,4 @@
-"""Benchmark of high-throughput packing: four workloads of short tasks, six ways to run them.
+"""Benchmark of high-throughput packing: four workloads of short tasks, seven ways to run them.
 
 Workloads, on a local cluster of 4 compute nodes declaring 8 CPUs each (32 slots; the nodes
 are namespaces on this machine, so all of them share its real cores):
@@ -22,6 +22,8 @@ if that is longer. Variants, one after another on the same cluster and machine:
   xargs     the bare limit: ``xargs -P 32`` of the same commands on this machine, no
             scheduler and no record of anything (not W4: xargs has no CPU counts either)
   pack      ``clusterkit pack submit`` from this machine (W4: its ``@cpus=4`` lines)
+  container pack with ``--container``: each task in its own crun container of an image of
+            the host's ``sh`` and ``sleep`` (W1 only: the cost of a container per task)
 
 Each span runs from the start of the submission until the tool says the work is done: for
 the Slurm variants until ``squeue`` on the head shows none of the user's jobs (polled every
@@ -70,6 +72,9 @@ from common import Clusterkit as Cli
 from common import Result, last_line, table  # bench/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.rootfs import build_image  # noqa: E402 - the tests' image, from the host's programs
+
 RESULTS = REPO / "bench" / "results" / "htc.json"
 
 NAME = "pkbench"
@@ -230,25 +235,28 @@ def run_xargs(w: Workload) -> Span:
                 [f"xargs exit {done.returncode}"])  # fmt: skip
 
 
-def run_pack(w: Workload, tmp: Path) -> Span:
+def run_pack(w: Workload, tmp: Path, image: Path | None = None) -> Span:
+    """``pack submit`` of the workload; with ``image``, each task in a container of it."""
+    variant, pack = ("container", f"bench-{w.key}-c") if image else ("pack", f"bench-{w.key}")
     path = tmp / f"{w.key}.pack.txt"
     path.write_text("".join(f"{c}\n" for c in w.shaped()), encoding="utf-8")
+    boxed = ["--container", str(image)] if image else []
     start = time.time()
-    sub = ck("pack", "submit", NAME, str(path), "--name", f"bench-{w.key}", "-o", "json")
+    sub = ck("pack", "submit", NAME, str(path), "--name", pack, *boxed, "-o", "json")
     if sub.rc != 0:
-        return Span("pack", None, errors=[last_line(sub.stderr)])
+        return Span(variant, None, errors=[last_line(sub.stderr)])
     poll = as_user(POLL)
     end = re.search(r"^end (\d+\.\d+)$", poll.stdout, re.MULTILINE)
     if end is None:
-        return Span("pack", None, errors=[last_line(poll.stderr)])
-    st = ck("pack", "collect", NAME, f"bench-{w.key}", "-d", str(tmp / "collect"), "-o", "json")
+        return Span(variant, None, errors=[last_line(poll.stderr)])
+    st = ck("pack", "collect", NAME, pack, "-d", str(tmp / "collect"), "-o", "json")
     summary = json.loads(st.stdout) if st.rc == 0 else {}
     arrays = json.loads(sub.stdout)["arrays"]
     note = (f"{len(arrays)} array(s), {sum(a['chunking']['elements'] for a in arrays)} "
             f"elements; first task start to last end {summary.get('makespan_s')} s; submit "
             f"{sub.seconds:.2f} s")  # fmt: skip
     errors = [] if summary.get("done") == len(w.seconds) else [f"{summary.get('done')} done"]
-    return Span("pack", float(end.group(1)) - start, note, errors)
+    return Span(variant, float(end.group(1)) - start, note, errors)
 
 
 def big_pack(tmp: Path) -> dict[str, Any]:
@@ -293,6 +301,7 @@ def measure(only: list[str], skip: set[str], tmp: Path) -> dict[str, Any]:
     bench = user_home() / "bench"
     (bench / "array.sh").write_text(ARRAY_SCRIPT, encoding="utf-8")
     all_w = workloads()
+    image = build_image(tmp / "image.tgz", ("sh", "sleep"))
     results: dict[str, Any] = {}
     for key in only:
         w = all_w[key]
@@ -302,6 +311,7 @@ def measure(only: list[str], skip: set[str], tmp: Path) -> dict[str, Any]:
             (bench / f"{key}.c{cpus}.txt").write_text("".join(f"{c}\n" for c in lines))
         runs: list[tuple[str, Callable[[], Span]]] = [
             ("pack", partial(run_pack, w, tmp)),
+            ("container", partial(run_pack, w, tmp, image)),
             ("hq", partial(run_hq, w)),
             ("xargs", partial(run_xargs, w)),
             ("parallel", partial(run_parallel, w)),
@@ -325,7 +335,7 @@ def measure(only: list[str], skip: set[str], tmp: Path) -> dict[str, Any]:
 
 
 def applies(variant: str, workload: str) -> bool:
-    if variant == "sbatch":
+    if variant in ("sbatch", "container"):
         return workload == "W1"
     if variant in ("parallel", "xargs"):
         return workload != "W4"  # no per-task CPU counts
