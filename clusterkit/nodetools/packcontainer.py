@@ -143,20 +143,23 @@ class Container:
         self.devices = sorted(glob.glob("/dev/nvidia*")) if env.get("CUDA_VISIBLE_DEVICES") else []
         self.uid, self.gid = os.getuid(), os.getgid()
         self._serial = 0
+        self._config: dict[str, Any] = {}  # every task's, but for its command and variables
 
     def argv(self, command: list[str], env: Mapping[str, str]) -> list[str]:
         """Write the task's config; the ``crun run`` argv that starts its container."""
         if self.crun is None:
             raise FileNotFoundError(2, "crun is not installed on this node (apt install crun)")
-        if not os.path.isdir(self.rootfs):
-            raise FileNotFoundError(2, f"the pack's image is missing: {self.rootfs}")
-        self.bundle.mkdir(parents=True, exist_ok=True)
-        config = oci_config(
-            rootfs=self.rootfs, args=command, env=container_env(env, "/tmp"), cwd=self.cwd,
-            uid=self.uid, gid=self.gid, writable=[self.pack_root], readable=self.readable,
-            devices=self.devices,
-        )  # fmt: skip
-        (self.bundle / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        if not self._serial:  # checked once: each look is a round trip on shared storage
+            if not os.path.isdir(self.rootfs):
+                raise FileNotFoundError(2, f"the pack's image is missing: {self.rootfs}")
+            self.bundle.mkdir(parents=True, exist_ok=True)
+            self._config = oci_config(
+                rootfs=self.rootfs, args=[], env=[], cwd=self.cwd, uid=self.uid, gid=self.gid,
+                writable=[self.pack_root], readable=self.readable, devices=self.devices,
+            )  # fmt: skip
+        process = self._config["process"]
+        process["args"], process["env"] = command, container_env(env, "/tmp")
+        (self.bundle / "config.json").write_text(json.dumps(self._config), encoding="utf-8")
         self._serial += 1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.pid_file)

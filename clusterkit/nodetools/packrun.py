@@ -215,6 +215,8 @@ class Runner:
         self.stop = True
         if self.child is not None and self.child.returncode is None:
             _killpg(self.child.pid, signal.SIGTERM)
+            if self.container is not None and not self.container.handles_sigterm():
+                self.container.kill(signal.SIGKILL)  # it would ignore the SIGTERM
 
     def run(self) -> int:
         """Run the element's blocks (its own first, after a requeue); the attempts run."""

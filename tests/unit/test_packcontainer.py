@@ -7,14 +7,17 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from clusterkit.nodetools import packcontainer
-from clusterkit.nodetools.packcontainer import container_env, oci_config
+from clusterkit.nodetools.packcontainer import Container, container_env, oci_config
 from clusterkit.nodetools.packdir import PackError
 from clusterkit.pack import submit_script, upload
 from clusterkit.packimage import ImageSource, find, stage_script, stream
@@ -228,3 +231,53 @@ def test_the_task_sees_slurm_and_pack_variables_but_not_the_nodes_paths() -> Non
 @pytest.mark.parametrize(("code", "task"), [(0, 0), (3, 3), (137, -9), (143, -15), (255, 255)])
 def test_cruns_exit_status_is_the_tasks(code: int, task: int) -> None:
     assert packcontainer.Container.returncode(code) == task
+
+
+def test_each_task_gets_its_config_and_a_crun_run_of_its_own(tmp_path: Path) -> None:
+    pack = tmp_path / "pack"
+    (pack / "image" / "rootfs").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "CK_PACK_TASK": "5"}
+    box = Container(pack, "image/rootfs", None, tmp_path / "scratch", env)
+    first = box.argv(["echo", "hi"], env)
+    config = json.loads((tmp_path / "scratch" / "bundle" / "config.json").read_text())
+    assert config["process"]["args"] == ["echo", "hi"]
+    assert "CK_PACK_TASK=5" in config["process"]["env"]
+    assert config["process"]["cwd"] == str(pack)  # the pack's directory, without --chdir
+    second = box.argv(["/bin/sh", "-c", "exit 3"], {**env, "CK_PACK_TASK": "6"})
+    assert first[-1] != second[-1]  # a container name per task
+    assert second[second.index("--cgroup-manager=disabled") + 1] == "run"
+
+
+def test_a_missing_image_fails_the_task_with_the_reason(tmp_path: Path) -> None:
+    box = Container(tmp_path, "image/rootfs", None, tmp_path / "scratch", {"PATH": "/bin"})
+    with pytest.raises(FileNotFoundError, match="the pack's image is missing"):
+        box.argv(["true"], {})
+
+
+@pytest.mark.parametrize(
+    ("program", "handles"),
+    [
+        ("import signal, time; signal.signal(signal.SIGTERM, lambda *a: None); time.sleep(9)",
+         True),
+        ("import time; time.sleep(9)", False),
+    ],
+)  # fmt: skip
+def test_only_a_pid_1_with_a_sigterm_handler_is_given_its_grace(
+    tmp_path: Path, program: str, handles: bool
+) -> None:
+    pack = tmp_path / "pack"
+    (pack / "image" / "rootfs").mkdir(parents=True)
+    box = Container(pack, "image/rootfs", None, tmp_path / "scratch", {"PATH": "/bin"})
+    box.argv(["true"], {})
+    task = subprocess.Popen([sys.executable, "-c", program])
+    try:
+        box.pid_file.write_text(f"{task.pid}\n")
+        deadline = time.monotonic() + 10  # until Python has started and set its handler
+        while box.handles_sigterm() is not handles and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert box.handles_sigterm() is handles
+        box.kill(signal.SIGKILL)
+        assert task.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        task.kill()
