@@ -26,6 +26,9 @@ from clusterkit.state import atomic_write
 
 MUX_PERSIST = "10s"  # how long a shared connection outlives its last session (``reuse``)
 MAX_SOCKET_PATH = 107  # a Unix socket's path, at most (Linux: 108 bytes with its NUL)
+# ssh expands %C to 40 hex digits, and the master first binds the path plus "." and 16 random
+# characters before it renames the socket into place: that longer name must fit too.
+MUX_EXPANSION = 40 + 17
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class ClusterTrust:
         if batch:
             argv += ["-o", "BatchMode=yes"]
         mux = self.ssh_config.parent / "mux-%C"
-        if reuse and len(str(mux)) - 2 + 40 <= MAX_SOCKET_PATH:  # %C: 40 hex digits
+        if reuse and len(str(mux)) - len("%C") + MUX_EXPANSION <= MAX_SOCKET_PATH:
             argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={mux}",
                      "-o", f"ControlPersist={MUX_PERSIST}"]  # fmt: skip
         if host:

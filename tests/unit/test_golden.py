@@ -250,3 +250,11 @@ def test_reused_sessions_share_a_connection_unless_its_socket_path_is_too_long(
     assert "ControlMaster=auto" not in trust.ssh_argv("demo-head", ["true"])
     deep = ClusterTrust("demo", tmp_path / ("d" * 40))
     assert "ControlMaster=auto" not in deep.ssh_argv("demo-head", ["true"], reuse=True)
+    # The master binds "<path>.<16 random>" first: a home whose socket would just fit by %C's
+    # 40 digits alone (as pytest's did, and ssh refused) must not share.
+    state = Path("/tmp/pytest-of-root/pytest-142/ckhome7/clusters/pkit")
+    assert len(str(state / "ssh" / "mux-")) + 40 <= 107 < len(str(state / "ssh" / "mux-")) + 57
+    assert "ControlMaster=auto" not in ClusterTrust("pkit", state).ssh_argv("pkit-head", reuse=True)
+    fits = Path("/" + "f" * (107 - 57 - len("/ssh/mux-") - 1))
+    assert len(str(fits / "ssh" / "mux-")) + 57 == 107
+    assert "ControlMaster=auto" in ClusterTrust("f", fits).ssh_argv("f-head", reuse=True)
