@@ -61,10 +61,13 @@ def array_indexes(expr: str) -> set[int]:
 
 def element_states(jobs: Iterable[SlurmJob], job_id: int) -> dict[int, str]:
     """``{element: state}`` of array ``job_id``'s elements that have not ended: each is
-    ``RUNNING`` (or another state of a started job) or ``PENDING`` (waiting, requeued too)."""
+    ``RUNNING`` (or another state of a started job, ``COMPLETING`` too) or ``PENDING``
+    (waiting, requeued too)."""
     states: dict[int, str] = {}
     for job in jobs:
-        if job.array_job_id != job_id or job.is_finished:
+        # A requeued element is COMPLETING before it is PENDING again, and a completing one may
+        # still be writing: neither has written all it ever will.
+        if job.array_job_id != job_id or (job.is_finished and job.state != "COMPLETING"):
             continue
         state = "PENDING" if job.state in WAITING_STATES else job.state
         if job.array_task_id is not None:

@@ -107,11 +107,13 @@ def test_element_states_of_one_array() -> None:
         job(0, "RUNNING"),
         job(1, "COMPLETED"),
         job(2, "REQUEUED"),
+        job(3, "COMPLETING"),  # a requeued element is, before it is PENDING again
+        job(4, "FAILED"),
         job(None, "PENDING", pending="5-7%4"),
         job(0, "RUNNING", job_id=8),  # another array
     ]
-    assert element_states(jobs, 7) == {0: "RUNNING", 2: "PENDING", 5: "PENDING", 6: "PENDING",
-                                       7: "PENDING"}  # fmt: skip
+    assert element_states(jobs, 7) == {0: "RUNNING", 2: "PENDING", 3: "COMPLETING",
+                                       5: "PENDING", 6: "PENDING", 7: "PENDING"}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
