@@ -25,7 +25,9 @@ Facts about the 22.05 output that this module relies on (seen in ``tests/unit/da
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,26 @@ ENDED_STATES = frozenset(
 )
 # States of a job waiting to (re)start: a start time is an estimate, not a fact.
 WAITING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"})
+
+
+def wait_past_revocation(
+    requeued_at: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Wait until the second after ``requeued_at``, before a requeued job is made eligible at
+    once (``scontrol update starttime=now``).
+
+    A requeue revokes the job's credential on its nodes, and slurmd refuses every credential
+    of that job made in the same second or before (``cred->ctime <= revoked``, whole
+    seconds): a job started again within that second, on one of its old nodes, is killed
+    for good ("Job credential revoked"), not requeued. Slurm's own hold of a requeued job
+    (BeginTime, 121 s) avoids it; releasing the job early must too.
+    """
+    wait = math.floor(requeued_at) + 1 + 0.05 - clock()  # 50 ms for the nodes' clocks
+    if wait > 0:
+        sleep(wait)
 
 
 @dataclass(frozen=True, kw_only=True)

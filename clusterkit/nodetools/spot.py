@@ -40,6 +40,7 @@ from clusterkit.errors import CommandError
 from clusterkit.nodetools import events
 from clusterkit.nodetools.checkpoint import CheckpointError, Checkpoints
 from clusterkit.nodetools.imds import Imds, ImdsError
+from clusterkit.slurm import wait_past_revocation
 
 CONFIG = Path("/shared/clusterkit/etc/spot.json")
 REASON_PREFIX = "spot:"
@@ -163,6 +164,8 @@ class SlurmOps:
         its start time before then is lost: each job is released once it is PENDING.
         """
         waiting = set(jobs)
+        if waiting:  # requeued just before
+            wait_past_revocation(time.time())
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
             out = proc.run(["squeue", "-h", "-j", ",".join(sorted(waiting)), "-o", "%i %T %r"],

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterkit.nodetools import events
+from clusterkit.slurm import wait_past_revocation
 
 SERVICES_DIR = Path("/etc/clusterkit/services")
 ARGV_FILE = "supervisor.argv"  # in the services' directory: the command a node's init reruns
@@ -259,7 +260,8 @@ def requeue_jobs(cause: str, record: Record) -> list[str]:
     for job in listed:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
                               timeout=30, check=False)  # fmt: skip
-        # Eligible now, not after Slurm's 121 s.
+        # Eligible now, not after Slurm's 121 s (but not in the second of the requeue).
+        wait_past_revocation(time.time())
         subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"],
                        capture_output=True, timeout=30, check=False)  # fmt: skip
         fields = {"job": job, "reason": f"{cause} was repaired under it", "node": node}

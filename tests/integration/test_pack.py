@@ -110,14 +110,18 @@ def test_a_requeued_element_does_not_redo_finished_tasks(ck: Clusterkit, cluster
         time.sleep(0.2)
     element = f"{sub['job_id']}_0"
     ck.run("ssh", NAME, "--", f"scontrol requeue {element}")
-    # Slurm holds a requeued batch job back (BeginTime); let it start again at once.
+    # Slurm holds a requeued batch job back (BeginTime); let it start again at once, but not
+    # in the second its old credential was revoked in: slurmd refuses a credential made then
+    # ("Job credential revoked") and the element would end without running again.
+    time.sleep(1.1)
     for _ in range(30):
         if ck.run("ssh", NAME, "--", f"scontrol update jobid={element} starttime=now",
                   check=False).returncode == 0:  # fmt: skip
             break
         time.sleep(0.5)
-    assert wait(ck, "requeue").returncode == 0
+    done = wait(ck, "requeue")
     recs = records(ck, "requeue")
+    assert done.returncode == 0, recs
     assert sorted(r["task"] for r in recs) == list(range(6))  # each task ran to its end once
     restarts = [r["restart"] for r in sorted(recs, key=lambda r: r["task"])]
     assert restarts[:2] == [0, 0]

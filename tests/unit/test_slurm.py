@@ -29,6 +29,7 @@ from clusterkit.slurm import (
     decode_exit_code,
     parse_sinfo,
     parse_squeue,
+    wait_past_revocation,
 )
 from clusterkit.slurmreader import SlurmReader
 
@@ -645,3 +646,17 @@ def test_compress_of_any_names_is_an_expression_or_a_slurm_error(names: list[str
         assert "cannot be part of a hostlist" in str(exc)
     else:
         assert hostnames(expression) == sorted(set(names), key=hostname_sort_key)
+
+
+@pytest.mark.parametrize(
+    ("requeued_at", "now", "slept"),
+    [(100.2, 100.3, 0.75), (100.9, 100.95, 0.1), (100.2, 101.06, None), (100.0, 100.0, 1.05)],
+)  # fmt: skip
+def test_a_requeued_job_is_released_only_after_the_second_of_its_revocation(
+    requeued_at: float, now: float, slept: float | None
+) -> None:
+    sleeps: list[float] = []
+    wait_past_revocation(requeued_at, clock=lambda: now, sleep=sleeps.append)
+    assert sleeps == ([] if slept is None else [pytest.approx(slept)])
+    # what slurmd compares: the release's whole second is after the revocation's
+    assert slept is None or int(now + slept) > int(requeued_at)
