@@ -10,6 +10,7 @@ so they are rendered once, for the head.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,9 @@ Settings = dict[str, str]
 
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
+LARGE_CLUSTER_NODES = 1024  # where SchedMD's Large Cluster Administration Guide begins
+DEFAULT_TREE_WIDTH = 50  # slurm.conf(5)
+MAX_TREE_WIDTH = 65533  # slurm.conf(5): "The value may not exceed 65533"
 
 # The guide's "set of scheduling parameters ... for running hundreds of jobs per second",
 # scaled down for a cluster of tens of nodes whose jobs are often short tasks of an array:
@@ -164,6 +168,7 @@ def slurm_conf_values(
         "throughput": throughput_settings(spec),
         "accounting": accounting_settings(spec, head_address),
         "power": power_settings(spec, nodes),
+        "size": size_settings(spec, nodes),
         "nodes": [node_settings(spec, node, prices) for node in nodes],
         "partitions": partition_settings(spec, nodes, prices),
         "extra": list(spec.slurm.extra),
@@ -275,11 +280,6 @@ def throughput_settings(spec: ClusterSpec) -> Settings:
         "MinJobAge": "5",
         # The guide: raise it "somewhat" from 10 s; local nodes share a few real cores.
         "MessageTimeout": "20",
-        # A node whose slurmd stops answering (hung, or its machine gone) is DOWN after 30 s
-        # (default 300; pings go every 10 s), so the reconciler replaces it and its jobs are
-        # requeued soon. Dead daemons are found sooner, by each node's supervisor (about 1 s).
-        # Not lower: on a loaded machine a slow but live slurmd must not be replaced.
-        "SlurmdTimeout": "30",
         # No job completion log: accounting (below) keeps every job.
         "JobCompType": "jobcomp/none",
         # The guide: error or info; more detailed logging lowers throughput.
@@ -360,10 +360,59 @@ def power_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> Settings
     return settings | {
         # Addresses change with every instance: look them up each time, never cache them.
         "CommunicationParameters": "NoAddrCache",
-        # Messages go straight to each node: a fan-out tree would route through nodes that
-        # may be powered down.
-        "TreeWidth": "65533",
     }
+
+
+def size_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> Settings:
+    """Settings that follow the cluster's size: every compute node the spec may hold (its
+    groups' ``max``), so that the file does not change as dynamic nodes come and go.
+
+    From slurm.conf(5) and SchedMD's Large Cluster Administration Guide (big_sys.html,
+    both of Slurm 22.05; the guide is for "clusters containing 1,024 nodes or more").
+    """
+    count = sum(g.max for g in spec.groups)
+    large = count >= LARGE_CLUSTER_NODES
+    settings: Settings = {}
+    width = tree_width(count, cloud=any(n.dynamic for n in nodes))
+    if width is not None:
+        settings["TreeWidth"] = str(width)
+    # A node whose slurmd stops answering (hung, or its machine gone) is DOWN after 30 s
+    # (default 300; pings go every 10 s), so the reconciler replaces it and its jobs are
+    # requeued soon. Dead daemons are found sooner, by each node's supervisor (about 1 s).
+    # Not lower: on a loaded machine a slow but live slurmd must not be replaced. The guide:
+    # "for really large clusters, SlurmdTimeout values of 120 seconds or more are
+    # reasonable" (pings go at half of it, and each is a message to every node).
+    settings["SlurmdTimeout"] = "120" if large else "30"
+    if large and spec.accounting.enabled:
+        # The guide: sampling is system noise on every node; "configure the sampling
+        # interval to a relatively large size (e.g. JobAcctGatherFrequency=300)".
+        settings["JobAcctGatherFrequency"] = "task=300"
+    return settings
+
+
+def tree_width(count: int, *, cloud: bool) -> int | None:
+    """slurmd's message fan-out for ``count`` compute nodes, or None for Slurm's default.
+
+    With dynamic (CLOUD) nodes, messages go straight to each node: a tree would route them
+    through nodes that may be powered down (Slurm's elastic computing guide). Otherwise
+    the manual's rule: the square root of the node count up to 2,500 nodes, the cube root
+    above; up to the default width (50) every node is reached directly anyway.
+    """
+    if cloud:
+        return MAX_TREE_WIDTH
+    if count <= DEFAULT_TREE_WIDTH:
+        return None
+    root = math.isqrt(count - 1) + 1 if count <= 2500 else _ceil_cube_root(count)
+    return max(2, root)
+
+
+def _ceil_cube_root(n: int) -> int:
+    root = round(math.cbrt(n))
+    while root**3 < n:
+        root += 1
+    while (root - 1) ** 3 >= n:
+        root -= 1
+    return root
 
 
 def node_settings(

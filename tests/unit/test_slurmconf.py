@@ -491,3 +491,46 @@ def test_every_partition_gives_jobs_memory_per_cpu_by_default() -> None:
     assert [w for line in lines for w in line.split() if w.startswith("DefMemPerCPU=")] == [
         "DefMemPerCPU=512", "DefMemPerCPU=512", "DefMemPerCPU=4096",
     ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings that follow the cluster's size
+
+
+def sized(count: int, dynamic: bool) -> ClusterSpec:
+    """An aws cluster of ``count`` compute nodes, all static or all but one dynamic."""
+    return parse_spec({
+        "name": "big", "provider": "aws", "aws": {"admin_cidr": "203.0.113.0/24"},
+        "groups": [{"name": "c", "min": 1 if dynamic else count, "max": count}],
+    })  # fmt: skip
+
+
+def top_settings(spec: ClusterSpec) -> str:
+    """slurm.conf without its node and partition lines (thousands of them here)."""
+    text = files_of(spec, include_dynamic=True)["slurm.conf"]
+    return "".join(
+        line for line in text.splitlines(keepends=True)
+        if not line.startswith(("NodeName=", "PartitionName=", "SuspendExcNodes="))
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("count", [16, 1000, 5000])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_size_settings_golden(golden: GoldenCheck, count: int, dynamic: bool) -> None:
+    text = top_settings(sized(count, dynamic))
+    golden(f"slurm.conf.size-{count}-{'dynamic' if dynamic else 'static'}.txt", text)
+
+
+@pytest.mark.parametrize("count", [1, 50, 51, 64, 1000, 1024, 2500, 2501, 5000, 20_000])
+def test_the_tree_reaches_every_node_in_the_hops_the_manual_gives(count: int) -> None:
+    top = parse_conf(top_settings(sized(count, dynamic=False)))[0]
+    width = int(top.get("TreeWidth", "50"))  # Slurm's default when unset
+    hops = 2 if count <= 2500 else 3  # the square root up to 2,500 nodes, the cube root above
+    assert width**hops >= count
+    assert count <= 50 or (width - 1) ** hops < count  # the smallest such width
+    assert top["SlurmdTimeout"] == ("120" if count >= 1024 else "30")
+
+
+def test_dynamic_nodes_are_reached_directly_at_any_size() -> None:
+    for count in (16, 5000):
+        assert parse_conf(top_settings(sized(count, dynamic=True)))[0]["TreeWidth"] == "65533"
