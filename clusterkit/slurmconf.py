@@ -402,17 +402,12 @@ def tree_width(count: int, *, cloud: bool) -> int | None:
         return MAX_TREE_WIDTH
     if count <= DEFAULT_TREE_WIDTH:
         return None
-    root = math.isqrt(count - 1) + 1 if count <= 2500 else _ceil_cube_root(count)
-    return max(2, root)
+    return math.isqrt(count - 1) + 1 if count <= 2500 else _ceil_cube_root(count)
 
 
 def _ceil_cube_root(n: int) -> int:
-    root = round(math.cbrt(n))
-    while root**3 < n:
-        root += 1
-    while (root - 1) ** 3 >= n:
-        root -= 1
-    return root
+    root = round(math.cbrt(n))  # the nearest integer: the ceiling, or one below it
+    return root if root**3 >= n else root + 1
 
 
 def node_settings(
