@@ -4,7 +4,6 @@ cluster and takes it down (one at a time: 64 nodes are about 2.8 GiB here)."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from tests.driver import Clusterkit
@@ -15,13 +14,11 @@ USER = "ckuser"
 
 
 def spec(ck: Clusterkit, name: str, static: int, dynamic: int) -> str:
-    path = ck.home / f"{name}.yaml"
-    path.write_text(json.dumps({
+    return str(ck.write_spec({
         "name": name,
         "groups": [{"name": "compute", "min": static, "max": static + dynamic, "cpus": 2,
                     "memory_mb": 1024}],
     }))  # fmt: skip
-    return str(path)
 
 
 def test_a_head_and_64_nodes_come_up_verified(ck: Clusterkit) -> None:
