@@ -31,7 +31,7 @@ from clusterkit.render import render
 from clusterkit.spec import ClusterSpec
 from clusterkit.sshpool import Pool, PoolError
 from clusterkit.traits import Traits, shared_type
-from clusterkit.trust import ClusterTrust, TrustedNode, public_key
+from clusterkit.trust import ClusterTrust, TrustedNode, node_known_hosts, public_key
 
 READY_MARKER = "/var/lib/clusterkit/head-ready"
 BOOT_STATUS = "/var/lib/clusterkit/boot.status"  # written by the boot script: running|done|failed
@@ -45,9 +45,9 @@ SLURMCTLD_PORT = 6817
 class NodeBoot:
     """What a node needs at boot to be reachable over SSH with pre-trusted host keys."""
 
-    host_key: Path  # private host key; its .pub beside it
+    host_key: Path  # private host key; its .pub and its -cert.pub beside it
     authorized_keys: str  # for root
-    known_hosts: str  # the cluster's known_hosts, installed as the node's global one
+    known_hosts: str  # the node's global known_hosts: the cluster's host CA
     hosts: str  # /etc/hosts of the cluster
     users: tuple[ClusterUser, ...] = ()  # accounts every node must know
     groups: tuple[TenantGroup, ...] = ()  # the tenants' groups, with their users
@@ -97,7 +97,7 @@ def node_boots(
     What all nodes share is read and rendered once."""
     files = ClusterFiles(trust.root)
     authorized = public_key(trust.user_key) + "\n"
-    known_hosts = trust.known_hosts.read_text(encoding="utf-8")
+    known_hosts = node_known_hosts(trust.host_ca)
     hosts = render("hosts.j2", cluster=spec.name, nodes=trusted)
     users = tuple(cluster_users(spec))
     groups = tuple(tenant_groups(spec))

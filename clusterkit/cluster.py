@@ -47,7 +47,7 @@ from clusterkit.state import (
     spec_of,
     try_load_state,
 )
-from clusterkit.trust import ClusterTrust, TrustedNode, keygen
+from clusterkit.trust import ClusterTrust, TrustedNode, keygen, sign_host_key
 from clusterkit.verify import failures, verify, wait_until_registered
 
 SSH_WAIT_SECONDS = Provider.ssh_wait_seconds  # a provider may need longer
@@ -178,7 +178,16 @@ def _make_keys(spec: ClusterSpec, provider: Provider, trust: ClusterTrust) -> li
         keygen(files.user_key(user.name), f"{user.name}@{spec.name}")
     if not files.munge_key.exists():
         atomic_write(files.munge_key, os.urandom(1024), mode=0o400)  # fresh for each cluster
-    interrupt.parallel(lambda n, _: keygen(files.host_key(n.name), n.name), plan_nodes(spec), 8)
+    trust.ensure_host_ca()
+
+    def host_key(node: NodePlan, _: object) -> None:
+        key = files.host_key(node.name)
+        keygen(key, node.name)
+        address = provider.address(node)
+        principals = [node.name, *([address] if address else [])]
+        sign_host_key(trust.host_ca, key, f"{spec.name}:{node.name}", principals)
+
+    interrupt.parallel(host_key, plan_nodes(spec), 8)
     trusted = trusted_nodes(spec, provider.address, trust)
     trust.write(trusted)
     return trusted

@@ -4,6 +4,11 @@ clusterkit makes, per cluster, one user key pair (the admin's way in) and one ho
 node, so every host key is known before a node first boots: ``known_hosts`` is written from
 them and SSH always runs with ``StrictHostKeyChecking yes``.
 
+Nodes trust each other through a host certificate authority of the cluster's own: each host
+key is signed for its node's name (and address, where it is known before launch), and a node's
+``/etc/ssh/ssh_known_hosts`` is one ``@cert-authority`` line, whatever the cluster's size. This
+machine keeps checking the plain keys, one line per node, in the cluster's ``known_hosts``.
+
 Each node's ``Host`` block names the node as its ``HostKeyAlias``: its key is checked under its
 name whatever address is dialled. Where a node has a public address (the head on aws), it is
 the way in: it is dialled there and every other node is reached through it (``ProxyCommand
@@ -86,6 +91,31 @@ def keygen(path: Path, comment: str) -> None:
     os.chmod(path, 0o600)
 
 
+def host_cert(key: Path) -> Path:
+    """Where ``ssh-keygen -s`` puts the certificate of the host key at ``key``."""
+    return key.with_name(key.name + "-cert.pub")
+
+
+def sign_host_key(ca: Path, key: Path, identity: str, principals: list[str]) -> None:
+    """Sign the host key at ``key`` with the CA at ``ca`` for ``principals``, unless its
+    certificate is there for exactly those (a node's address may be learnt later)."""
+    cert = host_cert(key)
+    wanted = ",".join(principals)
+    marker = cert.with_name(cert.name + ".principals")
+    if cert.exists() and marker.exists() and marker.read_text(encoding="utf-8") == wanted:
+        return
+    cert.unlink(missing_ok=True)
+    proc.run(["ssh-keygen", "-q", "-s", str(ca), "-h", "-I", identity, "-n", wanted,
+              str(key.with_suffix(".pub"))])  # fmt: skip
+    atomic_write(marker, wanted)
+
+
+def node_known_hosts(ca: Path) -> str:
+    """The known_hosts every node installs: the cluster's CA for any host (a certificate
+    names the one node it was signed for, and this CA signs only the cluster's nodes)."""
+    return f"@cert-authority * {public_key(ca)}\n"
+
+
 def public_key(path: Path) -> str:
     """``ssh-ed25519 AAAA...`` of the key pair at ``path`` (comment dropped)."""
     algo, blob = path.with_suffix(".pub").read_text(encoding="utf-8").split()[:2]
@@ -108,12 +138,20 @@ class ClusterTrust:
         return self.root / "ssh" / "known_hosts"
 
     @property
+    def host_ca(self) -> Path:
+        """The CA that signs the nodes' host keys (private key 0600)."""
+        return self.root / "keys" / "host_ca"
+
+    @property
     def ssh_config(self) -> Path:
         return self.root / "ssh" / "ssh_config"
 
     def ensure_user_key(self) -> None:
         keygen(self.user_key, f"clusterkit-{self.cluster}")
         os.chmod(self.user_key.parent, 0o700)
+
+    def ensure_host_ca(self) -> None:
+        keygen(self.host_ca, f"clusterkit-{self.cluster}-host-ca")
 
     def write(self, nodes: list[TrustedNode], user: str = "root") -> None:
         """(Re)write known_hosts and ssh_config for exactly ``nodes``."""

@@ -46,6 +46,7 @@ from clusterkit.state import (
 )
 from clusterkit.supervision import SSHD_PORT
 from clusterkit.traits import Traits
+from clusterkit.trust import host_cert
 
 MACHINE_LOCK = Path("/run/lock/clusterkit-local.lock")
 
@@ -193,6 +194,7 @@ class LocalProvider(Provider):
         key = boot.host_key.read_text(encoding="utf-8")
         atomic_write(ssh / "ssh_host_ed25519_key", key, mode=0o600)
         shutil.copyfile(boot.host_key.with_suffix(".pub"), ssh / "ssh_host_ed25519_key.pub")
+        shutil.copyfile(host_cert(boot.host_key), ssh / "ssh_host_ed25519_key-cert.pub")
         atomic_write(ssh / "authorized_keys" / "root", boot.authorized_keys, mode=0o600)
         atomic_write(ssh / "ssh_known_hosts", boot.known_hosts)
         values = {"cluster": self.state.name, "node": node.name, "address": node.address}
