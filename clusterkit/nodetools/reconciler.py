@@ -98,6 +98,8 @@ class Reconciler:
         actions = []
         for inst in live:
             node = by_name.get(inst.node)
+            if not inst.node and now - inst.launched_at <= ORPHAN_GRACE_SECONDS:
+                continue  # launched a moment ago: its batch's names are being written
             if inst.node not in self.config.node_group:
                 why = "no node of this cluster owns it"
             elif newest[inst.node].instance_id != inst.instance_id:

@@ -188,6 +188,13 @@ def test_orphans_are_terminated_but_a_young_instance_is_left_to_its_resume(
     assert {a.instances for a in actions} == {("i-stray",), ("i-old",)}
     young = instance("c-dy-1", "i-young", launched_at=1000 - 1)
     assert reconciler.plan(nodes, [instance("c-st-1"), young], 1000) == []
+    # Not named yet (its batch's names object is written right after the fleet call): left
+    # alone while young, ended once past the grace.
+    unnamed = instance("", "i-unnamed", launched_at=1000 - 1)
+    assert reconciler.plan(nodes, [instance("c-st-1"), unnamed], 1000) == []
+    later = 1000 + ORPHAN_GRACE_SECONDS
+    [ended] = reconciler.plan(nodes, [instance("c-st-1"), unnamed], later)
+    assert ended.instances == ("i-unnamed",) and ended.reason == "no node of this cluster owns it"
 
 
 def test_an_older_duplicate_instance_of_a_node_is_terminated(reconciler: Reconciler) -> None:
