@@ -2,20 +2,27 @@
 
 ``AwsCloud.launch`` asks for one instance per node in batches, of exactly one ``Option``
 (instance type and capacity kind) across every subnet of the group, Spot with the
-``price-capacity-optimized`` strategy; throttled calls are retried with exponential backoff.
-The fallback to the next option is the business of the caller, which gets the provider's own
-error code back (``InsufficientInstanceCapacity``, ...), and partial results.
+``price-capacity-optimized`` strategy; throttled calls are retried with backoff and jitter
+within a bounded total wait. The fallback to the next option is the business of the caller,
+which gets the provider's own error code back (``InsufficientInstanceCapacity``, ...), and
+partial results.
 
-Instances carry the tags ``clusterkit:cluster``, ``clusterkit:group`` and ``clusterkit:node``;
-the last one differs per instance, so it is set right after the fleet call (a fleet tags all
-its instances alike). boto3 is imported when a backend is made: the controller has it, and so
-has the AWS node image, but node tools must import without it (standard library only).
+Calls grow with batches, not nodes. A fleet tags all its instances alike at launch
+(``TagSpecifications``): ``clusterkit:cluster``, ``clusterkit:group`` and a batch id
+``clusterkit:batch``. Which instance is which node is one S3 object per batch in the
+cluster's bucket (``boot/CLUSTER/names/BATCH.json``, instance id -> node), written right
+after the fleet call: a booting node reads its name there, and ``describe`` reads each batch
+once. boto3 is imported when a backend is made: the controller has it, and so has the AWS
+node image, but node tools must import without it (standard library only).
 """
 
 from __future__ import annotations
 
+import json
 import random
+import secrets
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,17 +39,22 @@ from clusterkit.nodetools.cloud import (
 
 TAG_CLUSTER = "clusterkit:cluster"
 TAG_GROUP = "clusterkit:group"
-TAG_NODE = "clusterkit:node"
+TAG_NODE = "clusterkit:node"  # the head's, set at launch; compute nodes' names are per batch
+TAG_BATCH = "clusterkit:batch"
 
 # Instances per CreateFleet call: one call per batch keeps the price-capacity-optimized
-# choice over the whole batch, and a large batch that fails loses only that batch.
-BATCH_SIZE = 100
+# choice over the whole batch, 1,000 nodes take two fleets (and two name objects), and a
+# batch that fails on capacity loses at most this many nodes to the next option.
+BATCH_SIZE = 500
 # Codes that mean "slow down", for EC2 and the other APIs the head calls.
 THROTTLING_CODES = frozenset({
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
 })  # fmt: skip
-MAX_TRIES = 6
+# Throttled calls are retried until this much time has passed in waits, then fail naming
+# the call: EC2's buckets refill at a few tokens a second, so minutes ride out any burst.
+RETRY_BUDGET_SECONDS = 300.0
 BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 20.0
 ALIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 
 
@@ -56,8 +68,44 @@ def client_error_code(exc: Exception) -> str | None:
 
 
 def backoff(tries: int) -> float:
-    """Full-jitter exponential backoff: AWS's advice for throttled callers."""
-    return random.uniform(0, BACKOFF_BASE_SECONDS * 2**tries)  # noqa: S311 - jitter, not crypto
+    """Full-jitter exponential backoff, capped: AWS's advice for throttled callers."""
+    bound = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**tries)
+    return random.uniform(0, bound)  # noqa: S311 - jitter, not crypto
+
+
+def boot_prefix(cluster: str) -> str:
+    """Where the cluster's boot material lives in its own bucket."""
+    return f"boot/{cluster}/"
+
+
+def names_key(cluster: str, batch: str) -> str:
+    """The object naming one batch's instances: ``{instance id: {node, keys}}``, ``keys``
+    being the object with that node's host key."""
+    return f"{boot_prefix(cluster)}names/{batch}.json"
+
+
+def keys_key(cluster: str, bundle: int) -> str:
+    """The object holding the host keys and certificates of the nodes of one bundle."""
+    return f"{boot_prefix(cluster)}host-keys/{bundle}.json"
+
+
+# Host keys travel in bundles of about this many nodes: a bundle is one object to write at
+# ``up`` and one to read per booting node (about 1.2 KB a node).
+BUNDLE_NODES = 500
+
+
+def bundle_count(nodes: int) -> int:
+    return max(1, -(-nodes // BUNDLE_NODES))
+
+
+def bundle_of(node: str, bundles: int) -> int:
+    """The bundle holding ``node``'s host key: from its name alone, so whoever names a
+    node (``up`` here, the resume program on the head) can tell it without a lookup."""
+    return zlib.crc32(node.encode()) % bundles
+
+
+def new_batch_id() -> str:
+    return secrets.token_hex(8)
 
 
 def batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -68,7 +116,9 @@ def batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
 class AwsCloud(Cloud):
     """One cluster's compute instances on EC2.
 
-    ``groups`` maps a group to its launch template id and subnets (from cloud.json).
+    ``groups`` maps a group to its launch template id and subnets (from cloud.json);
+    ``bucket`` is the cluster's own, where the batches' names live, and ``bundles`` the
+    number of host-key bundles ``up`` wrote there.
     """
 
     def __init__(
@@ -76,46 +126,67 @@ class AwsCloud(Cloud):
         cluster: str,
         groups: dict[str, dict[str, Any]],
         *,
+        bucket: str,
+        bundles: int = 1,
         region: str | None = None,
         endpoint_url: str | None = None,
         ec2: Any = None,
-        sleep: Callable[[float], None] = time.sleep,
+        s3: Any = None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.groups = groups
-        self.sleep = sleep
+        self.bucket = bucket
+        self.bundles = bundles
+        self.sleep = sleep or time.sleep  # looked up now: a benchmark's clock may stand in
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - lazily
 
         self._aws_errors = (BotoCoreError, ClientError)
-        if ec2 is None:
+        if ec2 is None or s3 is None:
             import boto3  # noqa: PLC0415 - lazily: node tools import without boto3
             from botocore.config import Config  # noqa: PLC0415
 
             # Retries are ours (counted, with backoff), not botocore's hidden ones.
             config = Config(retries={"total_max_attempts": 1, "mode": "standard"})
-            ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint_url, config=config)
+            at = {"region_name": region, "endpoint_url": endpoint_url, "config": config}
+            ec2 = ec2 if ec2 is not None else boto3.client("ec2", **at)
+            s3 = s3 if s3 is not None else boto3.client("s3", **at)
         self.ec2 = ec2
+        self.s3 = s3
         self.calls = 0
+        self._names: dict[str, dict[str, str]] = {}  # batch -> {instance id: node}
 
     # -- calls with backoff ----------------------------------------------------------------
 
-    def call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """One EC2 call, retried with backoff while throttled; errors become ``CloudError``."""
-        for tries in range(MAX_TRIES):
+    def call(self, operation: str, *, client: Any = None, **params: Any) -> dict[str, Any]:
+        """One call (EC2's unless ``client``), retried with backoff while throttled, for at
+        most ``RETRY_BUDGET_SECONDS`` of waits; errors become ``CloudError``."""
+        waited = 0.0
+        tries = 0
+        while True:
+            tries += 1
             self.calls += 1
             try:
-                reply: dict[str, Any] = getattr(self.ec2, operation)(**params)
+                reply: dict[str, Any] = getattr(client or self.ec2, operation)(**params)
                 return reply
             except self._aws_errors as exc:
                 code = client_error_code(exc)
                 if code is None:
                     raise CloudError("Unavailable", f"{operation}: {exc}") from exc
-                if code in THROTTLING_CODES and tries + 1 < MAX_TRIES:
-                    self.sleep(backoff(tries))
-                    continue
+                if code in THROTTLING_CODES:
+                    if waited < RETRY_BUDGET_SECONDS:
+                        pause = backoff(tries - 1)
+                        self.sleep(pause)
+                        waited += pause
+                        continue
+                    raise CloudError(
+                        code,
+                        f"{operation}: still throttled after {tries} tries and {waited:.0f}s of "
+                        "waits; ask AWS to raise the account's EC2 request limits, or lower "
+                        "ResumeRate",
+                    ) from exc
                 message = getattr(exc, "response", {}).get("Error", {}).get("Message", str(exc))
                 raise CloudError(code, f"{operation}: {message}") from exc
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     # -- the Cloud API ---------------------------------------------------------------------
 
@@ -125,15 +196,18 @@ class AwsCloud(Cloud):
         error: CloudError | None = None
         for batch in batches(nodes, BATCH_SIZE):
             try:
-                ids, error = self._fleet(group, len(batch), option)
-                made += self._name(group, batch, ids, option)
+                batch_id = new_batch_id()
+                ids, error = self._fleet(group, len(batch), option, batch_id)
+                made += self._name(group, batch, ids, option, batch_id)
             except CloudError as exc:
                 error = exc
             if error is not None:
                 break  # the next batch would meet the same shortage
         return LaunchResult.of(nodes, made, error, calls=self.calls - start_calls)
 
-    def _fleet(self, group: str, count: int, option: Option) -> tuple[list[str], CloudError | None]:
+    def _fleet(
+        self, group: str, count: int, option: Option, batch_id: str
+    ) -> tuple[list[str], CloudError | None]:
         """One instant fleet of ``count`` instances; returns their ids and the first error."""
         settings = self.groups.get(group)
         if settings is None:
@@ -142,6 +216,8 @@ class AwsCloud(Cloud):
         tags = [
             {"Key": TAG_CLUSTER, "Value": self.cluster},
             {"Key": TAG_GROUP, "Value": group},
+            {"Key": TAG_BATCH, "Value": batch_id},
+            {"Key": "Name", "Value": f"{self.cluster}-{group}"},  # for the console
         ]
         params: dict[str, Any] = {
             "Type": "instant",
@@ -182,24 +258,61 @@ class AwsCloud(Cloud):
         return ids, first
 
     def _name(
-        self, group: str, nodes: Sequence[str], ids: list[str], option: Option
+        self, group: str, nodes: Sequence[str], ids: list[str], option: Option, batch_id: str
     ) -> list[Instance]:
-        """Give each new instance its node's tag; return them as ``Instance``s."""
-        pairs = list(zip(nodes, ids, strict=False))
-        for node, instance_id in pairs:
-            self.call(
-                "create_tags",
-                Resources=[instance_id],
-                Tags=[{"Key": TAG_NODE, "Value": node}, {"Key": "Name", "Value": node}],
-            )
+        """Name the batch's instances in one object, the nodes in order; return them as
+        ``Instance``s. Instances that cannot be named would never boot: they are ended."""
+        pairs = dict(zip(ids, nodes, strict=False))
         if not pairs:
             return []
-        described = {i["InstanceId"]: i for i in self._instances(InstanceIds=[i for _, i in pairs])}
+        named = {
+            i: {"node": n, "keys": keys_key(self.cluster, bundle_of(n, self.bundles))}
+            for i, n in pairs.items()
+        }
+        try:
+            self.call(
+                "put_object",
+                client=self.s3,
+                Bucket=self.bucket,
+                Key=names_key(self.cluster, batch_id),
+                Body=json.dumps(named).encode(),
+                ContentType="application/json",
+            )
+        except CloudError:
+            self.call("terminate_instances", InstanceIds=list(pairs))
+            raise
+        self._names[batch_id] = pairs
+        described = {i["InstanceId"]: i for i in self._instances(InstanceIds=list(pairs))}
         return [
             _instance(described[i], node, group, option.lifecycle)
-            for node, i in pairs
+            for i, node in pairs.items()
             if i in described
         ]
+
+    def node_of(self, data: dict[str, Any]) -> str:
+        """The node an instance (``DescribeInstances``'s) is: its node tag (the head's), else
+        its batch's name object, read once per batch; "" while that object is not there."""
+        tags: dict[str, str] = {t["Key"]: t["Value"] for t in data.get("Tags", [])}
+        if TAG_NODE in tags:
+            return tags[TAG_NODE]
+        batch = tags.get(TAG_BATCH)
+        if not batch:
+            return ""
+        if batch not in self._names:
+            try:
+                reply = self.call(
+                    "get_object",
+                    client=self.s3,
+                    Bucket=self.bucket,
+                    Key=names_key(self.cluster, batch),
+                )
+            except CloudError as exc:
+                if exc.code in ("NoSuchKey", "404"):
+                    return ""  # written just after the fleet call: the next look finds it
+                raise
+            named = json.loads(reply["Body"].read())
+            self._names[batch] = {i: entry["node"] for i, entry in named.items()}
+        return self._names[batch].get(data["InstanceId"], "")
 
     def terminate(self, instance_ids: Sequence[str]) -> None:
         if not instance_ids:
@@ -225,9 +338,10 @@ class AwsCloud(Cloud):
                 {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]},
                 {"Name": "tag-key", "Values": [TAG_GROUP]},
                 {"Name": "instance-state-name", "Values": ALIVE_STATES},
-            ]
+            ],
+            MaxResults=1000,
         )
-        return [_instance(i) for i in found]
+        return [_instance(i, self.node_of(i)) for i in found]
 
     def _instances(self, **params: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -265,6 +379,8 @@ def aws_cloud_from_config(config: dict[str, Any]) -> AwsCloud:
     return AwsCloud(
         cluster=config["cluster"],
         groups=config.get("groups", {}),
+        bucket=config["bucket"],
+        bundles=int(config.get("host_key_bundles", 1)),
         region=config.get("region"),
         endpoint_url=config.get("endpoint_url"),
     )

@@ -1,4 +1,5 @@
-"""The head's cloud API on AWS (``AwsCloud``): instant fleets against the moto server.
+"""The head's cloud API on AWS (``AwsCloud``): instant fleets against the moto server, and
+the one S3 object per batch that names its instances.
 
 moto launches whatever it is asked for: it never throttles and never runs out of capacity.
 Those answers are made here, through botocore's own ``before-call`` hook, which hands the
@@ -7,6 +8,7 @@ client a response instead of sending the request; everything else is moto's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ from clusterkit.spec import load_spec
 from tests.aws.conftest import REGION, Aws
 
 NODES = [f"compute-dy-{i}" for i in range(1, 6)]
+BUCKET = "awc-bucket"
 
 
 @pytest.fixture
@@ -40,15 +43,28 @@ def group(aws: Aws) -> dict[str, Any]:
         LaunchTemplateName="awc-compute",
         LaunchTemplateData={"ImageId": aws.image(), "MetadataOptions": {"HttpTokens": "required"}},
     )["LaunchTemplate"]["LaunchTemplateId"]
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     return {"launch_template_id": template, "subnets": subnets}
 
 
-def _cloud(group: dict[str, Any], cluster: str = "awc") -> AwsCloud:
+def _cloud(group: dict[str, Any], cluster: str = "awc", bundles: int = 3) -> AwsCloud:
     backend = cloud_from_config(
-        {"kind": "aws", "cluster": cluster, "region": REGION, "groups": {"compute": group}}
-    )
+        {"kind": "aws", "cluster": cluster, "region": REGION, "groups": {"compute": group},
+         "bucket": BUCKET, "host_key_bundles": bundles}
+    )  # fmt: skip
     assert isinstance(backend, AwsCloud)
     return backend
+
+
+def _names(aws: Aws, cluster: str = "awc") -> dict[str, dict[str, str]]:
+    """Every batch's names object in the bucket, merged: instance id -> {node, keys}."""
+    s3 = aws.client("s3")
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"boot/{cluster}/names/")
+    out: dict[str, dict[str, str]] = {}
+    for obj in listed.get("Contents", []):
+        out.update(json.loads(s3.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()))
+    return out
 
 
 def _answer(status: int, body: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
@@ -64,7 +80,9 @@ def _intercept(client: Any, operation: str, answer: Callable[[dict[str, Any]], A
     client.meta.events.register(f"before-call.ec2.{operation}", before_call)
 
 
-def test_launch_tags_each_node_and_describe_sees_them(aws: Aws, group: dict[str, Any]) -> None:
+def test_launch_names_a_batch_in_one_object_and_describe_reads_it(
+    aws: Aws, group: dict[str, Any]
+) -> None:
     cloud = _cloud(group)
     result = cloud.launch("compute", NODES, Option("c7i.2xlarge", SPOT))
     assert result.error is None and result.failed == ()
@@ -73,17 +91,34 @@ def test_launch_tags_each_node_and_describe_sees_them(aws: Aws, group: dict[str,
         i.lifecycle == SPOT and i.address and i.state in ("pending", "running")
         for i in result.instances
     )
-    # One fleet for the batch, a tag call per node (each differs), one describe.
-    assert result.calls == 1 + len(NODES) + 1
+    # One fleet for the batch, one object naming its instances, one describe: no call per node.
+    assert result.calls == 3
     ec2 = aws.client("ec2")
     reply = ec2.describe_instances(InstanceIds=[i.instance_id for i in result.instances])
+    batches = set()
     for inst in (i for r in reply["Reservations"] for i in r["Instances"]):
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
         assert tags["clusterkit:cluster"] == "awc" and tags["clusterkit:group"] == "compute"
+        assert "clusterkit:node" not in tags  # names are not tags: a tag call per node
+        batches.add(tags["clusterkit:batch"])
         assert inst["SubnetId"] in group["subnets"]
         assert inst["InstanceLifecycle"] == "spot"
-    described = cloud.describe()
+    assert len(batches) == 1  # the fleet tagged every instance alike, at launch
+    named = _names(aws)
+    assert {i: e["node"] for i, e in named.items()} == {
+        i.instance_id: i.node for i in result.instances
+    }
+    # Each names the bundle with its host key, from the node's name alone.
+    assert all(
+        e["keys"] == f"boot/awc/host-keys/{cloud_aws.bundle_of(e['node'], 3)}.json"
+        for e in named.values()
+    )
+    fresh = _cloud(group)  # another process (the reconciler): reads the batch's object once
+    described = fresh.describe()
     assert sorted(i.node for i in described) == NODES
+    assert fresh.calls == 2  # one describe page, one names object
+    fresh.describe()
+    assert fresh.calls == 3
     # each instance's zone, so that the ledger costs it at its zone's Spot price
     zones = {i["InstanceId"]: i["Placement"]["AvailabilityZone"]
              for r in reply["Reservations"] for i in r["Instances"]}  # fmt: skip
@@ -129,7 +164,38 @@ def test_throttled_calls_back_off_and_retry(group: dict[str, Any]) -> None:
         sleeps[0] <= cloud_aws.BACKOFF_BASE_SECONDS
         and sleeps[1] <= 2 * cloud_aws.BACKOFF_BASE_SECONDS
     )
-    assert result.calls == 3 + 2 + 1  # three fleet calls, a tag per node, a describe
+    assert result.calls == 3 + 1 + 1  # three fleet calls, the names object, a describe
+
+
+def test_a_call_throttled_past_the_budget_fails_naming_it(
+    group: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cloud_aws, "RETRY_BUDGET_SECONDS", 3.0)
+    sleeps: list[float] = []
+    cloud = _cloud(group)
+    cloud.sleep = sleeps.append
+    slow = _answer(503, {"Error": {"Code": "RequestLimitExceeded", "Message": "slow"}})
+    _intercept(cloud.ec2, "CreateFleet", lambda body: slow)
+    result = cloud.launch("compute", NODES[:2], Option("c7i.2xlarge", SPOT))
+    assert result.instances == () and result.error is not None
+    assert result.error.code == "RequestLimitExceeded"
+    assert "create_fleet: still throttled after" in result.error.message
+    assert 3.0 <= sum(sleeps) < 3.0 + cloud_aws.BACKOFF_CAP_SECONDS
+    assert max(sleeps) <= cloud_aws.BACKOFF_CAP_SECONDS
+
+
+def test_instances_that_cannot_be_named_are_ended(aws: Aws, group: dict[str, Any]) -> None:
+    cloud = _cloud(group)
+    denied = _answer(403, {"Error": {"Code": "AccessDenied", "Message": "no"}})
+    cloud.s3.meta.events.register("before-call.s3.PutObject", lambda **_: denied)
+    result = cloud.launch("compute", NODES[:2], Option("c7i.2xlarge", SPOT))
+    assert result.instances == () and result.failed == tuple(NODES[:2])
+    assert result.error is not None and result.error.code == "AccessDenied"
+    ec2 = aws.client("ec2")
+    f = [{"Name": "tag:clusterkit:cluster", "Values": ["awc"]}]
+    states = [i["State"]["Name"] for r in ec2.describe_instances(Filters=f)["Reservations"]
+              for i in r["Instances"]]  # fmt: skip
+    assert len(states) == 2 and set(states) <= {"shutting-down", "terminated"}
 
 
 def test_capacity_errors_keep_aws_code_and_partial_results(aws: Aws, group: dict[str, Any]) -> None:
@@ -177,7 +243,7 @@ def test_a_bad_template_is_a_cloud_error_with_its_code(group: dict[str, Any]) ->
     assert result.error is not None
     assert result.error.code.startswith("InvalidLaunchTemplate")
     with pytest.raises(CloudError, match="UnknownGroup"):
-        cloud._fleet("nope", 1, Option("c7i.2xlarge", SPOT))
+        cloud._fleet("nope", 1, Option("c7i.2xlarge", SPOT), "b")
 
 
 def test_up_falls_back_from_spot_to_on_demand(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clusterkit import proc
 from clusterkit.nodetools.cloud import SPOT, Option
+from clusterkit.nodetools.cloud_aws import bundle_of
 from clusterkit.nodetools.clouds import cloud_from_config
 from tests.aws.conftest import ADMIN_CIDR, Aws
 
@@ -32,7 +33,7 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     assert found["launch-template"] == ["clusterkit-awa-compute"]
     assert found["key-pair"] == ["clusterkit-awa"]
     assert len(found["rule"]) == 3 and len(found["queue"]) == 1 and len(found["bucket"]) == 1
-    _check_secrets(aws, found["parameter"])
+    _check_secrets(aws, found["parameter"], found["bucket"][0])
 
     state = _state(aws, "awa")
     nodes = state["nodes"]
@@ -64,28 +65,27 @@ def test_up_no_configure_then_down(aws: Aws) -> None:
     assert not (aws.home / "clusters" / "awa").exists()
 
 
-def _check_secrets(aws: Aws, parameters: list[str]) -> None:
-    # Every planned node's host key (dynamic ones included), packed, and the node key.
-    ssm = aws.client("ssm")
-    shards = ssm.get_parameters_by_path(Path="/clusterkit/awa/host-keys", WithDecryption=True)
-    keys: dict[str, str] = {}
-    for p in shards["Parameters"]:
-        assert p["Type"] == "SecureString"
-        keys.update(json.loads(p["Value"]))
+def _check_secrets(aws: Aws, parameters: list[str], bucket: str) -> None:
+    # Every planned compute node's host key and certificate (dynamic ones included), in
+    # bundles in the cluster's bucket, each in the bundle its name gives.
+    s3 = aws.client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="boot/awa/host-keys/")["Contents"]
+    keys: dict[str, dict[str, str]] = {}
+    for obj in listed:
+        bundle = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        assert all(obj["Key"] == f"boot/awa/host-keys/{bundle_of(n, len(listed))}.json"
+                   for n in bundle)  # fmt: skip
+        keys.update(bundle)
     computes = ["compute-st-1", "compute-st-2", "compute-dy-1", "compute-dy-2"]
     assert sorted(keys) == sorted(computes)
     hosts = aws.home / "clusters" / "awa" / "keys" / "hosts"
-    assert all(keys[n] == (hosts / n).read_text() for n in computes)
-    # The head's key apart: only the head's role may read it.
+    assert all(keys[n]["key"] == (hosts / n).read_text() for n in computes)
+    assert all(keys[n]["cert"] == (hosts / f"{n}-cert.pub").read_text() for n in computes)
+    # The head's key apart, in SSM: only the head's role may read it.
+    ssm = aws.client("ssm")
     head_key = ssm.get_parameter(Name="/clusterkit/awa/head-host-key", WithDecryption=True)
     assert head_key["Parameter"]["Value"] == (hosts / "awa-head").read_text()
-    assert sorted(parameters) == sorted(
-        [
-            "/clusterkit/awa/node-key",
-            "/clusterkit/awa/head-host-key",
-            *(p["Name"] for p in shards["Parameters"]),
-        ]
-    )
+    assert sorted(parameters) == ["/clusterkit/awa/head-host-key", "/clusterkit/awa/node-key"]
 
 
 def _check_instances(aws: Aws, nodes: dict) -> None:  # type: ignore[type-arg]
@@ -95,6 +95,8 @@ def _check_instances(aws: Aws, nodes: dict) -> None:  # type: ignore[type-arg]
     )["UserData"]["Value"]
     head_script = base64.b64decode(head_data).decode()
     assert "/clusterkit/awa/head-host-key" in head_script and "PRIVATE KEY" not in head_script
+    head_cert = aws.home / "clusters" / "awa" / "keys" / "hosts" / "awa-head-cert.pub"
+    assert head_cert.read_text().strip() in head_script  # public: it travels as it is
     proc.run(["bash", "-n"], input=head_script)
 
     ids = [n["instance_id"] for n in nodes.values()]
@@ -110,7 +112,8 @@ def _check_instances(aws: Aws, nodes: dict) -> None:  # type: ignore[type-arg]
     for name in ("compute-st-1", "compute-st-2"):
         inst = described[nodes[name]["instance_id"]]
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
-        assert tags["clusterkit:node"] == name and tags["clusterkit:group"] == "compute"
+        assert tags["clusterkit:group"] == "compute" and tags["clusterkit:batch"]
+        assert tags["Name"] == "awa-compute"  # alike for a fleet; the node is in its batch
         assert inst["InstanceLifecycle"] == "spot"
         assert inst["InstanceType"] == "c7i.2xlarge"  # the first option had capacity
         assert inst["PrivateIpAddress"] == nodes[name]["address"]
@@ -134,15 +137,17 @@ def _check_launch_template(aws: Aws, cluster_dir: Path) -> None:
     assert data["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
     user_data = base64.b64decode(data["UserData"]).decode()
     # Only the names of secrets travel in user-data, never the secrets.
-    assert "/clusterkit/awa/host-keys" in user_data and "/clusterkit/awa/node-key" in user_data
+    assert "boot/awa/names/" in user_data and "/clusterkit/awa/node-key" in user_data
     assert "PRIVATE KEY" not in user_data
     for secret in (cluster_dir / "keys" / "node_ed25519", cluster_dir / "keys" / "munge.key"):
         body = secret.read_bytes()
         assert body[40:100].decode(errors="replace") not in user_data
     assert "slurmd" in user_data  # the same boot script as a local node's
     proc.run(["bash", "-n"], input=user_data)  # valid bash, or CommandError with bash's words
-    known_hosts = (cluster_dir / "ssh" / "known_hosts").read_text().splitlines()
-    assert all(line.split(",")[0].split()[0] in user_data for line in known_hosts)
+    # Nodes trust each other through the cluster's host CA: one line, whatever the size.
+    ca = (cluster_dir / "keys" / "host_ca.pub").read_text().split()[1]
+    assert f"@cert-authority * ssh-ed25519 {ca}" in user_data
+    assert "HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub" in user_data
 
 
 def _check_iam(aws: Aws, bucket: str) -> None:
@@ -186,9 +191,21 @@ def _check_iam(aws: Aws, bucket: str) -> None:
         "s3:DeleteObject",
         "s3:AbortMultipartUpload",
     }
+    # Compute nodes read their boot material; the head names batches, and nothing more.
+    compute_sids = {s["Sid"]: s for s in compute["Statement"]}
+    assert compute_sids["ReadBootMaterial"] == {
+        "Sid": "ReadBootMaterial", "Effect": "Allow", "Action": ["s3:GetObject"],
+        "Resource": f"arn:aws:s3:::{bucket}/boot/awa/*",
+    }  # fmt: skip
+    assert statements["NameBatches"]["Resource"] == f"arn:aws:s3:::{bucket}/boot/awa/names/*"
+    assert "NameOwnInstances" not in statements  # no CreateTags after launch
     # Both roles use only the cluster's checkpoints in the bucket (it may be the spec's own).
     for doc in (policy, compute):
-        s3 = {s["Sid"]: s for s in doc["Statement"] if _list(s["Action"])[0].startswith("s3:")}
+        s3 = {
+            s["Sid"]: s
+            for s in doc["Statement"]
+            if _list(s["Action"])[0].startswith("s3:") and "Checkpoints" in s["Sid"]
+        }
         assert s3["ListCheckpoints"]["Resource"] == f"arn:aws:s3:::{bucket}"
         assert s3["ListCheckpoints"]["Condition"] == {
             "StringLike": {"s3:prefix": "checkpoints/awa/*"}
@@ -208,6 +225,7 @@ def _check_bucket_queue_rules(aws: Aws, bucket: str, queue_url: str) -> None:
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
     lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert lifecycle[0]["Status"] == "Enabled" and lifecycle[0]["Expiration"]["Days"] > 0
+    assert lifecycle[0]["Filter"] == {"Prefix": "checkpoints/awa/"}  # boot material stays
     sqs = aws.client("sqs")
     attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     policy = json.loads(attrs["Policy"])["Statement"][0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from clusterkit.errors import CapacityError, ProviderError
@@ -58,18 +56,3 @@ def test_group_options_try_every_spot_type_before_on_demand() -> None:
     ]
     spot_only = GroupSpec(name="g", instance_types=("a",), capacity="spot")
     assert [o.lifecycle for o in group_options(spot_only)] == ["spot"]
-
-
-def test_host_keys_pack_into_few_parameters_of_at_most_4_kib() -> None:
-    from clusterkit.providers.aws.names import SHARD_CHARS, host_key_shards
-
-    pem = "-----BEGIN OPENSSH PRIVATE KEY-----\n" + ("A" * 70 + "\n") * 5 + "-----END-----\n"
-    keys = {f"compute-dy-{i}": pem + str(i) for i in range(65)}
-    shards = host_key_shards("demo", keys)
-    assert all(len(v) <= SHARD_CHARS for v in shards.values())
-    assert len(shards) <= 10  # 65 parameters one by one
-    merged: dict[str, str] = {}
-    for name, value in shards.items():
-        assert name.startswith("/clusterkit/demo/host-keys/")
-        merged.update(json.loads(value))
-    assert merged == keys

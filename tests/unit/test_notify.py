@@ -169,8 +169,8 @@ def test_the_aws_head_may_publish_to_the_specs_topic_and_no_other() -> None:
     from clusterkit.providers.aws.policies import Scope, head_policy
 
     topic = "arn:aws:sns:eu-west-1:123456789012:ck"
-    with_topic = json.loads(head_policy(Scope("c", "eu-west-1", "123456789012", "b", topic)))
+    with_topic = json.loads(head_policy(Scope("c", "eu-west-1", "123456789012", "b", "b", topic)))
     publish = [s for s in with_topic["Statement"] if "sns:Publish" in str(s["Action"])]
     assert [s["Resource"] for s in publish] == [topic]
-    without = json.loads(head_policy(Scope("c", "eu-west-1", "123456789012", "b")))
+    without = json.loads(head_policy(Scope("c", "eu-west-1", "123456789012", "b", "b")))
     assert not [s for s in without["Statement"] if "sns:" in str(s["Action"])]

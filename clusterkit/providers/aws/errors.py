@@ -35,7 +35,8 @@ HINTS = {
     "InvalidVpcID.NotFound": "check aws.vpc_id: it must exist in the region",
     "InvalidIPAddress.InUse": "the head's fixed address is taken in that subnet: free it or use "
     "another subnet",
-    "BucketAlreadyExists": "the bucket name is taken by another account: set aws.checkpoint_bucket",
+    "BucketAlreadyExists": "the cluster's bucket name is taken by another account: name the "
+    "cluster otherwise",
     "DependencyViolation": "something still uses it: run `clusterkit down` again in a minute",
 }
 for _code in CAPACITY_CODES:

@@ -1,6 +1,6 @@
-"""What the cluster's instances launch with, once its keys exist: the SSM secrets they
-read, the image, each group's launch template and every instance's launch data (profile,
-IMDSv2 only, network interface, user-data within AWS's 16 KiB).
+"""What the cluster's instances launch with, once its keys exist: the SSM secrets and the
+host-key bundles they read, the image, each group's launch template and every instance's
+launch data (profile, IMDSv2 only, network interface, user-data within AWS's 16 KiB).
 """
 
 from __future__ import annotations
@@ -54,11 +54,25 @@ class LaunchResources(NetworkResources):
                 **extra,
             )
 
-    def delete_secrets(self, doomed: list[str]) -> None:
-        ssm = self.aws.client("ssm")
-        for start in range(0, len(doomed), 10):  # ten names a call
-            batch = doomed[start : start + 10]
-            aws_call("ssm DeleteParameters", ", ".join(batch), ssm.delete_parameters, Names=batch)
+    def boot_objects(self, objects: dict[str, str]) -> None:
+        """The compute nodes' host-key bundles (``{key: JSON}``) in the cluster's own bucket;
+        bundles of an earlier ``up`` that are not among them go (the node count changed)."""
+        s3 = self.aws.client("s3")
+        bucket = self.own_bucket_name()
+        for key, body in objects.items():
+            aws_call("s3 PutObject", key, s3.put_object, Bucket=bucket, Key=key,
+                     Body=body.encode(), ContentType="application/json")  # fmt: skip
+        prefix = names.keys_key(self.name, 0).rsplit("/", 1)[0] + "/"
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        stale = [
+            {"Key": o["Key"]}
+            for page in aws_call("s3 ListObjectsV2", prefix, list, pages)
+            for o in page.get("Contents", [])
+            if o["Key"] not in objects
+        ]
+        for start in range(0, len(stale), 1000):  # DeleteObjects takes a thousand at a time
+            aws_call("s3 DeleteObjects", prefix, s3.delete_objects, Bucket=bucket,
+                     Delete={"Objects": stale[start : start + 1000], "Quiet": True})  # fmt: skip
 
     def image(self) -> str:
         if self.spec.aws.image_id:
@@ -108,8 +122,8 @@ class LaunchResources(NetworkResources):
         encoded = user_data.encode()
         if len(encoded) > USER_DATA_LIMIT:
             raise ProviderError(
-                f"the {role} user-data is {len(encoded)} bytes, over AWS's 16 KiB: fewer nodes "
-                "in the spec (known_hosts grows with them)"
+                f"the {role} user-data is {len(encoded)} bytes, over AWS's 16 KiB: fewer users "
+                "or tenants in the spec (the boot script mounts each one's directory)"
             )
         # Every node gets a public address (its interface asks for one, so the subnets need
         # no setting): nodes reach AWS's APIs (SSM, S3) and package mirrors through the

@@ -7,12 +7,26 @@ derive from the cluster's name too, and where a name is a prefix of another clus
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from clusterkit.nodetools.cloud_aws import TAG_CLUSTER, TAG_GROUP, TAG_NODE
+from clusterkit.nodetools.cloud_aws import (
+    TAG_BATCH,
+    TAG_CLUSTER,
+    TAG_GROUP,
+    TAG_NODE,
+    boot_prefix,
+    keys_key,
+)
 
-__all__ = ["TAG_CLUSTER", "TAG_GROUP", "TAG_NODE", "TAG_ROLE"]
+__all__ = [
+    "TAG_BATCH",
+    "TAG_CLUSTER",
+    "TAG_GROUP",
+    "TAG_NODE",
+    "TAG_ROLE",
+    "boot_prefix",
+    "keys_key",
+]
 
 TAG_ROLE = "clusterkit:role"
 # The subnets clusterkit makes in a VPC of its own: /20s of this /16, one per zone.
@@ -20,8 +34,6 @@ VPC_CIDR = "10.42.0.0/16"
 MAX_ZONES = 3
 # The head's fixed address: this offset into the first subnet (AWS keeps .0 to .3).
 HEAD_HOST_OFFSET = 10
-# A Standard-tier SSM parameter holds up to 4 KiB.
-SHARD_CHARS = 4096
 EVENT_RULES = {
     "spot-interruption": "EC2 Spot Instance Interruption Warning",
     "rebalance": "EC2 Instance Rebalance Recommendation",
@@ -86,25 +98,6 @@ def checkpoint_prefix(cluster: str) -> str:
 
 def param_root(cluster: str) -> str:
     return f"/clusterkit/{cluster}"
-
-
-def host_keys_path(cluster: str) -> str:
-    return f"{param_root(cluster)}/host-keys"
-
-
-def host_key_shards(cluster: str, keys: dict[str, str]) -> dict[str, str]:
-    """Host keys packed into parameters of at most ``SHARD_CHARS``: JSON maps node -> key.
-
-    SSM has no batch put; packing is the batching. Every instance of the cluster may read
-    every parameter of the cluster either way (the role's condition is the cluster's tag),
-    so a shard gives a node nothing it could not read before.
-    """
-    shards: list[dict[str, str]] = [{}]
-    for node, key in keys.items():
-        if shards[-1] and len(json.dumps({**shards[-1], node: key})) > SHARD_CHARS:
-            shards.append({})
-        shards[-1][node] = key
-    return {f"{host_keys_path(cluster)}/{i}": json.dumps(s) for i, s in enumerate(shards)}
 
 
 def head_key_param(cluster: str) -> str:

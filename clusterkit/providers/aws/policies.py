@@ -2,8 +2,9 @@
 
 The head may launch instances only if they carry the cluster's tag, terminate only instances
 that carry it, read only its own queue and secrets, use only its own bucket, and hand only
-the compute role to the instances it launches. Compute nodes may read the cluster's secrets
-(their host key, the node key) and use the cluster's checkpoints in the bucket; nothing else.
+the compute role to the instances it launches; in the bucket, it names the batches it
+launches. Compute nodes may read the node key, their boot material in the cluster's own
+bucket (names, host keys and certificates) and use the cluster's checkpoints; nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Scope:
     cluster: str
     region: str
     account: str
-    bucket: str
+    bucket: str  # where checkpoints go: the spec's bucket, else the cluster's own
+    own_bucket: str  # the cluster's own, which holds its boot material
     topic: str | None = None  # the SNS topic notifications go to (notify.sns_topic_arn)
 
     def ec2(self, kind: str) -> str:
@@ -100,6 +102,15 @@ def _bucket(s: Scope) -> list[dict[str, Any]]:
     ]
 
 
+def _boot(s: Scope, sid: str, actions: list[str], under: str) -> dict[str, Any]:
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": f"arn:aws:s3:::{s.own_bucket}/{names.boot_prefix(s.cluster)}{under}*",
+    }
+
+
 def head_policy(s: Scope) -> str:
     launch_from = [
         s.ec2(kind)
@@ -144,16 +155,6 @@ def head_policy(s: Scope) -> str:
             "Condition": {"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"]}},
         },
         {
-            "Sid": "NameOwnInstances",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": s.ec2("instance"),
-            "Condition": {
-                **own,
-                "ForAllValues:StringEquals": {"aws:TagKeys": [names.TAG_NODE, "Name"]},
-            },
-        },
-        {
             "Sid": "TerminateOwnInstances",
             "Effect": "Allow",
             "Action": "ec2:TerminateInstances",
@@ -194,6 +195,8 @@ def head_policy(s: Scope) -> str:
         },
         # The head reads its own host key only: compute nodes never see it.
         _secrets(s, "ReadOwnHostKey", [s.param(names.head_key_param(s.cluster))]),
+        # The resume program names each batch it launches (one object per fleet call).
+        _boot(s, "NameBatches", ["s3:PutObject", "s3:GetObject"], "names/"),
         *_bucket(s),
         *_notify(s),
     )
@@ -208,9 +211,12 @@ def _notify(s: Scope) -> list[dict[str, Any]]:
 
 
 def compute_policy(s: Scope) -> str:
-    keys = names.host_keys_path(s.cluster)
-    readable = [s.param(names.node_key_param(s.cluster)), s.param(keys), s.param(f"{keys}/*")]
-    return _doc(_secrets(s, "ReadComputeSecrets", readable), *_bucket(s))
+    readable = [s.param(names.node_key_param(s.cluster))]
+    return _doc(
+        _secrets(s, "ReadComputeSecrets", readable),
+        _boot(s, "ReadBootMaterial", ["s3:GetObject"], ""),
+        *_bucket(s),
+    )
 
 
 def queue_policy(s: Scope) -> str:

@@ -10,8 +10,10 @@ program uses (``nodetools.cloud_aws``), trying the group's options in order.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from clusterkit.boot import NODE_KEY_ON_NODE, boot_script
@@ -19,7 +21,7 @@ from clusterkit.errors import ConfigureError, SpecError
 from clusterkit.files import ClusterFiles
 from clusterkit.headfiles import capacity_options
 from clusterkit.nodetools.cloud import CAPACITY_CODES, Instance, Option
-from clusterkit.nodetools.cloud_aws import AwsCloud
+from clusterkit.nodetools.cloud_aws import AwsCloud, bundle_count, bundle_of
 from clusterkit.plan import NodePlan, head_name, plan_nodes, static_nodes
 from clusterkit.prices import Price, spec_types
 from clusterkit.providers.aws import names, pricing, teardown
@@ -32,7 +34,7 @@ from clusterkit.secretref import checked_password
 from clusterkit.spec import ClusterSpec, GroupSpec
 from clusterkit.state import ClusterState, NodeState
 from clusterkit.traits import Traits
-from clusterkit.trust import ClusterTrust, public_key
+from clusterkit.trust import ClusterTrust, host_cert, public_key
 
 ALIVE = ("pending", "running")
 # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually consistent).
@@ -141,6 +143,8 @@ class AwsProvider(Provider):
             "cluster": spec.name,
             "region": network.get("region"),
             "endpoint_url": network.get("endpoint_url") or None,
+            "bucket": network.get("bucket"),
+            "host_key_bundles": bundle_count(compute_count(spec)),
             "groups": {
                 g.name: {
                     "launch_template_id": network.get(f"template:{g.name}"),
@@ -187,49 +191,51 @@ class AwsProvider(Provider):
         self._instances = None
 
     def _publish(self, boot: NodeBoot) -> None:
-        """Secrets to SSM (every planned node's host key: dynamic nodes boot later), then a
-        launch template per group. Once per ``up``."""
+        """Secrets to SSM (the head's host key, the node key), the compute nodes' host keys
+        and certificates to the cluster's bucket in bundles (every planned node's: dynamic
+        nodes boot later), then a launch template per group. Once per ``up``."""
         if self._published:
             return
         res = self.resources
-        have = res.secret_names()
         host_keys = boot.host_key.parent  # every node's key pair lives beside this one
-        keys = {
-            n.name: (host_keys / n.name).read_text(encoding="utf-8") for n in plan_nodes(self.spec)
-        }
-        # The head's key apart, readable by the head's role only; compute keys packed.
-        head_key = keys.pop(head_name(self.state.name))
-        shards = names.host_key_shards(self.state.name, keys)
         node_key = ClusterFiles(self.state.dir).node_key.read_text(encoding="utf-8")
+        head = head_name(self.state.name)
         res.secrets(
             {
-                names.head_key_param(self.state.name): head_key,
+                names.head_key_param(self.state.name): (host_keys / head).read_text(
+                    encoding="utf-8"
+                ),
                 names.node_key_param(self.state.name): node_key,
-                **shards,
             },
-            have,
+            res.secret_names(),
         )
-        prefix = names.host_keys_path(self.state.name) + "/"
-        res.delete_secrets(sorted(n for n in have if n.startswith(prefix) and n not in shards))
-        compute = self._user_data("compute", boot, with_boot_script=True)
+        compute = [n.name for n in plan_nodes(self.spec) if n.role == "compute"]
+        res.boot_objects(host_key_bundles(self.state.name, host_keys, compute))
+        data = self._user_data("compute", boot, with_boot_script=True)
         for group in self.spec.groups:
-            res.launch_template(group.name, compute)
+            res.launch_template(group.name, data)
         self._published = True
 
     def _user_data(self, role: str, boot: NodeBoot, with_boot_script: bool) -> str:
         cluster = self.state.name
+        head = head_name(cluster)
+        # The head's certificate is public: it travels in its own user-data.
+        cert = host_cert(boot.host_key.parent / head) if role == "head" else None
         return render(
             "boot/aws-prologue.sh.j2",
             role=role,
             cluster=cluster,
             node_tag=names.TAG_NODE,
-            host_keys_path=names.host_keys_path(cluster),
+            batch_tag=names.TAG_BATCH,
+            bucket=self.resources.own_bucket_name(),
+            names_prefix=f"{names.boot_prefix(cluster)}names/",
             head_key_param=names.head_key_param(cluster) if role == "head" else "",
+            head_cert=cert.read_text(encoding="utf-8").strip() if cert else "",
             node_key=NODE_KEY_ON_NODE if role == "compute" else "",
             node_key_param=names.node_key_param(cluster),
             authorized_keys=boot.authorized_keys.strip(),
             known_hosts=boot.known_hosts.strip(),
-            head=head_name(cluster),
+            head=head,
             head_address=self.resources.head_address(),
             boot_script=boot_script(self.spec, self.traits).strip() if with_boot_script else "",
         )
@@ -328,17 +334,20 @@ class AwsProvider(Provider):
                     raise
                 time.sleep(2)
 
-    def _launch_group(self, group: GroupSpec, members: list[NodePlan]) -> Iterator[NodeState]:
-        cloud = AwsCloud(
+    def _cloud(self) -> AwsCloud:
+        """The head's cloud backend, run from here with this machine's clients."""
+        config = self.cloud_config(self.spec, self.state.network)
+        return AwsCloud(
             self.state.name,
-            {
-                group.name: {
-                    "launch_template_id": self.state.network[f"template:{group.name}"],
-                    "subnets": self.state.network["subnet_ids"].split(","),
-                }
-            },
-            ec2=self.aws.ec2,
+            config["groups"],
+            bucket=config["bucket"],
+            bundles=config["host_key_bundles"],
+            ec2=self.aws.client("ec2", retries=False),
+            s3=self.aws.client("s3", retries=False),
         )
+
+    def _launch_group(self, group: GroupSpec, members: list[NodePlan]) -> Iterator[NodeState]:
+        cloud = self._cloud()
         by_name = {n.name: n for n in members}
         remaining = list(by_name)
         tried: list[str] = []
@@ -379,11 +388,11 @@ class AwsProvider(Provider):
                 ]
             )
             found: dict[str, dict[str, Any]] = {}
+            cloud = self._cloud()
             for page in aws_call("ec2 DescribeInstances", "the cluster's instances", list, pages):
                 for r in page["Reservations"]:
                     for i in r["Instances"]:
-                        tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
-                        found[tags.get(names.TAG_NODE, i["InstanceId"])] = i
+                        found[cloud.node_of(i) or i["InstanceId"]] = i
             self._instances = found
         return self._instances
 
@@ -463,6 +472,23 @@ class AwsProvider(Provider):
         if dynamic:
             notes.append(f"{dynamic} dynamic node(s) start only while jobs need them")
         return DryRun(resources, cost, notes)
+
+
+def compute_count(spec: ClusterSpec) -> int:
+    return sum(g.max for g in spec.groups)
+
+
+def host_key_bundles(cluster: str, keys: Path, nodes: list[str]) -> dict[str, str]:
+    """The objects that carry ``nodes``' host keys and certificates (from ``keys``), as
+    ``{key: JSON}``: ``{node: {"key": private key, "cert": certificate}}`` per bundle."""
+    count = bundle_count(len(nodes))
+    bundles: list[dict[str, dict[str, str]]] = [{} for _ in range(count)]
+    for node in nodes:
+        bundles[bundle_of(node, count)][node] = {
+            "key": (keys / node).read_text(encoding="utf-8"),
+            "cert": host_cert(keys / node).read_text(encoding="utf-8"),
+        }
+    return {names.keys_key(cluster, i): json.dumps(b) for i, b in enumerate(bundles)}
 
 
 def _node_state(node: NodePlan, inst: Instance) -> NodeState:

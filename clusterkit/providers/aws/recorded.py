@@ -32,6 +32,11 @@ class Recorded:
         # so an `up` after resources vanished (or a crash) makes them again.
         self.done: set[str] = set()
 
+    def own_bucket_name(self) -> str:
+        """The cluster's own bucket: its boot material, and checkpoints unless the spec
+        names a bucket for them."""
+        return names.bucket_name(self.name, self.aws.account, self.aws.region)
+
     def _set(self, key: str, value: str) -> str:
         self.record[key] = value
         self.done.add(key)

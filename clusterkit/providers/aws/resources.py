@@ -56,10 +56,12 @@ def planned(spec: ClusterSpec) -> list[Planned]:
         Planned("iam role + instance profile", names.role_name(spec.name, "head")),
         Planned("iam role + instance profile", names.role_name(spec.name, "compute")),
     ]
-    if not spec.aws.checkpoint_bucket:
-        out.append(Planned("s3 bucket", f"{p}-ACCOUNT-REGION (private, encrypted, lifecycle)"))
+    held = "boot material" + ("" if spec.aws.checkpoint_bucket else ", checkpoints")
+    out.append(Planned("s3 bucket", f"{p}-ACCOUNT-REGION (private, encrypted: {held})"))
     out.append(Planned("sqs queue", names.queue_name(spec.name)))
     out += [Planned("eventbridge rule", names.rule_name(spec.name, k)) for k in names.EVENT_RULES]
-    out.append(Planned("ssm parameters", f"{names.param_root(spec.name)}/* (host keys, node key)"))
+    out.append(
+        Planned("ssm parameters", f"{names.param_root(spec.name)}/* (head host key, node key)")
+    )
     out += [Planned("launch template", names.template_name(spec.name, g.name)) for g in spec.groups]
     return out

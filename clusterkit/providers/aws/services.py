@@ -21,7 +21,7 @@ class ServiceResources(Recorded):
     def scope(self) -> policies.Scope:
         return policies.Scope(
             self.name, self.aws.region, self.aws.account, self.bucket_name(),
-            topic=self.spec.notify.sns_topic_arn,
+            own_bucket=self.own_bucket_name(), topic=self.spec.notify.sns_topic_arn,
         )  # fmt: skip
 
     def iam(self) -> None:
@@ -82,16 +82,17 @@ class ServiceResources(Recorded):
     # -- checkpoints and interruption events -----------------------------------------------
 
     def bucket_name(self) -> str:
-        return self.spec.aws.checkpoint_bucket or names.bucket_name(
-            self.name, self.aws.account, self.aws.region
-        )
+        """Where checkpoints go: the spec's bucket, else the cluster's own."""
+        return self.spec.aws.checkpoint_bucket or self.own_bucket_name()
 
     def bucket(self) -> None:
-        """A private, encrypted bucket with a lifecycle rule, unless the spec names one."""
-        if self.spec.aws.checkpoint_bucket or "bucket" in self.done:
+        """The cluster's own bucket, private and encrypted: its boot material (nodes' names,
+        host keys), and its checkpoints unless the spec names a bucket for them, which
+        expire with a lifecycle rule."""
+        if "bucket" in self.done:
             return
         s3 = self.aws.client("s3")
-        name = self.bucket_name()
+        name = self.own_bucket_name()
         params: dict[str, Any] = {"Bucket": name}
         if self.aws.region != "us-east-1":  # us-east-1 refuses its own name as a constraint
             params["CreateBucketConfiguration"] = {"LocationConstraint": self.aws.region}
@@ -139,7 +140,7 @@ class ServiceResources(Recorded):
                     {
                         "ID": "clusterkit-checkpoints",
                         "Status": "Enabled",
-                        "Filter": {"Prefix": ""},
+                        "Filter": {"Prefix": names.checkpoint_prefix(self.name)},
                         "Expiration": {"Days": CHECKPOINT_EXPIRY_DAYS},
                         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
                     }

@@ -21,9 +21,14 @@ from clusterkit.errors import ProviderError
 # (event name, handler) registered on every session made here, e.g. ("before-call", count).
 EVENT_HOOKS: list[tuple[str, Callable[..., Any]]] = []
 
-# Adaptive retries ride out throttling on every call clusterkit makes from this machine.
+# Adaptive retries ride out throttling on every call clusterkit makes from this machine...
 CLIENT_CONFIG = Config(
     retries={"mode": "adaptive", "max_attempts": 8}, user_agent_extra="clusterkit"
+)
+# ...but those of the head's cloud backend, run from here too, which retries on its own
+# within a bounded wait (retries stacked on retries would make that bound meaningless).
+BARE_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": 1}, user_agent_extra="clusterkit"
 )
 
 
@@ -53,8 +58,10 @@ class Aws:
         return str(self._region)
 
     @functools.cache  # noqa: B019 - one client per service for the life of this object
-    def client(self, service: str) -> Any:
-        client = self.session.client(service, region_name=self._region, config=CLIENT_CONFIG)
+    def client(self, service: str, *, retries: bool = True) -> Any:
+        """The service's client; ``retries=False``: one that leaves retries to the caller."""
+        config = CLIENT_CONFIG if retries else BARE_CONFIG
+        client = self.session.client(service, region_name=self._region, config=config)
         for name, handler in EVENT_HOOKS:
             client.meta.events.register(name, handler)
         return client
