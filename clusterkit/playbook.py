@@ -25,6 +25,7 @@ from clusterkit.headfiles import events_queue
 from clusterkit.nodetools import NODE_TOOLS, entry_point
 from clusterkit.plan import cluster_users, head_name, tenant_groups
 from clusterkit.resources import playbook_dir
+from clusterkit.slurmconf import head_sysctls
 from clusterkit.spec import ClusterSpec
 from clusterkit.state import ClusterState, atomic_write
 from clusterkit.traits import Traits, shared_type
@@ -95,6 +96,7 @@ def ansible_vars(
             for s in supervision.head_services(spec, traits, spot_events=spot_events)
         ],
         "ck_users": users,
+        "ck_head_sysctls": head_sysctls(spec),
         "ck_tenants": [
             {"name": t.name, "gid": t.gid, "members": list(t.members), "directory": t.directory}
             for t in tenant_groups(spec)

@@ -390,6 +390,23 @@ def size_settings(spec: ClusterSpec, nodes: Sequence[SlurmNodeDef]) -> Settings:
     return settings
 
 
+# The kernel's listen backlogs (``somaxconn`` and ``tcp_max_syn_backlog``) on Linux 5.4 and
+# later; Debian 12's kernel keeps them there.
+KERNEL_BACKLOG = 4096
+
+
+def head_sysctls(spec: ClusterSpec) -> dict[str, str]:
+    """Kernel settings of the head for bursts of messages from every node at once: a listen
+    backlog of twice the node count (SchedMD's High Throughput guide: "to support a burst of
+    1024 requests, set somaxconn to 1024"; nodes register, answer pings and end jobs in
+    waves). Only where that is above the kernel's own 4,096; both settings belong to the
+    head's network namespace, so a local head changes nothing of this machine."""
+    wanted = 2 * (sum(g.max for g in spec.groups) + 1)
+    if wanted <= KERNEL_BACKLOG:
+        return {}
+    return {"net.core.somaxconn": str(wanted), "net.ipv4.tcp_max_syn_backlog": str(wanted)}
+
+
 def tree_width(count: int, *, cloud: bool) -> int | None:
     """slurmd's message fan-out for ``count`` compute nodes, or None for Slurm's default.
 

@@ -534,3 +534,14 @@ def test_the_tree_reaches_every_node_in_the_hops_the_manual_gives(count: int) ->
 def test_dynamic_nodes_are_reached_directly_at_any_size() -> None:
     for count in (16, 5000):
         assert parse_conf(top_settings(sized(count, dynamic=True)))[0]["TreeWidth"] == "65533"
+
+
+@pytest.mark.parametrize(("count", "backlog"), [(16, None), (1000, None), (2047, None),
+                                                (2048, "4098"), (5000, "10002")])  # fmt: skip
+def test_the_heads_listen_backlog_is_raised_only_past_the_kernels(
+    count: int, backlog: str | None
+) -> None:
+    from clusterkit.slurmconf import head_sysctls
+
+    wanted = {"net.core.somaxconn": backlog, "net.ipv4.tcp_max_syn_backlog": backlog}
+    assert head_sysctls(sized(count, dynamic=True)) == ({} if backlog is None else wanted)
