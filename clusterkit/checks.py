@@ -14,8 +14,10 @@ plan order. The checks, per node (``HEAD_CHECKS``, ``COMPUTE_CHECKS``):
   compute node's configless cache (``SlurmdSpoolDir/conf-cache/slurm.conf``) is the head's;
 - ``shared-mounted``: shared storage is a mount point (on the head of a local cluster too,
   where the provider bind-mounts it);
-- ``shared-rw``: the node writes a unique file to shared storage, reads the file of every
-  other node with the right content, then removes its own;
+- ``shared-rw``: the node writes a unique file to shared storage, reads with the right
+  content the files of the next ``SHARED_PEERS`` nodes (in plan order, wrapping round: every
+  file is read by that many other nodes, and the reads grow with the nodes, not their
+  square), then removes its own;
 - ``slurm-idle`` (computes): ``sinfo --json`` shows the node IDLE, MIXED or ALLOCATED (busy
   with jobs) and neither drained, down nor not responding;
 - ``cgroup-cpus`` / ``cgroup-memory`` (computes): a step run from the head as the first cluster
@@ -144,6 +146,18 @@ Key = tuple[str, str]
 def failures(checks: Iterable[Check]) -> list[Check]:
     """The checks that failed, in their order."""
     return [c for c in checks if not c.ok]
+
+
+# Each node reads the shared files of this many others (fewer in a smaller cluster).
+SHARED_PEERS = 3
+
+
+def shared_peers(nodes: Sequence[str], node: str) -> list[str]:
+    """The nodes whose shared files ``node`` reads: the next ``SHARED_PEERS`` in ``nodes``,
+    wrapping round."""
+    at = list(nodes).index(node)
+    count = min(SHARED_PEERS, len(nodes) - 1)
+    return [nodes[(at + i) % len(nodes)] for i in range(1, count + 1)]
 
 
 def shared_content(token: str, node: str) -> str:
@@ -292,8 +306,8 @@ def _every_node_checks(
     for node in layout.nodes:
         expected = {
             files[o]: content_sha256(token, o)
-            for o in layout.nodes
-            if o != node and probes[o, "write"].ok
+            for o in shared_peers(layout.nodes, node)
+            if probes[o, "write"].ok
         }
         checks += [
             judge_daemon(node, "munged", probes[node, "munged"]),
@@ -415,7 +429,7 @@ def judge_mounted(node: str, directory: str, out: Output) -> Check:
 
 
 def judge_shared_rw(node: str, probes: Mapping[Key, Output], expected: Mapping[str, str]) -> Check:
-    """The node wrote its file, read every other node's with the right content, removed its own."""
+    """The node wrote its file, read its peers' with the right content, removed its own."""
     write = probes[node, "write"]
     if write.rc == NOT_RUN:
         return Check(node, "shared-rw", False, f"cannot try shared storage: {write.why()}")

@@ -44,6 +44,7 @@ from clusterkit.checks import (
     node_busy,
     node_ready,
     shared_content,
+    shared_peers,
     step_jobs,
 )
 from clusterkit.errors import SlurmError
@@ -396,7 +397,7 @@ def second_plan(
         if first[node, "slurmd"].ok and first[head, "ping"].ok and node not in busy:
             plan[node, "step"] = Command(head, _srun(layout, node), SRUN_TIMEOUT)
     for node in layout.nodes:
-        others = [files[o] for o in layout.nodes if o != node and first[o, "write"].ok]
+        others = [files[o] for o in shared_peers(layout.nodes, node) if first[o, "write"].ok]
         if others:
             plan[node, "read"] = Command(node, shlex.join(["sha256sum", *others]))
     return plan

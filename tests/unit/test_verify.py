@@ -604,3 +604,16 @@ def test_a_node_busy_with_jobs_is_healthy_and_its_step_is_not_run(layout: Layout
     assert ("compute-st-1", "step") not in second and ("compute-st-2", "step") in second
     cpus, memory = judge_step("compute-st-1", None, ok(), busy=True)
     assert cpus.ok and memory.ok and cpus.detail.startswith("not checked: every CPU")
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 251])
+def test_shared_files_are_read_by_three_peers_whatever_the_size(count: int) -> None:
+    from clusterkit.checks import SHARED_PEERS, shared_peers
+
+    nodes = [f"n{i}" for i in range(count)]
+    reads = {n: shared_peers(nodes, n) for n in nodes}
+    peers = min(SHARED_PEERS, count - 1)
+    assert all(len(set(r)) == len(r) == peers and n not in r for n, r in reads.items())
+    readers = {n: sum(n in r for r in reads.values()) for n in nodes}
+    assert set(readers.values()) == {peers}  # every file read, and by as many as read any
+    assert sum(len(r) for r in reads.values()) == count * peers  # not count * (count - 1)
