@@ -130,12 +130,13 @@ def trusted_nodes(
 
 def wait_for_boot(pool: Pool, nodes: list[str], timeout: float = BOOT_TIMEOUT_SECONDS + 30) -> None:
     """Return once every node's boot script reports ``done`` (read through ``pool``); raise
-    naming failed nodes."""
+    naming failed nodes. ``timeout`` bounds the whole wait: there are fewer workers than
+    nodes in a large cluster, and a node taken up late must not get a deadline of its own."""
+    deadline = time.monotonic() + timeout
 
     def outcome(node: str, stop: threading.Event) -> str | None:
-        deadline = time.monotonic() + timeout
         last = ""
-        while time.monotonic() < deadline:
+        while True:  # at least once, even past the deadline: the node may be done by now
             try:
                 status, last = pool.run(node, ["cat", BOOT_STATUS], timeout=15)[1].strip(), ""
             except PoolError as exc:  # not up yet, or gone: tried again until the deadline
@@ -145,7 +146,7 @@ def wait_for_boot(pool: Pool, nodes: list[str], timeout: float = BOOT_TIMEOUT_SE
             if status.startswith("failed"):
                 log = f"{pool.trust.root}/nodes/{node}/console.log"
                 return f"{node}: {status} (console log: {log})"
-            if stop.wait(0.2):
+            if time.monotonic() >= deadline or stop.wait(0.2):
                 break
         return f"{node}: boot did not finish within {timeout:.0f}s{last}"
 
