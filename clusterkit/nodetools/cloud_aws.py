@@ -51,8 +51,16 @@ THROTTLING_CODES = frozenset({
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
 })  # fmt: skip
 # Throttled calls are retried until this much time has passed in waits, then fail naming
-# the call: EC2's buckets refill at a few tokens a second, so minutes ride out any burst.
-RETRY_BUDGET_SECONDS = 300.0
+# the call: EC2's buckets refill at a few tokens a second, so minutes ride out any burst
+# (a fleet of 500 waits 250 s for its instance tokens once the account's 1,000 are spent).
+RETRY_BUDGET_SECONDS = 600.0
+# Answers that may succeed when asked again (AWS's and botocore's transient errors, and an
+# answer that is not AWS's at all, such as a proxy's error page): a few tries, not minutes.
+TRANSIENT_CODES = frozenset({
+    "InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable", "RequestTimeout",
+    "RequestTimeoutException", "PriorRequestNotComplete", "ResponseParserError",
+})  # fmt: skip
+TRANSIENT_TRIES = 5
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 20.0
 ALIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -71,6 +79,10 @@ def backoff(tries: int) -> float:
     """Full-jitter exponential backoff, capped: AWS's advice for throttled callers."""
     bound = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**tries)
     return random.uniform(0, bound)  # noqa: S311 - jitter, not crypto
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def boot_prefix(cluster: str) -> str:
@@ -140,8 +152,10 @@ class AwsCloud(Cloud):
         self.bundles = bundles
         self.sleep = sleep or time.sleep  # looked up now: a benchmark's clock may stand in
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - lazily
+        from botocore.parsers import ResponseParserError  # noqa: PLC0415
 
-        self._aws_errors = (BotoCoreError, ClientError)
+        # ResponseParserError is no BotoCoreError: an answer that was not AWS's XML or JSON.
+        self._aws_errors = (BotoCoreError, ClientError, ResponseParserError)
         if ec2 is None or s3 is None:
             import boto3  # noqa: PLC0415 - lazily: node tools import without boto3
             from botocore.config import Config  # noqa: PLC0415
@@ -170,9 +184,12 @@ class AwsCloud(Cloud):
                 reply: dict[str, Any] = getattr(client or self.ec2, operation)(**params)
                 return reply
             except self._aws_errors as exc:
-                code = client_error_code(exc)
-                if code is None:
-                    raise CloudError("Unavailable", f"{operation}: {exc}") from exc
+                code = client_error_code(exc) or type(exc).__name__
+                if code in TRANSIENT_CODES and tries < TRANSIENT_TRIES:
+                    self.sleep(backoff(tries - 1))
+                    continue
+                if client_error_code(exc) is None:
+                    raise CloudError("Unavailable", f"{operation}: {_one_line(exc)}") from exc
                 if code in THROTTLING_CODES:
                     if waited < RETRY_BUDGET_SECONDS:
                         pause = backoff(tries - 1)

@@ -167,6 +167,41 @@ def test_throttled_calls_back_off_and_retry(group: dict[str, Any]) -> None:
     assert result.calls == 3 + 1 + 1  # three fleet calls, the names object, a describe
 
 
+def test_transient_answers_are_tried_again_a_few_times(group: dict[str, Any]) -> None:
+    from botocore.parsers import ResponseParserError
+
+    answers: list[Any] = [
+        _answer(500, {"Error": {"Code": "InternalError", "Message": "oops"}}),
+        ResponseParserError("Unable to parse response, invalid XML received: <!doctype html>"),
+    ]
+
+    def flaky(body: dict[str, Any]) -> Any:
+        if not answers:
+            return None
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cloud = _cloud(group)
+    cloud.sleep = lambda s: None
+    _intercept(cloud.ec2, "CreateFleet", flaky)
+    result = cloud.launch("compute", NODES[:2], Option("c7i.2xlarge", SPOT))
+    assert result.error is None and len(result.instances) == 2
+    # A broken answer every time: a few tries, then one line naming the call.
+    _intercept(
+        cloud.ec2,
+        "CreateFleet",
+        lambda body: (_ for _ in ()).throw(
+            ResponseParserError("Unable to parse response, invalid XML received: <!doctype html>")
+        ),
+    )
+    result = cloud.launch("compute", NODES[2:3], Option("c7i.2xlarge", SPOT))
+    assert result.error is not None and result.error.code == "Unavailable"
+    assert result.error.message.startswith("create_fleet: Unable to parse response")
+    assert result.calls == cloud_aws.TRANSIENT_TRIES
+
+
 def test_a_call_throttled_past_the_budget_fails_naming_it(
     group: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

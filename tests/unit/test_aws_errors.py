@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from clusterkit.errors import CapacityError, ProviderError
@@ -56,3 +57,45 @@ def test_group_options_try_every_spot_type_before_on_demand() -> None:
     ]
     spot_only = GroupSpec(name="g", instance_types=("a",), capacity="spot")
     assert [o.lifecycle for o in group_options(spot_only)] == ["spot"]
+
+
+def test_a_call_still_throttled_after_botocores_tries_waits_within_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from clusterkit.providers.aws import errors
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(errors.time, "sleep", sleeps.append)
+    refusals = 3
+
+    def terminate() -> str:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise _client_error("RequestLimitExceeded", "Request limit exceeded.")
+        return "done"
+
+    assert errors.aws_call("ec2 TerminateInstances", "1000 instances", terminate) == "done"
+    assert len(sleeps) == 3
+    monkeypatch.setattr(errors, "RETRY_BUDGET_SECONDS", 2.0)
+    sleeps.clear()
+
+    def never() -> str:
+        raise _client_error("RequestLimitExceeded", "Request limit exceeded.")
+
+    with pytest.raises(ProviderError, match=r"TerminateInstances on 1000 instances failed "
+                       r"\(RequestLimitExceeded\)"):  # fmt: skip
+        errors.aws_call("ec2 TerminateInstances", "1000 instances", never)
+    assert 2.0 <= sum(sleeps) < 2.0 + 20  # one wait past the budget at most
+
+
+def test_an_answer_that_is_not_aws_is_one_line_too() -> None:
+    from botocore.parsers import ResponseParserError
+
+    from clusterkit.providers.aws.errors import aws_call
+
+    def broken() -> None:
+        raise ResponseParserError("Unable to parse response (syntax error), invalid XML received")
+
+    with pytest.raises(ProviderError, match=r"^AWS ec2 CreateFleet on compute failed: Unable"):
+        aws_call("ec2 CreateFleet", "compute", broken)

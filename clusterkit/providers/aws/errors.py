@@ -3,6 +3,7 @@ code and what to do. Capacity codes become ``CapacityError`` so callers can fall
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,11 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
 )
+from botocore.parsers import ResponseParserError
 
 from clusterkit.errors import CapacityError, ProviderError
 from clusterkit.nodetools.cloud import CAPACITY_CODES
-from clusterkit.nodetools.cloud_aws import THROTTLING_CODES
+from clusterkit.nodetools.cloud_aws import RETRY_BUDGET_SECONDS, THROTTLING_CODES, backoff
 
 # What a user can do about an error code; the default names the code's documentation.
 DENIED = "the credentials lack this permission: grant it or use another profile"
@@ -91,11 +93,22 @@ def describe_error(call: str, resource: str, exc: BaseException) -> AwsError:
 
 
 def aws_call(call: str, resource: str, fn: Callable[..., Any], *args: Any, **params: Any) -> Any:
-    """``fn(*args, **params)``; any botocore failure becomes one clear ``ProviderError``."""
-    try:
-        return fn(*args, **params)
-    except (ClientError, BotoCoreError) as exc:
-        raise describe_error(call, resource, exc) from None
+    """``fn(*args, **params)``; any botocore failure becomes one clear ``ProviderError``.
+
+    Clients made here retry throttled calls themselves (adaptive, 8 attempts); a call still
+    throttled then is tried again with backoff until ``RETRY_BUDGET_SECONDS`` of waits (the
+    teardown of thousands of instances waits minutes for EC2's terminate tokens)."""
+    waited, tries = 0.0, 0
+    while True:
+        try:
+            return fn(*args, **params)
+        except (ClientError, BotoCoreError, ResponseParserError) as exc:
+            if error_code(exc) in THROTTLING_CODES and waited < RETRY_BUDGET_SECONDS:
+                pause = backoff(tries)
+                time.sleep(pause)
+                waited, tries = waited + pause, tries + 1
+                continue
+            raise describe_error(call, resource, exc) from None
 
 
 def error_code(exc: BaseException) -> str | None:

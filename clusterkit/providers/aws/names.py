@@ -29,8 +29,10 @@ __all__ = [
 ]
 
 TAG_ROLE = "clusterkit:role"
-# The subnets clusterkit makes in a VPC of its own: /20s of this /16, one per zone.
+# The subnets clusterkit makes in a VPC of its own: /18s of this /16, one per zone. A /18
+# holds 16,379 instances (AWS keeps five addresses): a group of thousands may land in one zone.
 VPC_CIDR = "10.42.0.0/16"
+SUBNET_PREFIX = 18
 MAX_ZONES = 3
 # The head's fixed address: this offset into the first subnet (AWS keeps .0 to .3).
 HEAD_HOST_OFFSET = 10

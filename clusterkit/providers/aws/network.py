@@ -69,7 +69,7 @@ class NetworkResources(Recorded):
             Filters=[{"Name": "state", "Values": ["available"]}],
         )
         wanted = sorted(z["ZoneName"] for z in zones["AvailabilityZones"])[: names.MAX_ZONES]
-        cidrs = ipaddress.ip_network(names.VPC_CIDR).subnets(new_prefix=20)
+        cidrs = ipaddress.ip_network(names.VPC_CIDR).subnets(new_prefix=names.SUBNET_PREFIX)
         made = []
         for zone, cidr in zip(wanted, cidrs, strict=False):
             if zone in have:

@@ -47,7 +47,10 @@ def planned(spec: ClusterSpec) -> list[Planned]:
     if not spec.aws.vpc_id and not spec.aws.subnet_ids:
         out += [
             Planned("vpc", f"{p} ({names.VPC_CIDR})"),
-            Planned("subnets", f"up to {names.MAX_ZONES}, one /20 per availability zone"),
+            Planned(
+                "subnets",
+                f"up to {names.MAX_ZONES}, one /{names.SUBNET_PREFIX} per availability zone",
+            ),
             Planned("internet gateway", p),
         ]
     out += [
