@@ -64,6 +64,7 @@ TRANSIENT_TRIES = 5
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 20.0
 ALIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+NEW_INSTANCE_LOOKS = 4  # describes of a launch's new instances, 1 + 2 + 3 s apart at most
 
 
 def client_error_code(exc: Exception) -> str | None:
@@ -209,18 +210,45 @@ class AwsCloud(Cloud):
 
     def launch(self, group: str, nodes: Sequence[str], option: Option) -> LaunchResult:
         start_calls = self.calls
-        made: list[Instance] = []
+        named: dict[str, str] = {}  # instance id -> node, of every batch
+        launched: list[str] = []  # their batches
         error: CloudError | None = None
         for batch in batches(nodes, BATCH_SIZE):
             try:
                 batch_id = new_batch_id()
                 ids, error = self._fleet(group, len(batch), option, batch_id)
-                made += self._name(group, batch, ids, option, batch_id)
+                pairs = self._name(batch, ids, batch_id)
+                named |= pairs
+                launched += [batch_id] if pairs else []
             except CloudError as exc:
                 error = exc
             if error is not None:
                 break  # the next batch would meet the same shortage
+        made: list[Instance] = []
+        if named:
+            try:
+                described = self._new_instances(launched, set(named))
+                made = [_instance(described[i], n, group, option.lifecycle)
+                        for i, n in named.items() if i in described]  # fmt: skip
+            except CloudError as exc:
+                error = error or exc
         return LaunchResult.of(nodes, made, error, calls=self.calls - start_calls)
+
+    def _new_instances(self, batch_ids: list[str], ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The instances of the batches just launched, found by their batch tag: a page per
+        thousand instances, not a call per batch. EC2 is eventually consistent: an instance
+        it has just made may be missing at first, so a few more looks wait for it."""
+        found: dict[str, dict[str, Any]] = {}
+        for look in range(NEW_INSTANCE_LOOKS):
+            if look:
+                self.sleep(float(look))
+            page = self._instances(
+                Filters=[{"Name": f"tag:{TAG_BATCH}", "Values": batch_ids}], MaxResults=1000
+            )
+            found |= {i["InstanceId"]: i for i in page if i["InstanceId"] in ids}
+            if len(found) == len(ids):
+                break
+        return found
 
     def _fleet(
         self, group: str, count: int, option: Option, batch_id: str
@@ -274,14 +302,12 @@ class AwsCloud(Cloud):
             )
         return ids, first
 
-    def _name(
-        self, group: str, nodes: Sequence[str], ids: list[str], option: Option, batch_id: str
-    ) -> list[Instance]:
-        """Name the batch's instances in one object, the nodes in order; return them as
-        ``Instance``s. Instances that cannot be named would never boot: they are ended."""
+    def _name(self, nodes: Sequence[str], ids: list[str], batch_id: str) -> dict[str, str]:
+        """Name the batch's instances in one object, the nodes in order; return the names.
+        Instances that cannot be named would never boot: they are ended."""
         pairs = dict(zip(ids, nodes, strict=False))
         if not pairs:
-            return []
+            return {}
         named = {
             i: {"node": n, "keys": keys_key(self.cluster, bundle_of(n, self.bundles))}
             for i, n in pairs.items()
@@ -299,12 +325,7 @@ class AwsCloud(Cloud):
             self.call("terminate_instances", InstanceIds=list(pairs))
             raise
         self._names[batch_id] = pairs
-        described = {i["InstanceId"]: i for i in self._instances(InstanceIds=list(pairs))}
-        return [
-            _instance(described[i], node, group, option.lifecycle)
-            for i, node in pairs.items()
-            if i in described
-        ]
+        return pairs
 
     def node_of(self, data: dict[str, Any]) -> str:
         """The node an instance (``DescribeInstances``'s) is: its node tag (the head's), else

@@ -167,6 +167,23 @@ def test_throttled_calls_back_off_and_retry(group: dict[str, Any]) -> None:
     assert result.calls == 3 + 1 + 1  # three fleet calls, the names object, a describe
 
 
+def test_new_instances_ec2_does_not_list_yet_are_looked_for_again(group: dict[str, Any]) -> None:
+    cloud = _cloud(group)
+    sleeps: list[float] = []
+    cloud.sleep = sleeps.append
+    looks = 0
+
+    def not_yet(body: dict[str, Any]) -> Any:
+        nonlocal looks
+        looks += 1
+        return _answer(200, {"Reservations": []}) if looks == 1 else None  # eventual consistency
+
+    _intercept(cloud.ec2, "DescribeInstances", not_yet)
+    result = cloud.launch("compute", NODES[:2], Option("c7i.2xlarge", SPOT))
+    assert result.error is None and sorted(i.node for i in result.instances) == NODES[:2]
+    assert looks == 2 and sleeps == [1.0]
+
+
 def test_transient_answers_are_tried_again_a_few_times(group: dict[str, Any]) -> None:
     from botocore.parsers import ResponseParserError
 
@@ -239,6 +256,9 @@ def test_capacity_errors_keep_aws_code_and_partial_results(aws: Aws, group: dict
 
     def partly(body: dict[str, Any]) -> Any:
         # EC2 gives what it has and says why the rest is missing.
+        # The fleet's tags, as CreateFleet puts them on what it launches.
+        keys = [k for k, v in body.items() if k.endswith(".Key") and v == "clusterkit:batch"]
+        batch = body[keys[0].removesuffix(".Key") + ".Value"]
         made = real.run_instances(
             ImageId=aws.image(),
             MinCount=2,
@@ -246,7 +266,10 @@ def test_capacity_errors_keep_aws_code_and_partial_results(aws: Aws, group: dict
             TagSpecifications=[
                 {
                     "ResourceType": "instance",
-                    "Tags": [{"Key": "clusterkit:cluster", "Value": "awc"}],
+                    "Tags": [
+                        {"Key": "clusterkit:cluster", "Value": "awc"},
+                        {"Key": "clusterkit:batch", "Value": batch},
+                    ],
                 }
             ],
         )
