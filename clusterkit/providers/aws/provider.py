@@ -385,7 +385,8 @@ class AwsProvider(Provider):
                         "Name": "instance-state-name",
                         "Values": ["pending", "running", "stopping", "stopped"],
                     },
-                ]
+                ],
+                PaginationConfig={"PageSize": 1000},
             )
             found: dict[str, dict[str, Any]] = {}
             cloud = self._cloud()

@@ -39,6 +39,8 @@ GONE = frozenset(
 )
 # ENIs of terminated instances linger a little; what depends on them is retried.
 DEPENDENCY_RETRIES = 30
+TERMINATE_WAIT_SECONDS = 600.0  # as the instance_terminated waiter this replaced: 120 x 5 s
+TERMINATE_POLL_SECONDS = 5.0
 DEPENDENCY_WAIT_SECONDS = 2.0
 
 
@@ -96,23 +98,28 @@ class Teardown:
 
     # -- EC2 -------------------------------------------------------------------------------
 
-    def instances(self) -> None:
-        ec2 = self.aws.ec2
-        pages = ec2.get_paginator("describe_instances").paginate(
+    def _live_instances(self) -> list[str]:
+        """The cluster's instances not yet terminated: a page per thousand."""
+        pages = self.aws.ec2.get_paginator("describe_instances").paginate(
             Filters=[
                 *self._filters(),
                 {
                     "Name": "instance-state-name",
                     "Values": ["pending", "running", "stopping", "stopped", "shutting-down"],
                 },
-            ]
+            ],
+            PaginationConfig={"PageSize": 1000},
         )
-        ids = [
+        return [
             i["InstanceId"]
             for page in aws_call("ec2 DescribeInstances", "the cluster's instances", list, pages)
             for r in page["Reservations"]
             for i in r["Instances"]
         ]
+
+    def instances(self) -> None:
+        ec2 = self.aws.ec2
+        ids = self._live_instances()
         for start in range(0, len(ids), 1000):
             batch = ids[start : start + 1000]
             aws_call(
@@ -122,15 +129,17 @@ class Teardown:
                 InstanceIds=batch,
             )
         if ids:
-            # Security group, subnets and VPC can go only once the instances are gone.
-            waiter = ec2.get_waiter("instance_terminated")
-            aws_call(
-                "ec2 DescribeInstances (wait)",
-                f"{len(ids)} instances",
-                waiter.wait,
-                InstanceIds=ids,
-                WaiterConfig={"Delay": 5, "MaxAttempts": 120},
-            )
+            # Security group, subnets and VPC can go only once the instances are gone. Asked
+            # by tag, a page per thousand (a waiter would send every id in one request).
+            deadline = time.monotonic() + TERMINATE_WAIT_SECONDS
+            while left := self._live_instances():
+                if time.monotonic() > deadline:
+                    raise AwsError(
+                        f"{len(left)} of the cluster's instances are not terminated after "
+                        f"{TERMINATE_WAIT_SECONDS:.0f}s ({', '.join(left[:3])}...); run "
+                        "`clusterkit down` again"
+                    )
+                time.sleep(TERMINATE_POLL_SECONDS)
             self.removed += [f"instance {i}" for i in ids]
 
     def fleets(self) -> None:
