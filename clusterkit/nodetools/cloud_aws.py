@@ -363,7 +363,8 @@ class AwsCloud(Cloud):
                 Filters=[
                     {"Name": "instance-id", "Values": list(instance_ids)},
                     {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]},
-                ]
+                ],
+                MaxResults=1000,
             )
             if i["State"]["Name"] != "terminated"
         ]
