@@ -64,7 +64,7 @@ getent passwd ckuser >/dev/null ||
 log "shared storage /shared (sshfs)"
 mkdir -p /shared
 if ! mountpoint -q /shared; then
-    retry sshfs -o IdentityFile=/etc/ssh/ck_node_key,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=3,default_permissions root@demo-head:/shared /shared
+    retry sshfs -o IdentityFile=/etc/ssh/ck_node_key,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=12,default_permissions root@demo-head:/shared /shared
 fi
 # SFTP creates files as the account it logs in as: each home is mounted as its user, so
 # what a job writes there belongs to that user, as it would on NFS. The user's key is copied
@@ -72,7 +72,7 @@ fi
 install -d -m 0700 /var/lib/clusterkit/keys
 if ! mountpoint -q /shared/home/ckuser; then
     install -m 0600 /shared/home/ckuser/.ssh/id_ed25519 /var/lib/clusterkit/keys/ckuser
-    retry sshfs -o IdentityFile=/var/lib/clusterkit/keys/ckuser,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=3 ckuser@demo-head:/shared/home/ckuser /shared/home/ckuser
+    retry sshfs -o IdentityFile=/var/lib/clusterkit/keys/ckuser,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=12 ckuser@demo-head:/shared/home/ckuser /shared/home/ckuser
 fi
 
 log "slurmd (configless, from demo-head:6817)"
@@ -84,8 +84,8 @@ start slurmd /usr/sbin/slurmd --conf-server demo-head:6817 -b
 mkdir -p /var/log/clusterkit
 
 log "munged, slurmd, the Spot agent, sshd and the mounts, kept alive by ck-supervise"
-/shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add shared --mount /shared --requeue-jobs -- sshfs -o IdentityFile=/etc/ssh/ck_node_key,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=3,default_permissions root@demo-head:/shared /shared
-/shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add home-ckuser --mount /shared/home/ckuser --requeue-jobs -- sshfs -o IdentityFile=/var/lib/clusterkit/keys/ckuser,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=3 ckuser@demo-head:/shared/home/ckuser /shared/home/ckuser
+/shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add shared --mount /shared --requeue-jobs -- sshfs -o IdentityFile=/etc/ssh/ck_node_key,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=12,default_permissions root@demo-head:/shared /shared
+/shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add home-ckuser --mount /shared/home/ckuser --requeue-jobs -- sshfs -o IdentityFile=/var/lib/clusterkit/keys/ckuser,BatchMode=yes,allow_other,reconnect,ServerAliveInterval=5,ServerAliveCountMax=12 ckuser@demo-head:/shared/home/ckuser /shared/home/ckuser
 /shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add sshd --listen 22 --background --log /var/log/clusterkit/sshd.log -- /usr/sbin/sshd -D -e
 /shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add munged --process munged -- runuser -u munge -- /usr/sbin/munged
 /shared/clusterkit/bin/ck-supervise --events '/shared/clusterkit/events/{node}-supervisor.jsonl' add slurmd --process slurmd -- /usr/sbin/slurmd --conf-server demo-head:6817 -b
