@@ -530,6 +530,24 @@ class RecordingScontrol(power.Scontrol):
         self.failed.update(dict.fromkeys(nodes, reason))
 
 
+@contextlib.contextmanager
+def head_program(meter: Meter, log: Path) -> Iterator[None]:
+    """Run as one of the head's programs: its event log goes to ``log`` (not the host's
+    /var/log/clusterkit), and the clients it makes are counted. The head's backend makes
+    them with boto3's default session, not clusterkit's: a fresh one is watched for the
+    phase, then replaced, so the benchmark's own clients are not counted."""
+    defaults = events.record.__defaults__
+    events.record.__defaults__ = (log,)
+    boto3.setup_default_session()
+    for name, handler in meter.hooks():
+        boto3.DEFAULT_SESSION.events.register(name, handler)
+    try:
+        yield
+    finally:
+        events.record.__defaults__ = defaults
+        boto3.setup_default_session()
+
+
 def resume_work(
     spec: ClusterSpec, state: Any, log: Path
 ) -> Callable[[StepTimes, Meter], dict[str, Any]]:
@@ -540,20 +558,10 @@ def resume_work(
         config = power.PowerConfig.from_dict(power_config(spec))
         nodes = [n.name for n in plan_nodes(spec) if n.role == "compute" and not n.static]
         slurm = RecordingScontrol()
-        defaults = events.record.__defaults__
-        events.record.__defaults__ = (log,)  # not the host's /var/log/clusterkit
-        # The head's backend makes its clients with boto3's default session, not clusterkit's:
-        # a fresh one watched for the phase counts every client it makes, when it makes them.
-        boto3.setup_default_session()
-        for name, handler in meter.hooks():
-            boto3.DEFAULT_SESSION.events.register(name, handler)
-        try:
+        with head_program(meter, log):
             cloud = aws_cloud_from_config(AwsProvider.cloud_config(spec, state.network))
             with steps.step("resume"):
                 power.resume(nodes, config, cloud, slurm)
-        finally:
-            events.record.__defaults__ = defaults
-            boto3.setup_default_session()  # the benchmark's own clients are not counted
         launches = [e for e in events.read(log) if e.get("action") == "launch"]
         errors = [e["error"] for e in launches if e.get("error")]
         failure = None
@@ -590,18 +598,10 @@ def suspend_work(
     def work(steps: StepTimes, meter: Meter) -> dict[str, Any]:
         nodes = [n.name for n in plan_nodes(spec) if n.role == "compute" and not n.static]
         slurm = RecordingScontrol()
-        defaults = events.record.__defaults__
-        events.record.__defaults__ = (log,)
-        boto3.setup_default_session()
-        for name, handler in meter.hooks():
-            boto3.DEFAULT_SESSION.events.register(name, handler)
-        try:
+        with head_program(meter, log):
             cloud = aws_cloud_from_config(AwsProvider.cloud_config(spec, state.network))
             with steps.step("suspend"):
                 power.suspend(nodes, cloud, slurm)
-        finally:
-            events.record.__defaults__ = defaults
-            boto3.setup_default_session()
         ended = [e for e in events.read(log) if e.get("action") == "terminated"]
         return {"failure": None, "failed_calls": 0, "asked": len(nodes),
                 "terminated": sum(len(e.get("instances", {})) for e in ended),
