@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
@@ -65,7 +67,7 @@ def test_a_call_still_throttled_after_botocores_tries_waits_within_a_budget(
     from clusterkit.providers.aws import errors
 
     sleeps: list[float] = []
-    monkeypatch.setattr(errors.time, "sleep", sleeps.append)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     refusals = 3
 
     def terminate() -> str:
