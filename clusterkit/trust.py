@@ -29,9 +29,11 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
     PublicFormat,
+    SSHCertificate,
     SSHCertificateBuilder,
     SSHCertificateType,
     load_ssh_private_key,
+    load_ssh_public_identity,
     load_ssh_public_key,
 )
 
@@ -119,12 +121,10 @@ def sign_host_key(ca: Path, key: Path, identity: str, principals: list[str]) -> 
     certificate, valid until revoked with the cluster: its CA goes with it), unless its
     certificate is there for exactly those (a node's address may be learnt later)."""
     cert = host_cert(key)
-    wanted = ",".join(principals)
-    marker = cert.with_name(cert.name + ".principals")
-    if cert.exists() and marker.exists() and marker.read_text(encoding="utf-8") == wanted:
+    subject = load_ssh_public_key(key.with_suffix(".pub").read_bytes())
+    if cert.exists() and _certifies(cert, subject, principals):
         return
     signer = load_ssh_private_key(ca.read_bytes(), password=None)
-    subject = load_ssh_public_key(key.with_suffix(".pub").read_bytes())
     if not isinstance(signer, ed25519.Ed25519PrivateKey) or not isinstance(
         subject, ed25519.Ed25519PublicKey
     ):
@@ -141,7 +141,19 @@ def sign_host_key(ca: Path, key: Path, identity: str, principals: list[str]) -> 
         .sign(signer)
     )
     atomic_write(cert, signed.public_bytes() + b"\n", mode=0o644)
-    atomic_write(marker, wanted)
+
+
+def _certifies(cert: Path, subject: object, principals: list[str]) -> bool:
+    """Whether the certificate at ``cert`` is ``subject``'s, for exactly ``principals``."""
+    try:
+        found = load_ssh_public_identity(cert.read_bytes())
+    except ValueError:
+        return False  # not a certificate (a torn or foreign file): signed again
+    return (
+        isinstance(found, SSHCertificate)
+        and found.public_key() == subject
+        and found.valid_principals == [p.encode() for p in principals]
+    )
 
 
 def node_known_hosts(ca: Path) -> str:

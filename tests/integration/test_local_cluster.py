@@ -130,7 +130,7 @@ def test_keys_are_private(ck: Clusterkit, cluster: dict[str, Any]) -> None:
     root = ck.cluster_dir(NAME)
     hosts = [p for p in (root / "keys" / "hosts").iterdir() if p.suffix != ".pub"]
     assert sorted(p.name for p in hosts) == sorted(NODES)
-    private = [root / "keys" / "id_ed25519", *hosts]
+    private = [root / "keys" / "id_ed25519", root / "keys" / "host_ca", *hosts]
     private += [root / "nodes" / n / "etc/ssh/ssh_host_ed25519_key" for n in NODES]
     for path in private:
         assert path.exists(), path
