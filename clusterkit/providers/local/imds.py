@@ -21,6 +21,7 @@ import json
 import secrets
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -223,6 +224,12 @@ class MetadataServer(ThreadingHTTPServer):
         self.device = device
         self.tokens = Tokens()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A node that gave up waiting (its curl timed out) is not an error of the service;
+        anything else is logged as socketserver does."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
     def server_bind(self) -> None:
         if self.device:

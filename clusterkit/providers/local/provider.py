@@ -21,6 +21,7 @@ from clusterkit.plan import (
     node_address,
     overlaps,
     pick_subnet,
+    plan_nodes,
     tenant_groups,
 )
 from clusterkit.providers.base import Interruption, NodeBoot, Provider
@@ -133,6 +134,10 @@ class LocalProvider(Provider):
                 network["bridge"] = net.bridge_name(self.state.name)
                 self.state.save()  # recorded before any link exists, so `down` knows it
             net.create_bridge(self.state.name, network["gateway"])
+            # The ARP table is the machine's: room for every clusterkit node on it.
+            others = net.all_clusterkit_netns()
+            others.pop(self.state.name, None)
+            net.ensure_neighbour_room(sum(map(len, others.values())) + len(plan_nodes(self.spec)))
         cgroups.create(self.state.name)
         cloud.prepare_dir(self.state.name)
         # The shared mount point must exist on the host's file system to be mounted over in
